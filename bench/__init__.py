@@ -1,0 +1,1 @@
+"""Cluster launcher, demo and overlay benchmark for relaytv."""

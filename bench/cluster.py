@@ -1,0 +1,185 @@
+"""Start and stop relaytv processes (server, clients) on loopback addresses.
+
+One launcher serves the end-to-end tests, the demo and the benchmark, so that
+every process any of them starts is tracked by process id and stopped on exit.
+Each process gets its own address of 127.0.0.0/8 (see PROTOCOL.md): the server
+identifies clients by IP alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _loopback_addresses():
+    """Yield 127.0.x.y addresses from a random starting point.
+
+    A random start keeps runs that follow each other from reusing an address
+    whose sockets are still closing.
+    """
+    start = random.Random(os.getpid() ^ time.time_ns()).randrange(250 * 250)
+    for n in itertools.count(start):
+        n %= 250 * 250
+        yield f"127.0.{n // 250 + 3}.{n % 250 + 2}"
+
+
+_ADDRESSES = _loopback_addresses()
+
+
+def next_address() -> str:
+    """A loopback address no earlier call of this process handed out."""
+    return next(_ADDRESSES)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float,
+               message: str = "condition", interval: float = 0.05):
+    """Poll ``predicate`` until it returns a true value; return that value.
+
+    Raises ``TimeoutError`` naming ``message`` when ``timeout`` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {message}")
+        time.sleep(interval)
+
+
+@dataclass
+class Proc:
+    """One started process, its address and its log file."""
+
+    name: str
+    ip: str
+    popen: subprocess.Popen
+    log_path: Path
+    workdir: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies without a word to anyone."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def freeze(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL if it has not ended within ``timeout``."""
+        if self.alive:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.returncode
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class Cluster:
+    """A set of relaytv processes under one working directory."""
+
+    def __init__(self, workdir: Path, films: Path | None = None,
+                 python: str = sys.executable):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.films = Path(films) if films else REPO / "filme"
+        self.python = python
+        self.procs: list[Proc] = []
+
+    def spawn(self, name: str, ip: str, argv: list[str],
+              stdin=subprocess.DEVNULL) -> Proc:
+        """Start ``argv`` with its output in ``<workdir>/<name>.log``."""
+        log_path = self.workdir / f"{name}.log"
+        log = open(log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        popen = subprocess.Popen(argv, cwd=REPO, stdin=stdin, stdout=log,
+                                 stderr=subprocess.STDOUT, env=env)
+        log.close()
+        proc = Proc(name, ip, popen, log_path, self.workdir, argv)
+        self.procs.append(proc)
+        return proc
+
+    def start_server(self, *extra: str, ip: str | None = None, port: int = 6060,
+                     channels: int | None = None, max_clients: int = 2,
+                     period: float = 2.0, name: str = "server") -> Proc:
+        ip = ip or next_address()
+        argv = [self.python, "-m", "server", "--host", ip, "--port", str(port),
+                "--films", str(self.films), "--max-clients", str(max_clients),
+                "--period", str(period), "--log-level", "INFO"]
+        if channels is not None:
+            argv += ["--channels", str(channels)]
+        return self.spawn(name, ip, argv + list(extra))
+
+    def start_client(self, server: Proc, *extra: str, max_children: int = 2,
+                     ip: str | None = None, channel: int = 0, period: float = 2.0,
+                     name: str | None = None, port: int = 6060,
+                     stdin=subprocess.DEVNULL) -> Proc:
+        ip = ip or next_address()
+        name = name or f"client-{ip}"
+        store = self.workdir / "stores" / ip
+        argv = [self.python, "-m", "client", "--max-children", str(max_children),
+                "--server", f"{server.ip}:{port}", "--channel", str(channel),
+                "--ip", ip, "--store", str(store), "--period", str(period),
+                "--no-player", "--no-menu", "--log-level", "INFO"]
+        if "--menu" in extra:
+            extra = tuple(a for a in extra if a != "--menu")
+            argv.remove("--no-menu")
+        return self.spawn(name, ip, argv + list(extra), stdin=stdin)
+
+    @staticmethod
+    def store_of(proc: Proc) -> Path:
+        return proc.workdir / "stores" / proc.ip
+
+    @classmethod
+    def status_of(cls, proc: Proc) -> dict | None:
+        """The client's status.json, or None while it has none."""
+        try:
+            return json.loads((cls.store_of(proc) / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()

@@ -1,0 +1,1 @@
+"""The relay client: joins a channel, stores its blocks and relays them to other clients."""

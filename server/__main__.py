@@ -1,0 +1,7 @@
+"""``python -m server``."""
+
+import sys
+
+from server.app import main
+
+sys.exit(main())

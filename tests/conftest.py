@@ -1,0 +1,48 @@
+"""Shared fixtures: sample films made once per session, and a process cluster."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cluster import REPO, Cluster
+
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def films(tmp_path_factory) -> Path:
+    """Two short sample films (12 s = 6 blocks each) cut by separa.py."""
+    out = tmp_path_factory.mktemp("filme")
+    subprocess.run([sys.executable, str(REPO / "separa.py"), "--sample",
+                    "--channels", "2", "--seconds-long", "12",
+                    "--size", "320x180", "--out", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
+@pytest.fixture
+def cluster(tmp_path, films, request):
+    """A Cluster in the test's own folder; every process is stopped after it.
+
+    When the test fails, the process logs are copied to test-artifacts/.
+    """
+    with Cluster(tmp_path, films) as c:
+        yield c
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        dest = ARTIFACTS / request.node.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in tmp_path.glob("*.log"):
+            shutil.copy(log, dest / log.name)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
