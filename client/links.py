@@ -1,0 +1,248 @@
+"""Thin socket adapters of a relay client: the server, a parent link, a child link.
+
+Each wraps one socket and turns bytes into calls on the node (``on_*``
+callbacks) or frames from the node into bytes. All decisions are the node's.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+from typing import Callable
+
+from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message,
+                              PeerProtocolError, encode)
+from server import protocol as stock
+
+log = logging.getLogger(__name__)
+
+RECV_CHUNK = 256 * 1024
+
+
+def connect_from(ip: str, host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to host:port whose source address is ``ip``.
+
+    Binding before connect() makes the peer (and the stock server, which
+    knows clients by IP alone) see this client's own address.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.bind((ip, 0))
+        sock.connect((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_on(ip: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((ip, port))
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def read_message(sock: socket.socket, decoder: FrameDecoder) -> Message:
+    """Block until one whole message is in (socket timeouts apply)."""
+    while True:
+        message = decoder.next_message()
+        if message is not None:
+            return message
+        decoder.feed(sock.recv(RECV_CHUNK))
+
+
+class StockServer:
+    """Requests to the channel server, as PROTOCOL.md describes them.
+
+    The join answer does not come back on the request connection but on the
+    client's push port; :meth:`join` therefore takes the queue into which the
+    push listener puts the answers it receives.
+    """
+
+    def __init__(self, host: str, port: int, own_ip: str, timeout: float = 3.0):
+        self.host, self.port, self.own_ip, self.timeout = host, port, own_ip, timeout
+
+    def _request(self, code: str, channel: int, answer_limit: int = 0) -> bytes:
+        with connect_from(self.own_ip, self.host, self.port, self.timeout) as sock:
+            sock.sendall(stock.encode_request(code, channel))
+            if not answer_limit:
+                return b""
+            data = bytearray()
+            while len(data) <= answer_limit:
+                chunk = sock.recv(answer_limit + 1 - len(data))
+                if not chunk:
+                    return bytes(data)
+                data += chunk
+            raise stock.BadAnswer(f"answer to {code}{channel} longer than {answer_limit} bytes")
+
+    def join(self, channel: int, answers: "queue.Queue[bytes]") -> bool:
+        """Ask to be a direct client; True when the server answered ``10``."""
+        while not answers.empty():
+            answers.get_nowait()  # stale answers of an earlier attempt
+        self._request(stock.JOIN, channel)
+        try:
+            return stock.parse_join_answer(answers.get(timeout=self.timeout))
+        except queue.Empty:
+            raise TimeoutError("the server did not answer the join request") from None
+
+    def clients(self, channel: int) -> list[str]:
+        return stock.parse_client_list(self._request(stock.LIST, channel, stock.MAX_LIST_ANSWER))
+
+    def leave(self, channel: int) -> None:
+        self._request(stock.LEAVE, channel)
+
+
+class ParentLink:
+    """This client's connection to its parent relay.
+
+    A reader thread turns incoming frames into node callbacks; silence longer
+    than ``silence`` seconds (no block, no keepalive) counts as the parent's
+    death, as does a reset or a malformed frame.
+    """
+
+    def __init__(self, sock: socket.socket, decoder: FrameDecoder, addr, silence: float,
+                 on_message: Callable, on_lost: Callable):
+        self.sock, self.addr = sock, addr
+        self._decoder = decoder
+        self._on_message, self._on_lost = on_message, on_lost
+        self._send_lock = threading.Lock()
+        self._closed = threading.Event()
+        sock.settimeout(silence)
+        self._thread = threading.Thread(target=self._read_loop, name=f"parent-{addr}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _read_loop(self) -> None:
+        reason = "closed"
+        try:
+            while not self._closed.is_set():
+                self._on_message(self, read_message(self.sock, self._decoder))
+        except socket.timeout:
+            reason = "silent"
+        except EOFError:
+            reason = "connection closed"
+        except PeerProtocolError as exc:
+            reason = f"protocol error: {exc}"
+        except OSError as exc:
+            reason = f"connection error: {exc}"
+        if not self._closed.is_set():
+            self._on_lost(self, reason)
+
+    def send(self, message: Message) -> bool:
+        try:
+            with self._send_lock:
+                self.sock.sendall(encode(message))
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Close from our side; the reader thread ends without reporting a loss."""
+        self._closed.set()
+        _shutdown(self.sock)
+        if threading.current_thread() is not self._thread and self._thread.ident:
+            self._thread.join(timeout=5)
+        self.sock.close()
+
+
+class ChildLink:
+    """A child's connection: a bounded queue of frames drained by a sender thread.
+
+    Relaying to one child never waits on another: the node only enqueues.
+    A child whose queue overflows is too slow; it is told (``Drop``) and cut.
+    Keepalives go out whenever the queue stays empty for ``keepalive`` seconds.
+    """
+
+    def __init__(self, sock: socket.socket, addr, backlog: int, keepalive: float,
+                 send_timeout: float, on_gone: Callable):
+        self.sock, self.addr = sock, addr
+        self.bytes_sent = 0
+        self.blocks_sent = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=backlog)
+        self._keepalive = keepalive
+        self._on_gone = on_gone
+        self._closing = threading.Event()
+        sock.settimeout(send_timeout)
+        self._thread = threading.Thread(target=self._send_loop, name=f"child-{addr}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def enqueue(self, message: Message) -> bool:
+        """Queue a frame; False (and the child is being dropped) when it cannot keep up."""
+        if self._closing.is_set():
+            return False
+        try:
+            self._queue.put_nowait(message)
+            return True
+        except queue.Full:
+            self.drop("too slow: its backlog of blocks overflowed")
+            return False
+
+    def drop(self, reason: str) -> None:
+        """Tell the child why, then close once that is sent."""
+        if self._closing.is_set():
+            return
+        log.warning("dropping child %s: %s", self.addr, reason)
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put_nowait(Drop(reason))
+        self._closing.set()
+
+    def _send_loop(self) -> None:
+        reason = "closed"
+        try:
+            while True:
+                try:
+                    message = self._queue.get(timeout=self._keepalive)
+                except queue.Empty:
+                    if self._closing.is_set():
+                        break
+                    message = Keepalive()
+                if message is None:
+                    break
+                frame = encode(message)
+                self.sock.sendall(frame)
+                if isinstance(message, Block):
+                    self.bytes_sent += len(frame)
+                    self.blocks_sent += 1
+                if isinstance(message, Drop):
+                    reason = f"dropped: {message.reason}"
+                    break
+        except OSError as exc:
+            reason = f"send failed: {exc}"
+        self._closing.set()
+        _shutdown(self.sock)
+        self._on_gone(self, reason)
+
+    def close(self) -> None:
+        """Stop the sender after what is queued, and wait for it."""
+        self._closing.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            _shutdown(self.sock)
+        if threading.current_thread() is not self._thread and self._thread.ident:
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                _shutdown(self.sock)
+                self._thread.join(timeout=5)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

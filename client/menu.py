@@ -1,0 +1,127 @@
+"""The client's interactive menu: a thin front end over the node (stdlib ``cmd``).
+
+Every command reads the node's snapshot or calls one node method; nothing
+here decides anything. Background threads log to a file while the menu runs
+(``log`` shows its end), so no log line lands on the prompt.
+"""
+
+from __future__ import annotations
+
+import cmd
+from collections import deque
+from pathlib import Path
+
+from client.node import Node
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class Menu(cmd.Cmd):
+    """relaytv client. Type help or ? to list commands."""
+
+    prompt = "relaytv> "
+
+    def __init__(self, node: Node, log_file: Path | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.node = node
+        self.log_file = log_file
+        self.intro = (f"relaytv client {node.config.ip}, channel {node.config.channel}, "
+                      f"up to {node.config.max_children} children. Type help for commands.")
+
+    def _say(self, text: str = "") -> None:
+        self.stdout.write(text + "\n")
+
+    def emptyline(self) -> bool:
+        return False
+
+    def default(self, line: str) -> bool:
+        self._say(f"unknown command: {line.split()[0]} (type help)")
+        return False
+
+    def do_connections(self, arg: str) -> None:
+        """connections: who sends to this client and whom it sends to (IP:port)."""
+        s = self.node.snapshot()
+        parent = s["parent"]
+        if parent == "server":
+            source = f"server {s['parent_server']} (channel server, push port {s['push_port']})"
+        elif parent:
+            source = f"{parent['ip']}:{parent['port']} (relay at depth {s['depth'] - 1})"
+        else:
+            source = f"none ({s['state']})"
+        self._say(f"receiving from: {source}")
+        self._say(f"this client:    {s['ip']}:{s['peer_port']} at depth {s['depth']}, "
+                  f"{len(s['children'])}/{s['max_children']} children")
+        if not s["children"]:
+            self._say("sending to:     nobody")
+        for child in s["children"]:
+            self._say(f"sending to:     {child['ip']}:{child['port']} (depth {s['depth'] + 1}, "
+                      f"{child['blocks_sent']} blocks, {_size(child['bytes_sent'])} sent)")
+
+    def do_files(self, arg: str) -> None:
+        """files: the received files waiting for display, oldest first."""
+        waiting = self.node.store.waiting()
+        for name, size in waiting:
+            self._say(f"{name}  {_size(size)}")
+        self._say(f"{len(waiting)} file(s) waiting in {self.node.store.folder}")
+
+    def do_status(self, arg: str) -> None:
+        """status: role, channel, blocks, bytes in and out, rejoins."""
+        s = self.node.snapshot()
+        role = {"direct": "direct client of the server", "attached": "relayed by a peer"}.get(
+            s["state"], s["state"])
+        self._say(f"state: {role}; channel {s['channel']}; depth {s['depth']}")
+        self._say(f"blocks received: {s['blocks_received']} ({_size(s['bytes_received'])}); "
+                  f"sent: {_size(s['bytes_sent'])}; rejoins: {s['rejoins']}")
+
+    def do_tree(self, arg: str) -> None:
+        """tree: this client's subtree (its children and everyone below them)."""
+        s = self.node.snapshot()
+        self._say(f"{s['ip']}:{s['peer_port']} (depth {s['depth']})")
+        for child in s["children"]:
+            self._say(f"  {child['ip']}:{child['port']} ({child['below']} below)")
+        self._say(f"{len(s['members'])} client(s) below this one: " + (", ".join(s["members"]) or "-"))
+
+    def do_channel(self, arg: str) -> None:
+        """channel N: leave this channel (children are handed over) and join channel N."""
+        try:
+            channel = int(arg)
+            if not 0 <= channel <= 9:
+                raise ValueError
+        except ValueError:
+            self._say("usage: channel N (0-9)")
+            return
+        self.node.switch_channel(channel)
+        self._say(f"switching to channel {channel}")
+
+    def do_leave(self, arg: str) -> None:
+        """leave: leave the channel (server, parent and children are told); `channel N` joins again."""
+        self.node.leave_channel()
+        self._say("leaving the channel")
+
+    def do_log(self, arg: str) -> None:
+        """log [N]: the last N lines of this client's log (default 20)."""
+        if self.log_file is None:
+            self._say("logging goes to the terminal")
+            return
+        count = int(arg) if arg.strip().isdigit() else 20
+        try:
+            with open(self.log_file, errors="replace") as f:
+                for line in deque(f, maxlen=count):
+                    self._say(line.rstrip("\n"))
+        except OSError as exc:
+            self._say(f"cannot read {self.log_file}: {exc}")
+
+    def do_quit(self, arg: str) -> bool:
+        """quit: leave the channel and exit."""
+        return True
+
+    def do_EOF(self, arg: str) -> bool:
+        """Ctrl-D: same as quit."""
+        self._say()
+        return True

@@ -1,0 +1,501 @@
+"""The peer protocol between relaytv clients, as pure data transformations.
+
+Nothing here touches a socket: :func:`encode` turns a message into bytes and
+:class:`FrameDecoder` turns received bytes back into messages (the h11 style,
+see STYLE.md). The node's socket threads are thin adapters around it.
+
+Wire format (version 1)::
+
+    frame   = type:u8  length:u32-be  payload[length]
+    BLOCK   payload = seq:u64-be  digest[16]  data        (binary)
+    others  payload = UTF-8 JSON object with the fields of the message class
+
+Every frame length is bounded (:data:`MAX_CONTROL` for JSON frames,
+:data:`MAX_BLOCK` for blocks); a frame over its bound, an unknown type,
+malformed JSON or a field of the wrong type is a :class:`PeerProtocolError`,
+raised as soon as the header or payload shows it, never after buffering
+without limit.
+
+Every connection opens with a :class:`Hello` from the connecting side, which
+names the protocol, its version and what the connection is for (``kind``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+PROTOCOL = "relaytv"
+VERSION = 1
+HEADER = struct.Struct(">BI")
+BLOCK_HEADER = struct.Struct(">Q16s")
+MAX_CONTROL = 64 * 1024
+MAX_BLOCK = 32 * 1024 * 1024
+MAX_LIST = 64
+DIGEST_SIZE = 16
+
+
+class PeerProtocolError(ValueError):
+    """The peer sent something this protocol does not allow."""
+
+
+def block_digest(data: bytes) -> bytes:
+    """The channel-wide identity of a block: a hash of its bytes.
+
+    Every direct client receives the same bytes from the server, so every
+    client in the channel derives the same identity without any coordination.
+    """
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+
+
+# -- field validation ---------------------------------------------------------
+
+def _check_ip(value) -> str:
+    if not isinstance(value, str) or len(value) > 15:
+        raise PeerProtocolError(f"bad IP address {value!r}")
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise PeerProtocolError(f"bad IP address {value!r}") from None
+    return value
+
+
+def _check_int(value, name: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise PeerProtocolError(f"bad {name} {value!r}")
+    return value
+
+
+def _check_str(value, name: str, limit: int = 200) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise PeerProtocolError(f"bad {name} {value!r}")
+    return value
+
+
+def _check_list(value, name: str, limit: int = MAX_LIST) -> list:
+    if not isinstance(value, list) or len(value) > limit:
+        raise PeerProtocolError(f"bad {name}: not a list of at most {limit}")
+    return value
+
+
+@dataclass(frozen=True, order=True)
+class Addr:
+    """A client's peer endpoint: its IP address and peer port."""
+
+    ip: str
+    port: int
+
+    def __post_init__(self):
+        _check_ip(self.ip)
+        _check_int(self.port, "port", 1, 65535)
+
+    @classmethod
+    def parse(cls, value) -> "Addr":
+        if not isinstance(value, dict):
+            raise PeerProtocolError(f"bad address {value!r}")
+        return cls(value.get("ip"), value.get("port"))
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A place a joiner may try: a relay, how deep it is, its free slots, its load."""
+
+    addr: Addr
+    depth: int
+    free: int
+    sent: int
+
+    def __post_init__(self):
+        _check_int(self.depth, "depth", 1, 1000)
+        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.sent, "sent", 0, 2**63)
+
+    def to_json(self) -> dict:
+        return {"ip": self.addr.ip, "port": self.addr.port, "depth": self.depth,
+                "free": self.free, "sent": self.sent}
+
+    @classmethod
+    def parse(cls, value) -> "Candidate":
+        if not isinstance(value, dict):
+            raise PeerProtocolError(f"bad candidate {value!r}")
+        return cls(Addr.parse(value), value.get("depth"), value.get("free"), value.get("sent"))
+
+
+def _addrs(value, name: str) -> tuple[Addr, ...]:
+    return tuple(Addr.parse(v) for v in _check_list(value, name))
+
+
+def _candidates(value) -> tuple[Candidate, ...]:
+    return tuple(Candidate.parse(v) for v in _check_list(value, "candidates"))
+
+
+def _digests(value) -> tuple[bytes, ...]:
+    out = []
+    for v in _check_list(value, "have", 16):
+        if not isinstance(v, str) or len(v) != 2 * DIGEST_SIZE:
+            raise PeerProtocolError(f"bad digest {v!r}")
+        try:
+            out.append(bytes.fromhex(v))
+        except ValueError:
+            raise PeerProtocolError(f"bad digest {v!r}") from None
+    return tuple(out)
+
+
+# -- messages -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hello:
+    """First frame of every connection: who I am and what I want.
+
+    ``kind`` is ``join`` (become the receiver's child), ``probe`` (ask for an
+    :class:`Info`) or ``fetch`` (ask for recent blocks). ``have`` lists the
+    identities of the joiner's latest blocks, newest last, so that the new
+    parent resumes right after them; ``subtree`` lists the joiner's own
+    descendants, which the receiver must not be.
+    """
+
+    TYPE: ClassVar[int] = 1
+    kind: str
+    addr: Addr
+    channel: int
+    max_children: int = 0
+    have: tuple[bytes, ...] = ()
+    subtree: tuple[Addr, ...] = ()
+    proto: str = PROTOCOL
+    version: int = VERSION
+
+    def __post_init__(self):
+        if self.proto != PROTOCOL:
+            raise PeerProtocolError(f"not a {PROTOCOL} peer: {self.proto!r}")
+        if self.version != VERSION:
+            raise PeerProtocolError(f"unsupported protocol version {self.version!r}")
+        if self.kind not in ("join", "probe", "fetch"):
+            raise PeerProtocolError(f"unknown hello kind {self.kind!r}")
+        _check_int(self.channel, "channel", 0, 9)
+        _check_int(self.max_children, "max_children", 0, 1000)
+
+    def to_json(self) -> dict:
+        return {"proto": self.proto, "version": self.version, "kind": self.kind,
+                "ip": self.addr.ip, "port": self.addr.port, "channel": self.channel,
+                "max_children": self.max_children,
+                "have": [d.hex() for d in self.have],
+                "subtree": [asdict(a) for a in self.subtree]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Hello":
+        return cls(kind=obj.get("kind"), addr=Addr.parse(obj), channel=obj.get("channel"),
+                   max_children=obj.get("max_children", 0),
+                   have=_digests(obj.get("have", [])),
+                   subtree=_addrs(obj.get("subtree", []), "subtree"),
+                   proto=obj.get("proto"), version=obj.get("version"))
+
+
+@dataclass(frozen=True)
+class Accept:
+    """The receiver takes the joiner as a child.
+
+    ``path`` is the receiver's own chain of relays from the root down to its
+    parent; ``after`` is the identity of the block after which the receiver
+    resumes the joiner's stream (None: from the next live block).
+    """
+
+    TYPE: ClassVar[int] = 2
+    depth: int
+    path: tuple[Addr, ...] = ()
+    after: bytes | None = None
+
+    def __post_init__(self):
+        _check_int(self.depth, "depth", 1, 1000)
+
+    def to_json(self) -> dict:
+        return {"depth": self.depth, "path": [asdict(a) for a in self.path],
+                "after": self.after.hex() if self.after else None}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Accept":
+        after = obj.get("after")
+        return cls(obj.get("depth"), _addrs(obj.get("path", []), "path"),
+                   _digests([after])[0] if after is not None else None)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """The receiver is full: try these places further down, best first."""
+
+    TYPE: ClassVar[int] = 3
+    candidates: tuple[Candidate, ...]
+
+    def to_json(self) -> dict:
+        return {"candidates": [c.to_json() for c in self.candidates]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Redirect":
+        return cls(_candidates(obj.get("candidates")))
+
+
+@dataclass(frozen=True)
+class Reject:
+    """The receiver will not take the joiner (not attached, loop, wrong channel...)."""
+
+    TYPE: ClassVar[int] = 4
+    reason: str
+
+    def __post_init__(self):
+        _check_str(self.reason, "reason")
+
+    def to_json(self) -> dict:
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Reject":
+        return cls(obj.get("reason"))
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the channel: its position in the sender's numbering, its identity, its bytes."""
+
+    TYPE: ClassVar[int] = 5
+    seq: int
+    digest: bytes
+    data: bytes = field(repr=False)
+
+    def __post_init__(self):
+        _check_int(self.seq, "seq", 0, 2**64 - 1)
+        if len(self.digest) != DIGEST_SIZE:
+            raise PeerProtocolError("bad block digest length")
+        if len(self.data) > MAX_BLOCK:
+            raise PeerProtocolError("block too large")
+
+    @classmethod
+    def of(cls, seq: int, data: bytes) -> "Block":
+        return cls(seq, block_digest(data), data)
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Sent by a parent when it has had nothing else to send for a while."""
+
+    TYPE: ClassVar[int] = 6
+
+    def to_json(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Keepalive":
+        return cls()
+
+
+@dataclass(frozen=True)
+class PathUpdate:
+    """Parent to child: my chain of relays changed (I moved); here is the new one."""
+
+    TYPE: ClassVar[int] = 7
+    depth: int
+    path: tuple[Addr, ...]
+
+    def __post_init__(self):
+        _check_int(self.depth, "depth", 1, 1000)
+
+    def to_json(self) -> dict:
+        return {"depth": self.depth, "path": [asdict(a) for a in self.path]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "PathUpdate":
+        return cls(obj.get("depth"), _addrs(obj.get("path", []), "path"))
+
+
+@dataclass(frozen=True)
+class Move:
+    """Parent to child: I am leaving; go to these places (``server``: try the server first)."""
+
+    TYPE: ClassVar[int] = 8
+    candidates: tuple[Addr, ...]
+    server: bool = False
+
+    def to_json(self) -> dict:
+        return {"candidates": [asdict(a) for a in self.candidates], "server": self.server}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Move":
+        server = obj.get("server", False)
+        if not isinstance(server, bool):
+            raise PeerProtocolError(f"bad server flag {server!r}")
+        return cls(_addrs(obj.get("candidates"), "candidates"), server)
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Parent to child: I no longer serve you (you could not keep up, or a loop)."""
+
+    TYPE: ClassVar[int] = 9
+    reason: str
+
+    def __post_init__(self):
+        _check_str(self.reason, "reason")
+
+    def to_json(self) -> dict:
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Drop":
+        return cls(obj.get("reason"))
+
+
+@dataclass(frozen=True)
+class Bye:
+    """Child to parent: I am leaving on purpose; free my slot now."""
+
+    TYPE: ClassVar[int] = 10
+
+    def to_json(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Bye":
+        return cls()
+
+
+@dataclass(frozen=True)
+class Report:
+    """Child to parent, every period: my free slots, my upload and my subtree.
+
+    ``subtree`` holds the free places known below the child, best first, so
+    that a full relay can redirect a joiner straight to a free slot;
+    ``members`` lists every descendant (for loop checks and the ``tree`` view).
+    """
+
+    TYPE: ClassVar[int] = 11
+    free: int
+    sent: int
+    subtree: tuple[Candidate, ...] = ()
+    members: tuple[Addr, ...] = ()
+
+    def __post_init__(self):
+        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.sent, "sent", 0, 2**63)
+
+    def to_json(self) -> dict:
+        return {"free": self.free, "sent": self.sent,
+                "subtree": [c.to_json() for c in self.subtree],
+                "members": [asdict(a) for a in self.members]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Report":
+        return cls(obj.get("free"), obj.get("sent"), _candidates(obj.get("subtree", [])),
+                   _addrs(obj.get("members", []), "members"))
+
+
+@dataclass(frozen=True)
+class Info:
+    """Answer to a probe: where I stand and the free places I know of below me."""
+
+    TYPE: ClassVar[int] = 12
+    attached: bool
+    depth: int
+    free: int
+    sent: int
+    candidates: tuple[Candidate, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.attached, bool):
+            raise PeerProtocolError("bad attached flag")
+        _check_int(self.depth, "depth", 1, 1000)
+        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.sent, "sent", 0, 2**63)
+
+    def to_json(self) -> dict:
+        return {"attached": self.attached, "depth": self.depth, "free": self.free,
+                "sent": self.sent, "candidates": [c.to_json() for c in self.candidates]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Info":
+        return cls(obj.get("attached"), obj.get("depth"), obj.get("free"), obj.get("sent"),
+                   _candidates(obj.get("candidates", [])))
+
+
+Message = Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye | Report | Info
+JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
+                                            Move, Drop, Bye, Report, Info)}
+
+
+def encode(message: Message) -> bytes:
+    """The bytes of one frame carrying ``message``."""
+    if isinstance(message, Block):
+        payload = BLOCK_HEADER.pack(message.seq, message.digest) + message.data
+    else:
+        payload = json.dumps(message.to_json(), separators=(",", ":")).encode()
+        if len(payload) > MAX_CONTROL:
+            raise PeerProtocolError(f"{type(message).__name__} frame too large to send")
+    return HEADER.pack(message.TYPE, len(payload)) + payload
+
+
+def _decode_payload(kind: int, payload: bytes) -> Message:
+    if kind == Block.TYPE:
+        seq, digest = BLOCK_HEADER.unpack_from(payload)
+        data = payload[BLOCK_HEADER.size:]
+        if block_digest(data) != digest:
+            raise PeerProtocolError("block digest does not match its bytes")
+        return Block(seq, digest, data)
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PeerProtocolError(f"malformed JSON payload: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PeerProtocolError("JSON payload is not an object")
+    try:
+        return JSON_MESSAGES[kind].from_json(obj)
+    except (TypeError, AttributeError) as exc:
+        raise PeerProtocolError(f"malformed {JSON_MESSAGES[kind].__name__}: {exc}") from None
+
+
+class FrameDecoder:
+    """Buffers received bytes and yields whole messages, one at a time.
+
+    ``feed(b"")`` means the peer closed; a close in the middle of a frame is
+    an error. The buffer never holds more than one frame's bound plus one
+    received chunk.
+    """
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self._closed = False
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            self._closed = True
+        self._buffer += data
+
+    def next_message(self) -> Message | None:
+        """The next whole message, or None when more bytes are needed.
+
+        Raises :class:`PeerProtocolError` on bad input, and :class:`EOFError`
+        when the peer closed (cleanly between frames or not).
+        """
+        if len(self._buffer) >= HEADER.size:
+            kind, length = HEADER.unpack_from(self._buffer)
+            if kind == Block.TYPE:
+                if not BLOCK_HEADER.size <= length <= BLOCK_HEADER.size + MAX_BLOCK:
+                    raise PeerProtocolError(f"block frame of {length} bytes is out of bounds")
+            elif kind in JSON_MESSAGES:
+                if length > MAX_CONTROL:
+                    raise PeerProtocolError(f"control frame of {length} bytes exceeds {MAX_CONTROL}")
+            else:
+                raise PeerProtocolError(f"unknown frame type {kind}")
+            end = HEADER.size + length
+            if len(self._buffer) >= end:
+                payload = bytes(self._buffer[HEADER.size:end])
+                del self._buffer[:end]
+                return _decode_payload(kind, payload)
+        if self._closed:
+            if self._buffer:
+                raise EOFError("peer closed in the middle of a frame")
+            raise EOFError("peer closed")
+        return None

@@ -1,0 +1,171 @@
+"""The relay tree's decisions, as pure code: no sockets, no clocks, no threads.
+
+A relay decides what to answer a joiner (:func:`decide_join`) and what to tell
+its parent and prospective joiners about the free places below it
+(:func:`free_places`); a joiner or an orphan decides whom to try next
+(:class:`JoinSearch`, :func:`rejoin_seeds`). The node feeds these with what
+it has heard and does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from client.peerproto import Addr, Candidate, Hello
+
+MAX_CANDIDATES = 8
+MAX_MEMBERS = 1024
+
+
+@dataclass
+class ChildView:
+    """What a relay knows of one child, from the child's latest report."""
+
+    addr: Addr
+    free: int = 0
+    sent: int = 0
+    places: tuple[Candidate, ...] = ()
+    members: tuple[Addr, ...] = ()
+
+
+@dataclass(frozen=True)
+class RelayView:
+    """What a relay knows of itself when it decides."""
+
+    me: Addr
+    channel: int
+    max_children: int
+    attached: bool
+    depth: int
+    path: tuple[Addr, ...]
+    sent: int
+    children: dict[Addr, ChildView] = field(default_factory=dict)
+
+    @property
+    def free(self) -> int:
+        return max(0, self.max_children - len(self.children))
+
+
+@dataclass(frozen=True)
+class AcceptJoin:
+    """Take the joiner as a child."""
+
+
+@dataclass(frozen=True)
+class RedirectJoin:
+    candidates: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
+class RejectJoin:
+    reason: str
+
+
+def members_below(view: RelayView) -> tuple[Addr, ...]:
+    """Every descendant of the relay, children first, bounded."""
+    out: list[Addr] = list(view.children)
+    for child in view.children.values():
+        out.extend(child.members)
+    return tuple(out[:MAX_MEMBERS])
+
+
+def free_places(view: RelayView, exclude: Iterable[Addr] = ()) -> tuple[Candidate, ...]:
+    """The best free places in the relay's subtree, itself included.
+
+    Best means shallowest first, then the relay that has sent the fewest
+    bytes: a newcomer placed there keeps the tree short and evens out upload.
+    """
+    excluded = set(exclude)
+    places: list[Candidate] = []
+    if view.free > 0 and view.me not in excluded:
+        places.append(Candidate(view.me, view.depth, view.free, view.sent))
+    for child in view.children.values():
+        places.extend(c for c in child.places if c.addr not in excluded and c.free > 0)
+    places.sort(key=_place_order)
+    return tuple(places[:MAX_CANDIDATES])
+
+
+def _place_order(c: Candidate):
+    return (c.depth, c.free == 0, c.sent, c.addr)
+
+
+def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | RejectJoin:
+    """What a relay answers a join request.
+
+    Never more children than ``max_children``; never a child that is this
+    relay or one of its ancestors (that would close a loop); a full relay
+    points further down instead of refusing.
+    """
+    joiner = hello.addr
+    if hello.channel != view.channel:
+        return RejectJoin(f"wrong channel: this relay carries channel {view.channel}")
+    if joiner == view.me or joiner in view.path or view.me in hello.subtree:
+        return RejectJoin("loop: the joiner is this relay, one of its ancestors or above it")
+    if not view.attached:
+        return RejectJoin("not attached: this relay is itself looking for a parent")
+    if joiner in view.children:
+        return AcceptJoin()  # a child reconnecting: its old link is replaced
+    if len(view.children) < view.max_children:
+        return AcceptJoin()
+    excluded = {joiner, *hello.subtree}
+    places = free_places(view, exclude=excluded)
+    if not places:
+        # Nothing free is known below: let the joiner descend through the children.
+        places = tuple(sorted((Candidate(c.addr, view.depth + 1, c.free, c.sent)
+                               for c in view.children.values() if c.addr not in excluded),
+                              key=_place_order))[:MAX_CANDIDATES]
+    if not places:
+        return RejectJoin("no free slot here or below")
+    return RedirectJoin(places)
+
+
+class JoinSearch:
+    """Whom a joiner tries next: the best untried place it has heard of.
+
+    Places are tried shallowest first, free ones before full ones, then the
+    least loaded. Redirects and probe answers add places; the joiner itself,
+    its own subtree and any excluded address (a dead parent) are never tried.
+    Bounded in attempts, so a search always ends.
+    """
+
+    def __init__(self, me: Addr, exclude: Iterable[Addr] = (), max_attempts: int = 32):
+        self._excluded = {me, *exclude}
+        self._known: dict[Addr, Candidate] = {}
+        self._tried: set[Addr] = set()
+        self._attempts_left = max_attempts
+
+    def add(self, candidates: Iterable[Candidate]) -> None:
+        for c in candidates:
+            if c.addr in self._excluded or c.addr in self._tried:
+                continue
+            old = self._known.get(c.addr)
+            if old is None or _place_order(c) < _place_order(old):
+                self._known[c.addr] = c
+
+    def next(self) -> Candidate | None:
+        """The next place to try, marked as tried; None when the search is over."""
+        if self._attempts_left <= 0:
+            return None
+        untried = [c for a, c in self._known.items() if a not in self._tried]
+        if not untried:
+            return None
+        best = min(untried, key=_place_order)
+        self._tried.add(best.addr)
+        self._attempts_left -= 1
+        return best
+
+
+def rejoin_seeds(path: tuple[Addr, ...], lost: Addr | None) -> list[Candidate]:
+    """Where an orphan looks first: its surviving ancestors, each at its known depth.
+
+    ``path`` is the orphan's chain of relays from the root down to its lost
+    parent. Their free slots are unknown (1 is assumed, so they are tried);
+    a full ancestor redirects to the best free place it knows below it.
+    """
+    seeds = []
+    for index, addr in enumerate(path):
+        if addr != lost:
+            seeds.append(Candidate(addr, index + 1, 1, 0))
+    seeds.reverse()  # grandparent first among equals; depth orders them anyway
+    return seeds
