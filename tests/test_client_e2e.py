@@ -1,0 +1,237 @@
+"""The relay client end to end: real server and client processes on 127.0.x.y.
+
+A server with one slot per channel, clients with two children each, a short
+period. Each test awaits conditions on the clients' status.json files; the
+stored blocks are compared with the film's own files.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import struct
+import subprocess
+
+import pytest
+
+from bench.cluster import Cluster, wait_until
+from client.peerproto import block_digest
+
+PERIOD = 0.5
+
+
+def film_index(films, name="canal0"):
+    """Digest of each block of film ``name`` -> its index, and the block count."""
+    blocks = sorted(films.glob(f"{name}_*.mkv"))
+    return {block_digest(p.read_bytes()): i for i, p in enumerate(blocks)}, len(blocks)
+
+
+def stored_indexes(proc, films):
+    """Film indexes of the blocks a client stored, in its play (name) order."""
+    index, _ = film_index(films)
+    return [index.get(block_digest(p.read_bytes()), -1)
+            for p in sorted(Cluster.store_of(proc).glob("*.mkv"))]
+
+
+def assert_continuous(proc, films):
+    """Every stored block is the film's, in order, without hole or duplicate."""
+    _, count = film_index(films)
+    got = stored_indexes(proc, films)
+    assert got, f"{proc.ip} stored nothing"
+    assert -1 not in got, f"{proc.ip} stored a block that is not the film's"
+    breaks = [(a, b) for a, b in zip(got, got[1:]) if b != (a + 1) % count]
+    assert not breaks, f"{proc.ip} stored {got}: breaks at {breaks}"
+
+
+def status(proc):
+    return Cluster.status_of(proc) or {}
+
+
+def receiving(procs, at_least):
+    """True when every client has stored at least ``at_least`` blocks."""
+    return all(status(p).get("blocks_received", 0) >= at_least for p in procs)
+
+
+def received_more(procs, before, more):
+    return all(status(p).get("blocks_received", 0) >= before[p.ip] + more for p in procs)
+
+
+def counts(procs):
+    return {p.ip: status(p).get("blocks_received", 0) for p in procs}
+
+
+def start_tree(cluster, n, max_children=2, max_clients=1):
+    """A server and ``n`` clients started one after the other, each awaited in place."""
+    server = cluster.start_server(max_clients=max_clients, period=PERIOD, channels=2)
+    clients = []
+    for _ in range(n):
+        proc = cluster.start_client(server, max_children=max_children, period=PERIOD)
+        wait_until(lambda: status(proc).get("state") in ("direct", "attached"), 20,
+                   f"{proc.ip} to find a place")
+        clients.append(proc)
+    wait_until(lambda: receiving(clients, 2), 20, "every client to receive")
+    return server, clients
+
+
+def tree_of(clients):
+    """ip -> status, and a check that parents and children agree and nobody loops."""
+    statuses = {p.ip: status(p) for p in clients}
+    for ip, s in statuses.items():
+        seen, node = {ip}, s
+        while isinstance(node.get("parent"), dict):
+            parent_ip = node["parent"]["ip"]
+            assert parent_ip not in seen, f"loop through {parent_ip}"
+            seen.add(parent_ip)
+            node = statuses.get(parent_ip, {})
+    return statuses
+
+
+def depth_histogram(statuses):
+    hist = {}
+    for s in statuses.values():
+        hist[s["depth"]] = hist.get(s["depth"], 0) + 1
+    return hist
+
+
+def test_ten_clients_form_a_shallow_tree_and_store_the_film_in_order(cluster, films):
+    server, clients = start_tree(cluster, 10)
+    statuses = tree_of(clients)
+    assert [s["parent"] for s in statuses.values()].count("server") == 1
+    assert all(len(s["children"]) <= 2 for s in statuses.values())
+    # One server slot, fan-out 2: depths 1, 2, 3 hold 1 + 2 + 4 = 7 < 10 <= 15.
+    assert max(s["depth"] for s in statuses.values()) == 4, depth_histogram(statuses)
+    before = counts(clients)
+    wait_until(lambda: received_more(clients, before, 8), 30, "8 more blocks everywhere")
+    for proc in clients:
+        assert_continuous(proc, films)
+
+
+def test_killed_relay_children_rejoin_with_their_subtree_and_lose_nothing(cluster, films):
+    # 9 clients: depths 1, 2, 3 full (1 + 2 + 4), two more at depth 4.
+    server, clients = start_tree(cluster, 9)
+    statuses = tree_of(clients)
+
+    def grandchildren_of(ip):
+        return [g for c in statuses[ip]["children"] for g in statuses[c["ip"]]["children"]]
+
+    victim = next(p for p in clients if statuses[p.ip]["depth"] == 2 and grandchildren_of(p.ip))
+    orphans = [c["ip"] for c in statuses[victim.ip]["children"]]
+    grandchildren = {ip: sorted(c["ip"] for c in statuses[ip]["children"]) for ip in orphans}
+    survivors = [p for p in clients if p is not victim]
+    before = counts(survivors)
+
+    victim.kill()
+    wait_until(lambda: received_more(survivors, before, 6), 30, "survivors to receive 6 more blocks")
+
+    after = tree_of(survivors)
+    for ip in orphans:
+        assert isinstance(after[ip]["parent"], dict) or after[ip]["parent"] == "server"
+        assert after[ip]["parent"] != {"ip": victim.ip, "port": 9092}
+        assert sorted(c["ip"] for c in after[ip]["children"]) == grandchildren[ip], \
+            "the orphan's subtree must move with it"
+        assert after[ip]["rejoins"] >= 1
+    assert all(len(s["children"]) <= 2 for s in after.values())
+    for proc in survivors:
+        assert_continuous(proc, films)
+
+
+def test_leaving_relay_hands_its_children_over_before_it_is_gone(cluster, films):
+    server, clients = start_tree(cluster, 5)
+    statuses = tree_of(clients)
+    leaver = next(p for p in clients if statuses[p.ip]["depth"] == 2 and statuses[p.ip]["children"])
+    orphans = [p for p in clients if p.ip in {c["ip"] for c in statuses[leaver.ip]["children"]}]
+    survivors = [p for p in clients if p is not leaver]
+    before = counts(survivors)
+
+    assert leaver.stop() == 0
+    wait_until(lambda: received_more(survivors, before, 4), 30, "survivors to receive 4 more blocks")
+    for proc in orphans:
+        stats_rejoins = [line for line in proc.log_text().splitlines() if "is leaving" in line]
+        assert stats_rejoins, f"{proc.ip} was not told that its parent was leaving"
+    for proc in survivors:
+        assert_continuous(proc, films)
+    leaver_stats = json.loads((Cluster.store_of(leaver) / "stats.json").read_text())
+    assert leaver_stats["blocks_relayed"] > 0
+
+
+def test_server_restart_everyone_comes_back(cluster, films):
+    server, clients = start_tree(cluster, 5)
+    server.kill()
+    server2 = cluster.start_server(ip=server.ip, max_clients=1, period=PERIOD, channels=2,
+                                   name="server-restarted")
+    wait_until(lambda: "listening" in server2.log_text().lower() or not server2.alive, 10,
+               "the restarted server to listen")
+    assert server2.alive, server2.log_text()
+    before = counts(clients)
+    wait_until(lambda: received_more(clients, before, 4), 40, "everyone to receive again")
+    statuses = tree_of(clients)
+    assert [s["parent"] for s in statuses.values()].count("server") == 1
+    assert all(len(s["children"]) <= 2 for s in statuses.values())
+
+
+def test_hostile_peer_input_is_refused_and_the_client_keeps_receiving(cluster, films):
+    server, clients = start_tree(cluster, 2)
+    target = clients[0]
+    attacker_ip = "127.0.0.250"
+
+    def send(payload: bytes, close: bool = True):
+        with socket.create_connection((target.ip, 9092), timeout=3,
+                                      source_address=(attacker_ip, 0)) as sock:
+            sock.sendall(payload)
+            if close:
+                sock.shutdown(socket.SHUT_WR)
+            try:
+                return sock.recv(4096)
+            except OSError:
+                return b""
+
+    send(b"\x00" * 1000)                                   # junk
+    send(struct.pack(">BI", 1, 50_000_000))                # oversized control frame
+    send(struct.pack(">BI", 1, 100) + b"{")                # stops mid-frame
+    send(struct.pack(">BI", 1, 2) + b"[]")                 # not an object
+    hello = json.dumps({"proto": "relaytv", "version": 1, "kind": "join", "ip": "127.0.0.9",
+                        "port": 9092, "channel": 0}).encode()
+    send(struct.pack(">BI", 1, len(hello)) + hello)        # claims another address
+    before = counts(clients)
+    wait_until(lambda: received_more(clients, before, 3), 20, "clients to keep receiving")
+    log = target.log_text()
+    assert "bad peer connection" in log
+    assert "Traceback" not in log
+    for proc in clients:
+        assert_continuous(proc, films)
+
+
+def test_menu_through_standard_input(cluster, films):
+    server = cluster.start_server(max_clients=1, period=PERIOD)
+    proc = cluster.start_client(server, "--menu", max_children=2, period=PERIOD,
+                                stdin=subprocess.PIPE)
+    wait_until(lambda: status(proc).get("blocks_received", 0) >= 2, 20, "the client to receive")
+    proc.popen.stdin.write(b"connections\nfiles\nstatus\nbogus\nquit\n")
+    proc.popen.stdin.close()
+    assert proc.popen.wait(timeout=15) == 0
+    out = proc.log_text()
+    assert f"receiving from: server {server.ip}:6060" in out
+    assert f"this client:    {proc.ip}:9092 at depth 1" in out
+    assert "sending to:     nobody" in out
+    assert "file(s) waiting in" in out and ".mkv" in out
+    assert "unknown command: bogus" in out
+    # With the menu, log lines go to a file, not over the prompt.
+    assert "INFO" not in out
+    assert (Cluster.store_of(proc) / "client.log").read_text().count("direct client") >= 1
+
+
+def test_missing_max_children_is_asked_once(cluster, films):
+    server = cluster.start_server(max_clients=1, period=PERIOD)
+    ip = "127.0.0.251"
+    argv = [cluster.python, "-m", "client", "--server", f"{server.ip}:6060", "--ip", ip,
+            "--store", str(cluster.workdir / "asked"), "--no-player", "--no-menu",
+            "--period", str(PERIOD)]
+    proc = cluster.spawn("asked", ip, argv, stdin=subprocess.PIPE)
+    proc.popen.stdin.write(b"x\n3\n")
+    proc.popen.stdin.close()
+    wait_until(lambda: (cluster.workdir / "asked" / "status.json").exists(), 15, "the client to start")
+    assert json.loads((cluster.workdir / "asked" / "status.json").read_text())["max_children"] == 3
+    assert proc.log_text().count("max children") == 2  # asked, refused "x", asked again
+    proc.signal(signal.SIGTERM)
+    assert proc.popen.wait(timeout=15) == 0
