@@ -157,9 +157,10 @@ class Cluster:
                 "--server", f"{server.ip}:{port}", "--channel", str(channel),
                 "--ip", ip, "--store", str(store), "--period", str(period),
                 "--no-player", "--no-menu", "--log-level", "INFO"]
-        if "--menu" in extra:
-            extra = tuple(a for a in extra if a != "--menu")
-            argv.remove("--no-menu")
+        for wanted, default in (("--menu", "--no-menu"), ("--player", "--no-player")):
+            if wanted in extra:
+                extra = tuple(a for a in extra if a != wanted)
+                argv.remove(default)
         return self.spawn(name, ip, argv + list(extra), stdin=stdin)
 
     @staticmethod
