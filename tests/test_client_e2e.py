@@ -235,3 +235,23 @@ def test_missing_max_children_is_asked_once(cluster, films):
     assert proc.log_text().count("max children") == 2  # asked, refused "x", asked again
     proc.signal(signal.SIGTERM)
     assert proc.popen.wait(timeout=15) == 0
+
+
+def test_frozen_relay_is_detected_by_silence_and_its_children_lose_nothing(cluster, films):
+    server, clients = start_tree(cluster, 5)
+    statuses = tree_of(clients)
+    victim = next(p for p in clients if statuses[p.ip]["depth"] == 2 and statuses[p.ip]["children"])
+    orphans = [p for p in clients if p.ip in {c["ip"] for c in statuses[victim.ip]["children"]}]
+    survivors = [p for p in clients if p is not victim]
+    before = counts(survivors)
+
+    victim.freeze()  # SIGSTOP: its sockets stay open, it just stops talking
+    try:
+        wait_until(lambda: received_more(survivors, before, 6), 30, "survivors to receive 6 more blocks")
+    finally:
+        victim.thaw()
+    for proc in orphans:
+        assert "lost: silent" in proc.log_text(), f"{proc.ip} did not detect the silence"
+        assert status(proc)["parent"] != {"ip": victim.ip, "port": 9092}
+    for proc in survivors:
+        assert_continuous(proc, films)
