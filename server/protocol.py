@@ -196,7 +196,7 @@ _DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 _SPACE = " \t\r\n"
 
 
-def parse_client_list(data: bytes) -> list[str]:
+def parse_client_list(data: bytes | str) -> list[str]:
     """The IP addresses of a list answer, parsed strictly as data.
 
     Accepts exactly a list of quoted dotted-quad strings: ``[``, items
@@ -209,6 +209,8 @@ def parse_client_list(data: bytes) -> list[str]:
     >>> parse_client_list(b"['127.0.0.2', \\"10.0.0.1\\"]")
     ['127.0.0.2', '10.0.0.1']
     """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     if len(data) > MAX_LIST_ANSWER:
         raise BadAnswer(f"list answer longer than {MAX_LIST_ANSWER} bytes")
     try:

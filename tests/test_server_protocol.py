@@ -264,3 +264,9 @@ def test_parse_client_list_fed_one_byte_more_at_a_time():
         with pytest.raises(BadAnswer):
             parse_client_list(data[:end])
     assert parse_client_list(data) == ["127.0.0.2", "127.0.0.3"]
+
+
+def test_parse_client_list_takes_text_too():
+    assert parse_client_list("['127.0.0.2']") == ["127.0.0.2"]
+    with pytest.raises(BadAnswer):
+        parse_client_list("['127.0.0.\u0662']")
