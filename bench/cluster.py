@@ -115,7 +115,10 @@ class Cluster:
     """A set of relaytv processes under one working directory."""
 
     def __init__(self, workdir: Path, films: Path | None = None,
-                 python: str = sys.executable):
+                 python: str = sys.executable, code: Path | None = None):
+        """``code``: the folder the processes run from (``-m server``, ``-m client``);
+        the repository by default, or e.g. an export of one commit."""
+        self.code = Path(code) if code else REPO
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.films = Path(films) if films else REPO / "filme"
@@ -128,7 +131,7 @@ class Cluster:
         log_path = self.workdir / f"{name}.log"
         log = open(log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        popen = subprocess.Popen(argv, cwd=REPO, stdin=stdin, stdout=log,
+        popen = subprocess.Popen(argv, cwd=self.code, stdin=stdin, stdout=log,
                                  stderr=subprocess.STDOUT, env=env)
         log.close()
         proc = Proc(name, ip, popen, log_path, self.workdir, argv)
