@@ -26,8 +26,18 @@ films: venv
 demo: films
 	$(PY) -m bench.demo
 
-test: films
+test: films docs
 	$(PY) -m pytest
+
+# The documentation: Sphinx (warnings are errors) and doxygen (any warning fails).
+DOXY_WARNINGS := docs/_build/doxygen/warnings.log
+
+docs: venv
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@mkdir -p docs/_build/doxygen
+	doxygen Doxyfile
+	@if [ -s $(DOXY_WARNINGS) ]; then cat $(DOXY_WARNINGS); \
+	    echo "doxygen: warnings (see $(DOXY_WARNINGS))"; exit 1; fi
 
 clean:
 	rm -rf .venv docs/_build test-artifacts bench-results filme/*.mkv

@@ -1,0 +1,289 @@
+"""Sphinx directives that render relaytv facts from the code, so the docs cannot drift.
+
+* ``.. program-help:: module:function`` -- the ``--help`` text of a program,
+  produced by its own argparse parser (``function`` is either a parser
+  factory such as ``build_parser`` or a ``parse_args(argv)`` function, which
+  is called with ``["--help"]``).
+* ``.. peer-frames::`` -- the table of peer protocol frames, built from
+  :data:`client.peerproto.JSON_MESSAGES`, :class:`client.peerproto.Block`
+  and the dataclass fields of each message.
+* ``.. peer-bounds::`` -- the protocol constants and bounds, read from the module.
+* ``.. package-modules:: package`` -- one ``automodule`` per module of a
+  package (``__main__`` excluded), so a new module is documented at once.
+* ``.. sequence::`` -- a sequence diagram (graphviz) from lines
+  ``A -> B: message``; ``A -> A: text`` is a step taken by A alone.
+* ``.. menu-commands::`` -- the client menu's commands, from their docstrings.
+* ``:pyval:`module.NAME``` -- the value of a constant, as code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import io
+import os
+import pkgutil
+import sys
+import typing
+
+from docutils import nodes
+from docutils.parsers.rst import Directive, directives
+from docutils.statemachine import StringList
+from sphinx.util.nodes import nested_parse_with_titles
+
+
+def _import(path: str):
+    """``pkg.module:name`` or ``pkg.module.NAME`` -> the object."""
+    if ":" in path:
+        module, _, name = path.partition(":")
+    else:
+        module, _, name = path.rpartition(".")
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def program_help(target: str) -> str:
+    """The ``--help`` output of the parser behind ``target``, at a fixed width."""
+    func = _import(target)
+    saved_argv0, saved_columns = sys.argv[0], os.environ.get("COLUMNS")
+    sys.argv[0] = ""
+    os.environ["COLUMNS"] = "88"
+    out = io.StringIO()
+    try:
+        if func.__name__.endswith("parser"):
+            parser = func()
+            if not isinstance(parser, argparse.ArgumentParser):
+                raise TypeError(f"{target} did not return an ArgumentParser")
+            return parser.format_help()
+        with contextlib.redirect_stdout(out):
+            try:
+                func(["--help"])
+            except SystemExit:
+                pass
+        return out.getvalue()
+    finally:
+        sys.argv[0] = saved_argv0
+        if saved_columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved_columns
+
+
+class ProgramHelp(Directive):
+    required_arguments = 1
+
+    def run(self):
+        try:
+            text = program_help(self.arguments[0])
+        except Exception as exc:
+            raise self.error(f"program-help {self.arguments[0]}: {type(exc).__name__}: {exc}") from None
+        if not text.strip():
+            raise self.error(f"{self.arguments[0]} printed no help")
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
+def _summary(cls) -> str:
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(doc.split())
+
+
+def _type_name(annotation) -> str:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return text.replace("typing.", "")
+
+
+def _fields(cls) -> str:
+    parts = []
+    for f in dataclasses.fields(cls):
+        text = f"``{f.name}``: {_type_name(f.type)}"
+        if f.default is not dataclasses.MISSING:
+            text += f" = ``{f.default!r}``"
+        parts.append(text)
+    return "; ".join(parts) or "(none)"
+
+
+def _table(header: list[str], rows: list[list[str]], widths: str) -> list[str]:
+    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
+    for row in [header, *rows]:
+        lines.append(f"   * - {row[0]}")
+        lines.extend(f"     - {cell}" for cell in row[1:])
+    return lines
+
+
+class _Generated(Directive):
+    """A directive whose output is reStructuredText made from the code."""
+
+    def lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def run(self):
+        container = nodes.container()
+        source = self.state_machine.get_source_and_line(self.lineno)[0]
+        content = StringList()
+        try:
+            lines = self.lines()
+        except Exception as exc:  # an import error in the code: one clear warning, not a crash
+            raise self.error(f"{self.name}: {type(exc).__name__}: {exc}") from None
+        for line in lines:
+            content.append(line, source)
+        nested_parse_with_titles(self.state, content, container, self.content_offset)
+        return container.children
+
+
+class PeerFrames(_Generated):
+    def lines(self):
+        pp = importlib.import_module("client.peerproto")
+        classes = sorted([*pp.JSON_MESSAGES.values(), pp.Block], key=lambda c: c.TYPE)
+        rows = []
+        for cls in classes:
+            encoding = "binary" if cls is pp.Block else "JSON"
+            rows.append([str(cls.TYPE), f":class:`~client.peerproto.{cls.__name__}`",
+                         encoding, _fields(cls), _summary(cls)])
+        return _table(["type", "frame", "payload", "fields", "meaning"], rows, "6 12 8 40 34")
+
+
+class PeerBounds(_Generated):
+    NAMES = ("PROTOCOL", "VERSION", "MAX_CONTROL", "MAX_BLOCK", "MAX_LIST", "DIGEST_SIZE")
+
+    def lines(self):
+        pp = importlib.import_module("client.peerproto")
+        tree = importlib.import_module("client.tree")
+        node = importlib.import_module("client.node")
+        rows = [[f":data:`client.peerproto.{n}`", f"``{getattr(pp, n)!r}``"] for n in self.NAMES]
+        rows.append(["frame header", f"``{pp.HEADER.format}`` ({pp.HEADER.size} bytes: type, length)"])
+        rows.append(["block payload header",
+                     f"``{pp.BLOCK_HEADER.format}`` ({pp.BLOCK_HEADER.size} bytes: seq, digest)"])
+        for n in ("MAX_CANDIDATES", "MAX_MEMBERS"):
+            rows.append([f":data:`client.tree.{n}`", f"``{getattr(tree, n)!r}``"])
+        for n in ("HAVE_COUNT", "MAX_PEER_HANDLERS", "MAX_PUSH"):
+            rows.append([f":data:`client.node.{n}`", f"``{getattr(node, n)!r}``"])
+        return _table(["name", "value"], rows, "40 60")
+
+
+class PackageModules(_Generated):
+    required_arguments = 1
+
+    def lines(self):
+        name = self.arguments[0]
+        module = importlib.import_module(name)
+        if not hasattr(module, "__path__"):
+            return [f".. automodule:: {name}", "   :members:", "   :undoc-members:",
+                    "   :show-inheritance:", ""]
+        names = [name] + sorted(f"{name}.{m.name}" for m in pkgutil.iter_modules(module.__path__)
+                                if m.name != "__main__")
+        out = []
+        for full in names:
+            title = f"``{full}``"
+            out += [title, "-" * len(title), "",
+                    f".. automodule:: {full}",
+                    "   :members:", "   :undoc-members:", "   :show-inheritance:", ""]
+        return out
+
+
+class MenuCommands(_Generated):
+    """The client menu's commands, from the ``do_*`` methods of :class:`client.menu.Menu`."""
+
+    def lines(self):
+        menu = importlib.import_module("client.menu").Menu
+        rows = []
+        for name in sorted(n for n in dir(menu) if n.startswith("do_") and n != "do_help"):
+            doc = " ".join((getattr(menu, name).__doc__ or "").split())
+            usage, _, meaning = doc.partition(": ")
+            rows.append([f"``{usage or name[3:]}``", meaning or doc])
+        rows.append(["``help`` / ``?``", "the list of commands; ``help CMD`` describes one"])
+        return _table(["command", "what it does"], rows, "25 75")
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def sequence_dot(lines: list[str]) -> str:
+    """A graphviz sequence diagram: one column per participant, one row per step."""
+    participants: list[str] = []
+    steps: list[tuple[str, str, str]] = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("participants:"):
+            participants.extend(p.strip() for p in line.split(":", 1)[1].split(","))
+            continue
+        arrow, _, label = line.partition(":")
+        src, _, dst = arrow.partition("->")
+        src, dst = src.strip(), dst.strip()
+        if not src or not dst:
+            raise ValueError(f"not 'A -> B: label': {line!r}")
+        for p in (src, dst):
+            if p not in participants:
+                participants.append(p)
+        steps.append((src, dst, label.strip()))
+    ids = {p: f"p{i}" for i, p in enumerate(participants)}
+    out = ["digraph sequence {", "  rankdir=TB; nodesep=1.6; ranksep=0.25; splines=false;",
+           '  node [fontname="Helvetica", fontsize=10]; edge [fontname="Helvetica", fontsize=9];']
+    out.append("  { rank=same; " + " ".join(
+        f'{ids[p]} [shape=box, style="rounded,filled", fillcolor="#eeeeee", label={_quote(p)}];'
+        for p in participants) + " }")
+    for a, b in zip(participants, participants[1:]):
+        out.append(f"  {ids[a]} -> {ids[b]} [style=invis];")
+    rows = len(steps) + 1
+    for i in range(rows):
+        out.append("  { rank=same; " + " ".join(
+            f"{ids[p]}_{i} [shape=point, width=0.01, height=0.01];" for p in participants) + " }")
+        for a, b in zip(participants, participants[1:]):
+            out.append(f"  {ids[a]}_{i} -> {ids[b]}_{i} [style=invis];")
+    for p in participants:
+        chain = [ids[p]] + [f"{ids[p]}_{i}" for i in range(rows)]
+        out.append("  " + " -> ".join(chain) + ' [arrowhead=none, style=dashed, color="#999999"];')
+    for i, (src, dst, label) in enumerate(steps):
+        if src == dst:
+            out.append(f'  {ids[src]}_{i} [shape=plaintext, width=0, height=0, '
+                       f'label={_quote(f"{i + 1}. {label}")}, fontsize=9, fontcolor="#333399"];')
+        else:
+            out.append(f"  {ids[src]}_{i} -> {ids[dst]}_{i} [constraint=false, "
+                       f'xlabel={_quote(f"{i + 1}. {label}")}];')
+    out.append("}")
+    return "\n".join(out)
+
+
+class Sequence(_Generated):
+    has_content = True
+    option_spec = {"caption": directives.unchanged}
+
+    def lines(self):
+        try:
+            dot = sequence_dot(list(self.content))
+        except ValueError as exc:
+            raise self.error(str(exc))
+        out = [".. graphviz::"]
+        if "caption" in self.options:
+            out.append(f"   :caption: {self.options['caption']}")
+        out.append("")
+        out.extend("   " + line for line in dot.splitlines())
+        return out
+
+
+def pyval_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    try:
+        value = _import(text)
+    except (ImportError, AttributeError) as exc:
+        msg = inliner.reporter.error(f"pyval: cannot find {text}: {exc}", line=lineno)
+        return [inliner.problematic(rawtext, rawtext, msg)], [msg]
+    return [nodes.literal(rawtext, repr(value))], []
+
+
+def setup(app):
+    app.add_directive("program-help", ProgramHelp)
+    app.add_directive("peer-frames", PeerFrames)
+    app.add_directive("peer-bounds", PeerBounds)
+    app.add_directive("package-modules", PackageModules)
+    app.add_directive("sequence", Sequence)
+    app.add_directive("menu-commands", MenuCommands)
+    app.add_role("pyval", pyval_role)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
