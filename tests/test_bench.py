@@ -1,0 +1,136 @@
+"""The overlay benchmark: pure metrics, and two small runs of the harness as a subprocess.
+
+The runs check that every figure is in the JSON and that a broken scenario
+shows up as continuity 0, not as a crash. No figure is asserted against a
+wall-clock limit: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from bench import metrics
+from bench.cluster import REPO
+
+
+# ------------------------------------------------------------------ metrics
+
+def test_jain_index_is_one_for_equal_shares_and_one_over_n_for_a_single_sender():
+    assert metrics.jain_index([5, 5, 5, 5]) == 1
+    assert metrics.jain_index([8, 0, 0, 0]) == 0.25
+    assert metrics.jain_index([0, 0]) is None
+
+
+def test_best_depths_follow_the_capacity_formula():
+    # S=2, K=3: 2 at depth 1, 6 at depth 2, 18 at depth 3 -> 26 within depth 3.
+    assert metrics.best_depths([3] * 10, 2) == {1: 2, 2: 6, 3: 2}
+    assert metrics.capacity_within(2, 3, 3) == 26
+    # Leaves cannot carry anyone: with only K=0 clients past the server, the rest do not fit.
+    assert metrics.best_depths([0, 0, 0], 1) == {1: 1, 0: 2}
+    # A mix puts the big fan-outs first.
+    assert metrics.best_depths([0, 2, 0, 3], 1) == {1: 1, 2: 3}
+
+
+def test_slot_of_unwraps_a_looping_film_by_store_time():
+    epochs = [metrics.Epoch(1000.0, 0)]
+    # Film of 4 blocks, period 1: slot 6 carries block 2, stored at t0 + 6.1.
+    assert metrics.slot_of(2, 1006.1, 4, 1.0, epochs) == 6
+    assert metrics.slot_of(2, 1002.1, 4, 1.0, epochs) == 2
+    restarted = epochs + [metrics.Epoch(1100.0, 1)]
+    assert metrics.slot_of(0, 1100.2, 4, 1.0, restarted) == metrics.EPOCH_STRIDE
+
+
+def test_continuity_counts_holes_duplicates_and_lateness():
+    channel = list(range(10))
+    blocks = [(0, 0.0), (1, 1.0), (1, 1.1), (3, 3.0), (4, 9.0), (None, 9.5), (5, 9.6)]
+    c = metrics.continuity(blocks, channel, end_slot=5, period=1.0, buffer_blocks=2)
+    assert (c["expected"], c["good"], c["holes"], c["duplicates"], c["not_film"]) == (6, 5, 1, 1, 1)
+    assert c["continuity"] == 5 / 6
+    # Deadlines: first + (2 + rank): slot 4 due 6.0 (stored 9.0), slot 5 due 7.0 (9.6): late.
+    assert c["on_time"] == 3
+    assert metrics.continuity([], channel, 5, 1.0)["continuity"] == 0
+
+
+def test_tree_check_finds_loops_and_over_full_clients():
+    statuses = {"a": {"parent": {"ip": "b"}, "children": [{"ip": "b"}], "max_children": 1},
+                "b": {"parent": {"ip": "a"}, "children": [{"ip": "a"}, {"ip": "c"}], "max_children": 1},
+                "c": {"parent": "server", "children": [], "max_children": 2}}
+    check = metrics.tree_check(statuses)
+    assert check["loops"] == 2
+    assert check["over_limit"] == ["b"]
+
+
+def test_repair_after_a_failure():
+    blocks = [(0, 0.0), (1, 1.0), (4, 4.5), (5, 5.0)]
+    assert metrics.repair_after(blocks, 1.5, list(range(6))) == {"took": 3.0, "missed": 2}
+    assert metrics.repair_after(blocks, 6.0, list(range(6))) == {"took": None, "missed": None}
+
+
+# -------------------------------------------------------------- the harness
+
+def run_bench(tmp_path, *options: str) -> dict:
+    """Run the harness on the last commit's server and client (``--code HEAD``).
+
+    These tests check the harness, not the relay client: the committed code
+    keeps them independent of uncommitted work in client/ and server/.
+    """
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, str(REPO / "bench" / "overlay.py"), "--code", "HEAD", "--period", "0.5",
+            "--film-seconds", "20", "--film-size", "160x90", "--quiet",
+            "--json", str(out), *options]
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "continuity" in proc.stdout           # the table for people
+    return json.loads(out.read_text())
+
+
+FIGURES = {
+    "continuity": ["min", "median", "mean"],
+    "on_time_fraction": ["min", "median", "mean"],
+    "startup_s": ["min", "median", "mean"],
+    "lag_s": ["median", "p99", "max"],
+    "repair": ["failures", "time_to_next_block_s", "blocks_missed", "client_rejoin_took_s"],
+    "tree": ["depth_histogram", "best_depth_histogram", "children_vs_max", "loops", "over_limit"],
+    "load": ["bytes_sent", "jain_index_relays", "server_bytes_sent", "server_upload_bytes_per_s"],
+    "cost": ["client_cpu_s", "client_peak_rss_mib", "server_cpu_s", "server_peak_rss_mib"],
+}
+
+
+def test_small_run_with_one_kill_reports_every_figure(tmp_path):
+    result = run_bench(tmp_path, "--clients", "5", "--server-slots", "1", "--max-children", "2",
+                       "--duration", "14", "--kill-rate", "0.5", "--victims", "parents",
+                       "--plot", str(tmp_path / "bench.png"))
+    run = result["overlay"]
+    for section, keys in FIGURES.items():
+        for key in keys:
+            assert key in run[section], f"{section}.{key} missing"
+    assert "all_receiving_after_s" in run and "lag_s_by_depth" in run
+    assert len(run["per_client"]) == 5
+    assert run["survivors"] == 4
+    [kill] = run["repair"]["failures"]
+    assert kill["action"] == "kill" and kill["affected"], kill
+    assert run["tree"]["loops"] == 0
+    assert run["continuity"]["max"] > 0
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert not list((tmp_path / "tmp").iterdir()), "the temporary folder was left behind"
+
+
+def test_clients_pointed_at_a_wrong_port_show_zero_continuity(tmp_path):
+    result = run_bench(tmp_path, "--clients", "2", "--server-slots", "1", "--max-children", "1",
+                       "--duration", "4", "--client-server-port", "6999")
+    run = result["overlay"]
+    assert run["continuity"]["max"] == 0
+    assert all(c["continuity"] == 0 for c in run["per_client"])
+    assert run["startup_s"]["n"] == 0
+
+
+def test_netns_says_it_is_not_implemented():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "overlay.py"), "--netns"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "not implemented" in proc.stderr
