@@ -149,20 +149,22 @@ class PeerFrames(_Generated):
 
 
 class PeerBounds(_Generated):
-    NAMES = ("PROTOCOL", "VERSION", "MAX_CONTROL", "MAX_BLOCK", "MAX_LIST", "DIGEST_SIZE")
+    """Every public upper-case constant (int or str) of the client's protocol modules."""
+
+    MODULES = ("client.peerproto", "client.tree", "client.node")
 
     def lines(self):
+        rows = []
+        for name in self.MODULES:
+            module = importlib.import_module(name)
+            for const, value in vars(module).items():
+                if (const.isupper() and not const.startswith("_")
+                        and isinstance(value, (int, str)) and not isinstance(value, bool)):
+                    rows.append([f":data:`{name}.{const}`", f"``{value!r}``"])
         pp = importlib.import_module("client.peerproto")
-        tree = importlib.import_module("client.tree")
-        node = importlib.import_module("client.node")
-        rows = [[f":data:`client.peerproto.{n}`", f"``{getattr(pp, n)!r}``"] for n in self.NAMES]
         rows.append(["frame header", f"``{pp.HEADER.format}`` ({pp.HEADER.size} bytes: type, length)"])
         rows.append(["block payload header",
                      f"``{pp.BLOCK_HEADER.format}`` ({pp.BLOCK_HEADER.size} bytes: seq, digest)"])
-        for n in ("MAX_CANDIDATES", "MAX_MEMBERS"):
-            rows.append([f":data:`client.tree.{n}`", f"``{getattr(tree, n)!r}``"])
-        for n in ("HAVE_COUNT", "MAX_PEER_HANDLERS", "MAX_PUSH"):
-            rows.append([f":data:`client.node.{n}`", f"``{getattr(node, n)!r}``"])
         return _table(["name", "value"], rows, "40 60")
 
 
@@ -225,29 +227,29 @@ def sequence_dot(lines: list[str]) -> str:
                 participants.append(p)
         steps.append((src, dst, label.strip()))
     ids = {p: f"p{i}" for i, p in enumerate(participants)}
-    out = ["digraph sequence {", "  rankdir=TB; nodesep=1.6; ranksep=0.25; splines=false;",
+    out = ["digraph sequence {", "  rankdir=TB; newrank=true; nodesep=0.3; ranksep=0.18; splines=line;",
            '  node [fontname="Helvetica", fontsize=10]; edge [fontname="Helvetica", fontsize=9];']
     out.append("  { rank=same; " + " ".join(
         f'{ids[p]} [shape=box, style="rounded,filled", fillcolor="#eeeeee", label={_quote(p)}];'
         for p in participants) + " }")
     for a, b in zip(participants, participants[1:]):
-        out.append(f"  {ids[a]} -> {ids[b]} [style=invis];")
+        out.append(f"  {ids[a]} -> {ids[b]} [style=invis, minlen=4];")
     rows = len(steps) + 1
     for i in range(rows):
         out.append("  { rank=same; " + " ".join(
-            f"{ids[p]}_{i} [shape=point, width=0.01, height=0.01];" for p in participants) + " }")
-        for a, b in zip(participants, participants[1:]):
-            out.append(f"  {ids[a]}_{i} -> {ids[b]}_{i} [style=invis];")
+            f"{ids[p]}_{i} [shape=point, width=0.04, height=0.04, color=\"#999999\"];"
+            for p in participants) + " }")
     for p in participants:
         chain = [ids[p]] + [f"{ids[p]}_{i}" for i in range(rows)]
-        out.append("  " + " -> ".join(chain) + ' [arrowhead=none, style=dashed, color="#999999"];')
+        out.append("  " + " -> ".join(chain) +
+                   ' [arrowhead=none, style=dashed, color="#999999", weight=1000];')
     for i, (src, dst, label) in enumerate(steps):
+        text = _quote(f"{i + 1}. {label}")
         if src == dst:
-            out.append(f'  {ids[src]}_{i} [shape=plaintext, width=0, height=0, '
-                       f'label={_quote(f"{i + 1}. {label}")}, fontsize=9, fontcolor="#333399"];')
+            out.append(f'  {ids[src]}_{i} [shape=box, width=0, height=0, margin="0.05,0.02", '
+                       f'style=filled, fillcolor="#f6f6ff", color="#9999cc", fontsize=9, label={text}];')
         else:
-            out.append(f"  {ids[src]}_{i} -> {ids[dst]}_{i} [constraint=false, "
-                       f'xlabel={_quote(f"{i + 1}. {label}")}];')
+            out.append(f"  {ids[src]}_{i} -> {ids[dst]}_{i} [constraint=false, label={text}];")
     out.append("}")
     return "\n".join(out)
 
