@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the server's period in seconds (2.0): sets failure-detection bounds")
     p.add_argument("--window", type=float, default=30.0,
                    help="seconds of recent blocks kept in memory to resume children (30)")
+    p.add_argument("--catch-up", type=float, default=0.0, metavar="SECONDS",
+                   help="start this far behind live, the buffer filled from several peers at once (0)")
     p.add_argument("--stats", type=Path, help="write statistics as JSON here on exit "
                                               "(default <store>/stats.json)")
     p.add_argument("--no-player", action="store_true", help="do not start the player")
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
 
     config = Config(ip=ip, server_host=host, server_port=port, channel=args.channel,
                     max_children=args.max_children, store=store, push_port=args.push_port,
-                    peer_port=args.peer_port, period=args.period, window_seconds=args.window)
+                    peer_port=args.peer_port, period=args.period, window_seconds=args.window,
+                    catch_up_seconds=args.catch_up)
     node = Node(config)
     try:
         node.start()

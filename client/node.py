@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client import tree
+from client.fetcher import RepairJob
 from client.links import (ChildLink, ParentLink, StockServer, connect_from, listen_on,
                           read_message)
-from client.peerproto import (Accept, Addr, Block, Bye, Candidate, Drop, FrameDecoder,
-                              Hello, Info, Keepalive, Move, PathUpdate, PeerProtocolError,
-                              Redirect, Reject, Report, encode)
+from client.peerproto import (MAX_WANT, Accept, Addr, Advice, Block, Bye, Candidate, Drop,
+                              FetchEnd, FrameDecoder, Hello, Info, Keepalive, Move, PathUpdate,
+                              PeerProtocolError, Redirect, Reject, Report, encode)
+from client.repair import RepairPlan
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
 from server import protocol as stock
 
@@ -66,6 +68,7 @@ class Config:
     peer_port: int = 9092
     period: float = 2.0
     window_seconds: float = 30.0
+    catch_up_seconds: float = 0.0
 
     @property
     def parent_silence(self) -> float:
@@ -93,11 +96,12 @@ class Rejoin:
     started_at: float       # Unix time
     took: float | None = None
     resumed_after_latest: bool | None = None
+    missed: int = 0
 
     def to_json(self) -> dict:
         return {"cause": self.cause, "at": round(self.started_at, 3),
                 "took": None if self.took is None else round(self.took, 3),
-                "resumed_after_latest": self.resumed_after_latest}
+                "resumed_after_latest": self.resumed_after_latest, "missed": self.missed}
 
 
 @dataclass
@@ -107,6 +111,9 @@ class Counters:
     blocks_relayed: int = 0
     bytes_sent: int = 0
     bytes_sent_to: dict = field(default_factory=dict)
+    bytes_served: int = 0           # repair blocks sent to peers that fetched them
+    blocks_repaired: int = 0
+    blocks_lost: int = 0
     last_block_at: float | None = None
 
 
@@ -142,6 +149,11 @@ class Node:
         self._skip: list[bytes] = []
         self._server_member = False
         self._sent_before: dict[str, int] = {}
+        self._repair: RepairJob | None = None
+        self._held: list[tuple[Block, object]] = []
+        self._backup: Candidate | None = None           # where I go if my parent dies
+        self._advice: Candidate | None = None           # my children's backup if I die
+        self._advice_sent: dict[Addr, Advice] = {}
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -230,40 +242,121 @@ class Node:
 
         Blocks from anyone but the current parent are ignored (a stale link,
         or the server still pushing to a client that moved into the tree).
+        While a repair runs, live blocks wait so that storage stays in play
+        order.
         """
         with self._deliver_lock:
             with self._lock:
                 if source != (self.parent_link if self.parent != SERVER else SERVER):
                     return
-                if block.digest in self._skip:
-                    # Stored before this parent resumed us: skip it and what preceded it.
-                    del self._skip[:self._skip.index(block.digest) + 1]
+                if self._repair is not None:
+                    if len(self._held) < self.window.capacity:
+                        self._held.append((block, source))
                     return
-                self._skip = []
-                if source == SERVER:
-                    self._seq = self._seq + 1 if self._seq >= 0 else int(time.time() / self.config.period)
-                    block = Block(self._seq, block.digest, block.data)
-                    self._last_server_block = time.monotonic()
-                else:
-                    self._seq = block.seq
-                children = list(self.children.values())
-            stored_at = time.time()
-            self.store.write(block.data)
-            self.window.append(Stored(block, stored_at))
-            for child in children:
-                child.enqueue(block)
-            with self._lock:
-                self.counters.blocks_received += 1
-                self.counters.bytes_received += len(block.data)
-                self.counters.last_block_at = stored_at
-                self.counters.blocks_relayed += len(children)
-                if self._pending_rejoin is not None:
-                    self._pending_rejoin.took = time.monotonic() - self._pending_rejoin.started
-                    log.info("receiving again %.3f s after %s", self._pending_rejoin.took,
-                             self._pending_rejoin.cause)
-                    self._pending_rejoin = None
-            log.debug("stored block seq=%d %s (%d bytes)", block.seq, block.digest.hex()[:8], len(block.data))
+            self._deliver_live(block, source)
         self._write_status()
+
+    def _deliver_live(self, block: Block, source) -> None:
+        """(Under the deliver lock.) Skip what we already have, number, store and relay."""
+        with self._lock:
+            if block.digest in self._skip:
+                # Stored before this parent resumed us: skip it and what preceded it.
+                del self._skip[:self._skip.index(block.digest) + 1]
+                return
+            self._skip = []
+            if source == SERVER:
+                self._seq = self._seq + 1 if self._seq >= 0 else int(time.time() / self.config.period)
+                block = Block(self._seq, block.digest, block.data)
+                self._last_server_block = time.monotonic()
+            else:
+                self._seq = block.seq
+        self._store_and_relay(block)
+
+    def _store_and_relay(self, block: Block) -> None:
+        """(Under the deliver lock.) The one place a block is stored and passed on."""
+        with self._lock:
+            children = list(self.children.values())
+        stored_at = time.time()
+        self.store.write(block.data)
+        self.window.append(Stored(block, stored_at))
+        for child in children:
+            child.enqueue(block)
+        with self._lock:
+            self.counters.blocks_received += 1
+            self.counters.bytes_received += len(block.data)
+            self.counters.last_block_at = stored_at
+            self.counters.blocks_relayed += len(children)
+            if self._pending_rejoin is not None:
+                self._pending_rejoin.took = time.monotonic() - self._pending_rejoin.started
+                log.info("receiving again %.3f s after %s", self._pending_rejoin.took,
+                         self._pending_rejoin.cause)
+                self._pending_rejoin = None
+        log.debug("stored block seq=%d %s (%d bytes)", block.seq, block.digest.hex()[:8], len(block.data))
+
+    # -- repairs -------------------------------------------------------------
+
+    def _start_repair(self, missing: list[bytes], sources: list[Addr], rejoin: Rejoin) -> None:
+        """(Under both locks.) Fetch ``missing`` from several sources; hold live blocks meanwhile."""
+        plan = RepairPlan(missing, sources, time.monotonic(), stall_after=max(self.config.period, 1.0))
+        job = RepairJob(plan, self.me, self.config.channel, self._repaired_block, self._repair_done,
+                        deadline=max(4 * self.config.period, 5.0))
+        self._repair, self._held = job, []
+        rejoin.missed = len(missing)
+        log.info("repairing %d missed block(s) from %s", len(missing),
+                 ", ".join(str(s) for s in sources[:3]))
+        job.start()
+
+    def _repaired_block(self, digest: bytes, block: Block | None) -> None:
+        if block is None:
+            log.warning("block %s could not be repaired from any source: lost", digest.hex()[:8])
+            with self._lock:
+                self.counters.blocks_lost += 1
+            return
+        with self._deliver_lock:
+            if self._repair is not None:
+                self._store_and_relay(block)
+                with self._lock:
+                    self.counters.blocks_repaired += 1
+
+    def _repair_done(self, job: RepairJob) -> None:
+        """Store the live blocks that waited, in order, and go back to live delivery."""
+        with self._deliver_lock:
+            with self._lock:
+                if self._repair is not job:
+                    return
+                self._repair, held, self._held = None, self._held, []
+                current = self.parent_link if self.parent != SERVER else SERVER
+            for block, source in held:
+                if source == current:
+                    self._deliver_live(block, source)
+        log.info("repair done: %d block(s) from %s, %d lost", sum(job.fetched_from.values()),
+                 job.fetched_from or "nobody", job.plan.lost)
+        self._write_status()
+
+    def _cancel_repair(self) -> None:
+        with self._deliver_lock, self._lock:
+            job, self._repair, self._held = self._repair, None, []
+        if job is not None:
+            job.cancel()
+            job.join()
+
+    def _serve_fetch(self, conn: socket.socket, hello: Hello) -> None:
+        """Send the wanted blocks we still hold, in the order asked, then what we lacked."""
+        with self._deliver_lock:
+            held = self.window.find(hello.want)
+        lacking = []
+        for digest in hello.want:
+            block = held.get(digest)
+            if block is None:
+                lacking.append(digest)
+            else:
+                frame = encode(block)
+                conn.sendall(frame)
+                with self._lock:
+                    self.counters.bytes_served += len(frame)
+        conn.sendall(encode(FetchEnd(tuple(lacking))))
+        log.info("served %d of %d wanted block(s) to %s", len(hello.want) - len(lacking),
+                 len(hello.want), hello.addr)
 
     # -- other clients' connections ------------------------------------------
 
@@ -312,7 +405,7 @@ class Node:
         elif hello.kind == "join":
             self._handle_join(conn, decoder, hello)
         else:
-            conn.sendall(encode(Reject(f"{hello.kind} is not offered by this client")))
+            self._serve_fetch(conn, hello)
 
     def _relay_view(self) -> tree.RelayView:
         with self._lock:
@@ -348,16 +441,17 @@ class Node:
         if old is not None:
             old.drop("replaced by a new connection from the same client")
         after, missed = self.window.after(hello.have)
-        child = ChildLink(conn, hello.addr, backlog=len(missed) + 8,
-                          keepalive=self.config.period / 4,
+        if after is None and not hello.have and hello.catch_up:
+            missed = self.window.latest(hello.catch_up)
+        child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.period / 4,
                           send_timeout=self.config.parent_silence, on_gone=self._child_gone)
-        child.enqueue(Accept(max(self.depth, 1), self.path, after))
-        for block in missed:
-            child.enqueue(block)
+        child.enqueue(Accept(max(self.depth, 1), self.path, after,
+                             tuple(b.digest for b in missed)))
         self.children[hello.addr] = child
         self.child_views[hello.addr] = tree.ChildView(hello.addr, free=hello.max_children,
                                                       members=hello.subtree)
-        log.info("new child %s (resumes %s, %d blocks from the window)", hello.addr,
+        self._advice_sent.pop(hello.addr, None)
+        log.info("new child %s (resumes %s, %d missed block(s) to fetch)", hello.addr,
                  "after its latest block" if after else "live", len(missed))
         self._write_status()
         return child
@@ -409,6 +503,10 @@ class Node:
             self.deliver(message, link)
         elif isinstance(message, Keepalive):
             pass
+        elif isinstance(message, Advice):
+            with self._lock:
+                if link is self.parent_link:
+                    self._backup, self._advice = message.backup, message.advice
         elif isinstance(message, PathUpdate):
             self._events.put(("path", link, message))
         elif isinstance(message, (Move, Drop)):
@@ -423,7 +521,7 @@ class Node:
 
     def _control_loop(self) -> None:
         tick = self.config.period / 4
-        next_report = time.monotonic()
+        next_report = next_root_probe = time.monotonic()
         self._find_place(f"joining channel {self.config.channel}", server_first=True)
         while not self._stopping.is_set():
             try:
@@ -442,6 +540,30 @@ class Node:
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + self.config.period / 2
                 self._report_to_parent()
+                self._advise_children()
+            if self.state == State.DIRECT and time.monotonic() >= next_root_probe:
+                next_root_probe = time.monotonic() + 4 * self.config.period
+                self._advise_as_root()
+
+    def _advise_children(self) -> None:
+        """Keep every child's backup parent fresh (sent only when it changed)."""
+        with self._lock:
+            view = self._relay_view()
+            advices = {addr: Advice(self._advice, tree.advice_for(view, addr))
+                       for addr in self.children}
+            for addr, advice in advices.items():
+                if self._advice_sent.get(addr) != advice and self.children[addr].enqueue(advice):
+                    self._advice_sent[addr] = advice
+
+    def _advise_as_root(self) -> None:
+        """A direct client has no parent to advise it: the best place under the other direct clients."""
+        with self._lock:
+            members = tree.members_below(self._relay_view())
+        places = sorted(self._probe_listed(members), key=lambda c: (c.depth, c.sent))
+        free = [c for c in places if c.free > 0]
+        with self._lock:
+            if self.state == State.DIRECT:
+                self._advice = free[0] if free else None
 
     def _handle_event(self, kind: str, link, arg) -> None:
         if kind == "idle":
@@ -482,24 +604,27 @@ class Node:
 
     def _orphaned(self, lost: Addr | None, cause: str, seeds=None, server_first=False) -> None:
         log.warning("%s: rejoining", cause)
+        self._cancel_repair()
         with self._lock:
             link, self.parent_link = self.parent_link, None
             was_direct = self.parent == SERVER
             self.parent = None
             self.state = State.ORPHANED
-            path = self.path
+            path, backup = self.path, self._backup
         if link is not None:
             link.close()
         if seeds is None:
             seeds = tree.rejoin_seeds(path, lost)
         self._write_status()
         self._find_place(cause, server_first=server_first or was_direct, seeds=seeds,
-                         exclude=(lost,) if lost else ())
+                         exclude=(lost,) if lost else (), backup=backup)
 
-    def _find_place(self, cause: str, server_first: bool, seeds=(), exclude=()) -> None:
+    def _find_place(self, cause: str, server_first: bool, seeds=(), exclude=(),
+                    backup: Candidate | None = None) -> None:
         """Try places until one takes us (or we are stopping): the whole rejoin policy.
 
-        Order: the server first when asked (a new client, or one the server
+        Order: the backup parent our parent advised (one connection, no
+        search); the server when asked (a new client, or one the server
         served); then the given seeds (ancestors, or where a leaving parent
         sent us); then the server's list of direct clients, probed so the best
         free place is known; then the server. Repeats with a pause while
@@ -509,6 +634,11 @@ class Node:
         with self._lock:
             self.rejoins.append(rejoin)
             self._pending_rejoin = rejoin
+            members = tree.members_below(self._relay_view())
+        if (backup is not None and backup.addr not in exclude and backup.addr not in members
+                and self._try_join(backup.addr, rejoin) is True):
+            log.info("rejoined at the backup parent %s", backup.addr)
+            return
         pause = self.config.period / 4
         while not self._stopping.is_set():
             if not self._events.empty() and self._peek_leave():
@@ -601,9 +731,12 @@ class Node:
     def _try_join(self, addr: Addr, rejoin: Rejoin):
         """Ask ``addr`` to be our parent; True once attached, else its answer."""
         with self._lock:
+            have = self.window.latest_digests(HAVE_COUNT)
+            catch_up = 0 if have else min(int(self.config.catch_up_seconds / self.config.period),
+                                          self.window.capacity, MAX_WANT)
             hello = Hello("join", self.me, self.config.channel, self.config.max_children,
-                          have=self.window.latest_digests(HAVE_COUNT),
-                          subtree=tree.members_below(self._relay_view()))
+                          have=have, subtree=tree.members_below(self._relay_view()),
+                          catch_up=catch_up)
         decoder = FrameDecoder()
         try:
             sock = connect_from(self.config.ip, addr.ip, addr.port, 2.0)
@@ -633,10 +766,18 @@ class Node:
         with self._deliver_lock, self._lock:
             self.parent, self.parent_link, self.state = addr, link, State.ATTACHED
             self.path, self.depth = answer.path + (addr,), answer.depth + 1
+            self._backup = self._advice = None  # the new parent will advise
             latest = self.window.latest_digests(1)
             rejoin.resumed_after_latest = bool(latest) and answer.after == latest[0]
-            self._skip = (self.window.since(answer.after) if answer.after
-                          else list(self.window.latest_digests(3)))
+            if answer.after:
+                self._skip = self.window.since(answer.after)
+                missing = [d for d in answer.missing if d not in set(self._skip)]
+            else:
+                self._skip = list(self.window.latest_digests(3))
+                missing = [] if latest else list(answer.missing)
+            if missing:
+                sources = [addr, *reversed(answer.path)]
+                self._start_repair(missing, sources, rejoin)
         link.start()
         log.info("attached to %s at depth %d", addr, self.depth)
         self._tell_children_path()
@@ -660,6 +801,7 @@ class Node:
 
     def _leave(self) -> None:
         """Tell the server, the parent and the children, then close every link."""
+        self._cancel_repair()
         with self._lock:
             self.state = State.LEAVING
             was_direct = self.parent == SERVER
@@ -700,6 +842,11 @@ class Node:
                 "blocks_received": self.counters.blocks_received,
                 "bytes_received": self.counters.bytes_received,
                 "bytes_sent": self.counters.bytes_sent,
+                "bytes_served": self.counters.bytes_served,
+                "blocks_repaired": self.counters.blocks_repaired,
+                "blocks_lost": self.counters.blocks_lost,
+                "repairing": self._repair is not None,
+                "backup": str(self._backup.addr) if self._backup else None,
                 "rejoins": max(0, len(self.rejoins) - 1),
                 "last_block_at": self.counters.last_block_at,
                 "members": [str(a) for a in tree.members_below(self._relay_view())],
@@ -709,7 +856,8 @@ class Node:
         snap = self.snapshot()
         with self._lock:
             return {**{k: snap[k] for k in ("ip", "channel", "max_children", "blocks_received",
-                                             "bytes_received", "bytes_sent")},
+                                             "bytes_received", "bytes_sent", "bytes_served",
+                                             "blocks_repaired", "blocks_lost")},
                     "blocks_relayed": self.counters.blocks_relayed,
                     "bytes_sent_to": dict(self.counters.bytes_sent_to),
                     "rejoins": [r.to_json() for r in self.rejoins[1:]]}
@@ -720,7 +868,7 @@ class Node:
             for addr, link in self.children.items():
                 sent_to[str(addr)] = sent_to.get(str(addr), 0) + link.bytes_sent
             self.counters.bytes_sent_to = sent_to
-            self.counters.bytes_sent = sum(sent_to.values())
+            self.counters.bytes_sent = sum(sent_to.values()) + self.counters.bytes_served
             write_json_atomically(self.config.store / "status.json", self.snapshot())
 
 

@@ -36,6 +36,8 @@ BLOCK_HEADER = struct.Struct(">Q16s")
 MAX_CONTROL = 64 * 1024
 MAX_BLOCK = 32 * 1024 * 1024
 MAX_LIST = 64
+MAX_MEMBERS = 1024
+MAX_WANT = 256
 DIGEST_SIZE = 16
 
 
@@ -128,17 +130,17 @@ class Candidate:
         return cls(Addr.parse(value), value.get("depth"), value.get("free"), value.get("sent"))
 
 
-def _addrs(value, name: str) -> tuple[Addr, ...]:
-    return tuple(Addr.parse(v) for v in _check_list(value, name))
+def _addrs(value, name: str, limit: int = MAX_LIST) -> tuple[Addr, ...]:
+    return tuple(Addr.parse(v) for v in _check_list(value, name, limit))
 
 
 def _candidates(value) -> tuple[Candidate, ...]:
     return tuple(Candidate.parse(v) for v in _check_list(value, "candidates"))
 
 
-def _digests(value) -> tuple[bytes, ...]:
+def _digests(value, name: str = "have", limit: int = 16) -> tuple[bytes, ...]:
     out = []
-    for v in _check_list(value, "have", 16):
+    for v in _check_list(value, name, limit):
         if not isinstance(v, str) or len(v) != 2 * DIGEST_SIZE:
             raise PeerProtocolError(f"bad digest {v!r}")
         try:
@@ -155,10 +157,12 @@ class Hello:
     """First frame of every connection: who I am and what I want.
 
     ``kind`` is ``join`` (become the receiver's child), ``probe`` (ask for an
-    :class:`Info`) or ``fetch`` (ask for recent blocks). ``have`` lists the
-    identities of the joiner's latest blocks, newest last, so that the new
-    parent resumes right after them; ``subtree`` lists the joiner's own
-    descendants, which the receiver must not be.
+    :class:`Info`) or ``fetch`` (ask for the blocks listed in ``want``).
+    ``have`` lists the identities of the joiner's latest blocks, newest last,
+    so that the new parent resumes right after them; ``catch_up`` asks a new
+    joiner's parent for that many recent blocks to start behind live;
+    ``subtree`` lists the joiner's own descendants, which the receiver must
+    not be.
     """
 
     TYPE: ClassVar[int] = 1
@@ -168,6 +172,8 @@ class Hello:
     max_children: int = 0
     have: tuple[bytes, ...] = ()
     subtree: tuple[Addr, ...] = ()
+    catch_up: int = 0
+    want: tuple[bytes, ...] = ()
     proto: str = PROTOCOL
     version: int = VERSION
 
@@ -180,20 +186,24 @@ class Hello:
             raise PeerProtocolError(f"unknown hello kind {self.kind!r}")
         _check_int(self.channel, "channel", 0, 9)
         _check_int(self.max_children, "max_children", 0, 1000)
+        _check_int(self.catch_up, "catch_up", 0, MAX_WANT)
 
     def to_json(self) -> dict:
         return {"proto": self.proto, "version": self.version, "kind": self.kind,
                 "ip": self.addr.ip, "port": self.addr.port, "channel": self.channel,
                 "max_children": self.max_children,
                 "have": [d.hex() for d in self.have],
-                "subtree": [asdict(a) for a in self.subtree]}
+                "subtree": [asdict(a) for a in self.subtree],
+                "catch_up": self.catch_up, "want": [d.hex() for d in self.want]}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Hello":
         return cls(kind=obj.get("kind"), addr=Addr.parse(obj), channel=obj.get("channel"),
                    max_children=obj.get("max_children", 0),
                    have=_digests(obj.get("have", [])),
-                   subtree=_addrs(obj.get("subtree", []), "subtree"),
+                   subtree=_addrs(obj.get("subtree", []), "subtree", MAX_MEMBERS),
+                   catch_up=obj.get("catch_up", 0),
+                   want=_digests(obj.get("want", []), "want", MAX_WANT),
                    proto=obj.get("proto"), version=obj.get("version"))
 
 
@@ -202,27 +212,33 @@ class Accept:
     """The receiver takes the joiner as a child.
 
     ``path`` is the receiver's own chain of relays from the root down to its
-    parent; ``after`` is the identity of the block after which the receiver
-    resumes the joiner's stream (None: from the next live block).
+    parent; ``after`` is the identity of the joiner's block that the receiver
+    found in its window (None: none found); ``missing`` lists the blocks the
+    receiver holds after that point (or the catch-up asked for), oldest
+    first: the joiner fetches them, from several peers at once, while the
+    receiver streams on from its next live block.
     """
 
     TYPE: ClassVar[int] = 2
     depth: int
     path: tuple[Addr, ...] = ()
     after: bytes | None = None
+    missing: tuple[bytes, ...] = ()
 
     def __post_init__(self):
         _check_int(self.depth, "depth", 1, 1000)
 
     def to_json(self) -> dict:
         return {"depth": self.depth, "path": [asdict(a) for a in self.path],
-                "after": self.after.hex() if self.after else None}
+                "after": self.after.hex() if self.after else None,
+                "missing": [d.hex() for d in self.missing]}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Accept":
         after = obj.get("after")
         return cls(obj.get("depth"), _addrs(obj.get("path", []), "path"),
-                   _digests([after])[0] if after is not None else None)
+                   _digests([after])[0] if after is not None else None,
+                   _digests(obj.get("missing", []), "missing", MAX_WANT))
 
 
 @dataclass(frozen=True)
@@ -390,7 +406,7 @@ class Report:
     @classmethod
     def from_json(cls, obj: dict) -> "Report":
         return cls(obj.get("free"), obj.get("sent"), _candidates(obj.get("subtree", [])),
-                   _addrs(obj.get("members", []), "members"))
+                   _addrs(obj.get("members", []), "members", MAX_MEMBERS))
 
 
 @dataclass(frozen=True)
@@ -421,9 +437,52 @@ class Info:
                    _candidates(obj.get("candidates", [])))
 
 
-Message = Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye | Report | Info
+def _optional_candidate(value) -> Candidate | None:
+    return None if value is None else Candidate.parse(value)
+
+
+@dataclass(frozen=True)
+class Advice:
+    """Parent to child, kept fresh: where to go if a relay dies, known in advance.
+
+    ``backup`` is the child's own backup parent (a free place outside its
+    parent's subtree, for when its parent dies); ``advice`` is a free place
+    outside the child's subtree, which the child passes to its own children
+    as their backup (for when the child dies).
+    """
+
+    TYPE: ClassVar[int] = 13
+    backup: Candidate | None = None
+    advice: Candidate | None = None
+
+    def to_json(self) -> dict:
+        return {"backup": self.backup.to_json() if self.backup else None,
+                "advice": self.advice.to_json() if self.advice else None}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Advice":
+        return cls(_optional_candidate(obj.get("backup")), _optional_candidate(obj.get("advice")))
+
+
+@dataclass(frozen=True)
+class FetchEnd:
+    """Closes an answer to a fetch: the wanted blocks this peer did not have."""
+
+    TYPE: ClassVar[int] = 14
+    missing: tuple[bytes, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"missing": [d.hex() for d in self.missing]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "FetchEnd":
+        return cls(_digests(obj.get("missing", []), "missing", MAX_WANT))
+
+
+Message = (Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye
+           | Report | Info | Advice | FetchEnd)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
-                                            Move, Drop, Bye, Report, Info)}
+                                            Move, Drop, Bye, Report, Info, Advice, FetchEnd)}
 
 
 def encode(message: Message) -> bytes:
@@ -446,8 +505,10 @@ def _decode_payload(kind: int, payload: bytes) -> Message:
         return Block(seq, digest, data)
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PeerProtocolError(f"malformed JSON payload: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and integers over Python's digit limit;
+        # RecursionError, nesting deeper than the parser's stack.
+        raise PeerProtocolError(f"malformed JSON payload: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise PeerProtocolError("JSON payload is not an object")
     try:

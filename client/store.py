@@ -43,6 +43,18 @@ class RecentWindow:
     def append(self, stored: Stored) -> None:
         self._blocks.append(stored)
 
+    @property
+    def capacity(self) -> int:
+        return self._blocks.maxlen
+
+    def latest(self, count: int) -> list[Block]:
+        return [s.block for s in list(self._blocks)[-count:]] if count > 0 else []
+
+    def find(self, digests) -> dict[bytes, Block]:
+        """The blocks of the window with these identities (the latest copy of each)."""
+        wanted = set(digests)
+        return {s.block.digest: s.block for s in self._blocks if s.block.digest in wanted}
+
     def clear(self) -> None:
         self._blocks.clear()
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from client.peerproto import Addr, Candidate, Hello
+from client.peerproto import MAX_MEMBERS, Addr, Candidate, Hello
 
 MAX_CANDIDATES = 8
-MAX_MEMBERS = 1024
+
 
 
 @dataclass
@@ -88,6 +88,18 @@ def free_places(view: RelayView, exclude: Iterable[Addr] = ()) -> tuple[Candidat
 
 def _place_order(c: Candidate):
     return (c.depth, c.free == 0, c.sent, c.addr)
+
+
+def advice_for(view: RelayView, child: Addr) -> Candidate | None:
+    """The best free place outside ``child``'s subtree that this relay knows.
+
+    The child passes it to its own children as their backup parent: if the
+    child dies, its subtree is orphaned, so the place must lie outside it.
+    """
+    below = view.children.get(child)
+    excluded = {child, *(below.members if below else ())}
+    places = free_places(view, exclude=excluded)
+    return places[0] if places else None
 
 
 def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | RejectJoin:

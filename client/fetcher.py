@@ -1,0 +1,152 @@
+"""Runs a :class:`~client.repair.RepairPlan` over real connections.
+
+One thread drives the plan; each assignment is fetched on its own connection
+by a short-lived thread (``Hello(kind="fetch")``, then the peer's blocks and a
+``FetchEnd``). Fetch threads only report into a queue; the driver decides,
+closes the sockets of stalled sources, and hands released blocks to the node
+in play order. Repairs use their own connections, so they never delay the
+live stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Callable
+
+from client.links import connect_from, read_message
+from client.peerproto import Addr, Block, FetchEnd, FrameDecoder, Hello, PeerProtocolError, encode
+from client.repair import RepairPlan
+
+log = logging.getLogger(__name__)
+
+
+class RepairJob:
+    """Fetch the plan's blocks from its sources; give them to ``on_block`` in order.
+
+    ``on_block(digest, block)`` gets each block in play order, ``block`` None
+    for a block no source could give; ``on_done(job)`` is called once, always.
+    """
+
+    def __init__(self, plan: RepairPlan, own: Addr, channel: int,
+                 on_block: Callable[[bytes, Block | None], None],
+                 on_done: Callable[["RepairJob"], None], deadline: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.plan, self.own, self.channel = plan, own, channel
+        self._on_block, self._on_done = on_block, on_done
+        self._deadline = deadline
+        self._clock = clock
+        self._reports: queue.Queue = queue.Queue()
+        self._sockets: dict[Addr, list[socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._fetchers: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._drive, name="repair")
+        self.fetched_from: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Stop fetching (the node is leaving); the driver ends soon after."""
+        self._cancelled.set()
+        self._close_all()
+
+    def join(self, timeout: float = 5.0) -> None:
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        for fetcher in list(self._fetchers):
+            fetcher.join(timeout)
+
+    def _drive(self) -> None:
+        try:
+            self._run_plan()
+        finally:
+            self._close_all()
+            self._on_done(self)
+
+    def _run_plan(self) -> None:
+        started = self._clock()
+        self._launch(self.plan.start())
+        tick = max(0.05, self.plan.stall_after / 4)
+        while not self.plan.done and not self._cancelled.is_set():
+            try:
+                report = self._reports.get(timeout=tick)
+            except queue.Empty:
+                report = None
+            now = self._clock()
+            if report is not None:
+                kind, source, payload = report
+                if kind == "block":
+                    self.plan.received(source, payload.digest, payload, now)
+                    self.fetched_from[str(source)] = self.fetched_from.get(str(source), 0) + 1
+                elif kind == "end":
+                    self._launch(self.plan.lacked(source, payload, now))
+                elif kind == "failed":
+                    log.warning("repair source %s failed: %s", source, payload)
+                    self._launch(self.plan.failed(source, now))
+            for source in self.plan.stalled(now):
+                log.warning("repair source %s stalled: the others take over its part", source)
+                self._close(source)
+                self._launch(self.plan.failed(source, now))
+            if now - started > self._deadline:
+                log.warning("repair not complete after %.1f s: giving up on the rest", self._deadline)
+                self.plan.give_up()
+            for digest, block in self.plan.release():
+                self._on_block(digest, block)
+
+    def _launch(self, work: dict[Addr, list[bytes]]) -> None:
+        for source, digests in work.items():
+            thread = threading.Thread(target=self._fetch, args=(source, digests),
+                                      name=f"fetch-{source}")
+            self._fetchers.append(thread)
+            thread.start()
+
+    def _fetch(self, source: Addr, digests: list[bytes]) -> None:
+        try:
+            sock = connect_from(self.own.ip, source.ip, source.port, 2.0)
+        except OSError as exc:
+            self._reports.put(("failed", source, str(exc)))
+            return
+        with self._lock:
+            self._sockets.setdefault(source, []).append(sock)
+        decoder = FrameDecoder()
+        wanted = set(digests)
+        try:
+            sock.settimeout(self.plan.stall_after * 2)
+            sock.sendall(encode(Hello("fetch", self.own, self.channel, want=tuple(digests))))
+            while True:
+                message = read_message(sock, decoder)
+                if isinstance(message, Block) and message.digest in wanted:
+                    self._reports.put(("block", source, message))
+                elif isinstance(message, FetchEnd):
+                    self._reports.put(("end", source, list(message.missing)))
+                    return
+                else:
+                    raise PeerProtocolError(f"unexpected {type(message).__name__} in a fetch answer")
+        except (OSError, EOFError, PeerProtocolError) as exc:
+            self._reports.put(("failed", source, str(exc)))
+        finally:
+            with self._lock:
+                open_sockets = self._sockets.get(source, [])
+                if sock in open_sockets:
+                    open_sockets.remove(sock)
+            sock.close()
+
+    def _close(self, source: Addr) -> None:
+        with self._lock:
+            socks = list(self._sockets.get(source, []))
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _close_all(self) -> None:
+        with self._lock:
+            sources = list(self._sockets)
+        for source in sources:
+            self._close(source)
