@@ -191,6 +191,13 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
+def _time_left(deadline: float, clock: Callable[[], float]) -> float:
+    remaining = deadline - clock()
+    if remaining <= 0:
+        raise TimeoutError("no time left before the deadline")
+    return remaining
+
+
 def push(ip: str, port: int, data: bytes, deadline: float, sockets: SocketSet,
          source: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
     """Connect to ``ip:port``, send ``data``, close; all before ``deadline``.
@@ -209,12 +216,10 @@ def push(ip: str, port: int, data: bytes, deadline: float, sockets: SocketSet,
             except OSError:
                 pass
             sock.bind((source, 0))
-        for step in (lambda: sock.connect((ip, port)), lambda: sock.sendall(data)):
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise TimeoutError("no time left in the period")
-            sock.settimeout(remaining)
-            step()
+        sock.settimeout(_time_left(deadline, clock))
+        sock.connect((ip, port))
+        sock.settimeout(_time_left(deadline, clock))   # sendall: a bound on the total
+        sock.sendall(data)
         ok = True
     finally:
         sockets.discard(sock)
