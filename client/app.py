@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds of recent blocks kept in memory to resume children (30)")
     p.add_argument("--catch-up", type=float, default=0.0, metavar="SECONDS",
                    help="start this far behind live, the buffer filled from several peers at once (0)")
+    p.add_argument("--balance-margin", type=float, default=6.0, metavar="BLOCKS",
+                   help="swap places with a child once this client has sent this many blocks per "
+                        "child more than it (the upload balance rotation; 0 turns it off; 6)")
     p.add_argument("--stats", type=Path, help="write statistics as JSON here on exit "
                                               "(default <store>/stats.json)")
     p.add_argument("--no-player", action="store_true", help="do not start the player")
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
     config = Config(ip=ip, server_host=host, server_port=port, channel=args.channel,
                     max_children=args.max_children, store=store, push_port=args.push_port,
                     peer_port=args.peer_port, period=args.period, window_seconds=args.window,
-                    catch_up_seconds=args.catch_up)
+                    catch_up_seconds=args.catch_up, balance_blocks=args.balance_margin)
     node = Node(config)
     try:
         node.start()

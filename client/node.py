@@ -31,7 +31,7 @@ from client.links import (ChildLink, ParentLink, StockServer, connect_from, list
                           read_message)
 from client.peerproto import (MAX_WANT, Accept, Addr, Advice, Block, Bye, Candidate, Drop,
                               FetchEnd, FrameDecoder, Hello, Info, Keepalive, Move, PathUpdate,
-                              PeerProtocolError, Redirect, Reject, Report, encode)
+                              PeerProtocolError, Redirect, Reject, Report, Swap, encode)
 from client.repair import RepairPlan
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
 from server import protocol as stock
@@ -69,6 +69,12 @@ class Config:
     period: float = 2.0
     window_seconds: float = 30.0
     catch_up_seconds: float = 0.0
+    balance_blocks: float = 6.0
+
+    @property
+    def swap_cooldown(self) -> float:
+        """A relay that just moved waits this long before it swaps places again."""
+        return 4 * self.period
 
     @property
     def parent_silence(self) -> float:
@@ -114,6 +120,7 @@ class Counters:
     bytes_served: int = 0           # repair blocks sent to peers that fetched them
     blocks_repaired: int = 0
     blocks_lost: int = 0
+    swaps: int = 0
     last_block_at: float | None = None
 
 
@@ -154,6 +161,8 @@ class Node:
         self._backup: Candidate | None = None           # where I go if my parent dies
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
+        self._expected: dict[Addr, float] = {}          # swap partners, until a deadline
+        self._attached_since = time.monotonic()
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -413,7 +422,8 @@ class Node:
                 me=self.me, channel=self.config.channel, max_children=self.config.max_children,
                 attached=self.state in (State.DIRECT, State.ATTACHED), depth=max(self.depth, 1),
                 path=self.path, sent=self.counters.bytes_sent,
-                children=dict(self.child_views))
+                children=dict(self.child_views),
+                expected=frozenset(a for a, t in self._expected.items() if t > time.monotonic()))
 
     def _info(self) -> Info:
         view = self._relay_view()
@@ -467,7 +477,8 @@ class Node:
                     with self._lock:
                         if self.children.get(child.addr) is child:
                             self.child_views[child.addr] = tree.ChildView(
-                                child.addr, message.free, message.sent, message.subtree, message.members)
+                                child.addr, message.free, message.sent, message.subtree, message.members,
+                                message.max_children, message.children, reported=True)
                 elif isinstance(message, Bye):
                     reason = "left"
                     break
@@ -507,6 +518,15 @@ class Node:
             with self._lock:
                 if link is self.parent_link:
                     self._backup, self._advice = message.backup, message.advice
+        elif isinstance(message, Swap):
+            with self._lock:
+                if link is not self.parent_link:
+                    return
+                # Ready before anyone acts on it: the swap partners may connect any moment.
+                deadline = time.monotonic() + 2 * self.config.parent_silence
+                self._expected = {a: deadline for a in message.expected}
+                self.path, self.depth = message.path, len(message.path) + 1
+            self._events.put(("swap", link, message))
         elif isinstance(message, PathUpdate):
             self._events.put(("path", link, message))
         elif isinstance(message, (Move, Drop)):
@@ -541,6 +561,7 @@ class Node:
                 next_report = time.monotonic() + self.config.period / 2
                 self._report_to_parent()
                 self._advise_children()
+                self._maybe_swap()
             if self.state == State.DIRECT and time.monotonic() >= next_root_probe:
                 next_root_probe = time.monotonic() + 4 * self.config.period
                 self._advise_as_root()
@@ -581,7 +602,9 @@ class Node:
             return
         if link is not self.parent_link or link is None:
             return  # an event of a link we already left
-        if kind == "path":
+        if kind == "swap":
+            self._take_place(link, arg)
+        elif kind == "path":
             self._on_path(arg)
         elif kind == "lost":
             self._orphaned(link.addr, f"parent {link.addr} lost: {arg}")
@@ -590,7 +613,79 @@ class Node:
         elif kind == "move":
             seeds = [Candidate(a, i + 1, 1, 0) for i, a in enumerate(arg.candidates)]
             self._orphaned(link.addr, f"parent {link.addr} is leaving", seeds=seeds,
-                           server_first=arg.server)
+                           server_first=arg.server,
+                           insist=arg.candidates[-1] if arg.candidates else None)
+
+    # -- the balance rotation ------------------------------------------------------
+
+    def _maybe_swap(self) -> None:
+        """Swap places with the lightest-sending child once this relay is ahead by a margin."""
+        with self._lock:
+            if (self.config.balance_blocks <= 0 or self._repair is not None
+                    or time.monotonic() - self._attached_since < self.config.swap_cooldown
+                    or not len(self.window)):
+                return
+            view = self._relay_view()
+            block_size = sum(len(b.data) for b in self.window.latest(4)) / min(4, len(self.window))
+            margin = int(self.config.balance_blocks * block_size * max(1, len(view.children)))
+            target = tree.choose_swap(view, margin)
+        if target is not None:
+            self._swap_with(target)
+
+    def _swap_with(self, target: Addr) -> None:
+        """Hand ``target`` (a child) this relay's place and other children; become its child.
+
+        The slot above is freed first (Bye, or 12X at the server) so that the
+        target finds it free; the target is told before the other children
+        are moved to it, so that it expects them.
+        """
+        with self._lock:
+            view, link = self.child_views.get(target), self.children.get(target)
+            if view is None or link is None:
+                return
+            others = [c for a, c in self.children.items() if a != target]
+            deadline = time.monotonic() + 2 * self.config.parent_silence
+            self._expected = {a: deadline for a in view.children}
+            was_direct = self.parent == SERVER
+            parent, parent_link, path = self.parent, self.parent_link, self.path
+            self.parent = self.parent_link = None
+            self.state = State.ORPHANED
+            self.counters.swaps += 1
+            sent = self.counters.bytes_sent
+        log.info("balance: %s takes this relay's place (it sent %d bytes, this relay %d)",
+                 target, view.sent, sent)
+        if was_direct:
+            self._leave_server()
+        elif parent_link is not None:
+            parent_link.send(Bye())
+            parent_link.close()
+        link.enqueue(Swap(None if was_direct else parent, path,
+                          (self.me, *(c.addr for c in others)), server=was_direct))
+        link.close()
+        self._forget_child(link, "swapped places with us")
+        for child in others:
+            child.enqueue(Move((target,)))
+            child.close()
+            self._forget_child(child, f"moved to {target}")
+        self._write_status()
+        self._find_place(f"balance: swapped places with {target}", server_first=False,
+                         seeds=[Candidate(target, len(path) + 1, 1, 0)], insist=target)
+
+    def _take_place(self, link: ParentLink, swap: Swap) -> None:
+        """Our parent handed us its place: send our children to it, go where it was."""
+        with self._lock:
+            self.parent_link = self.parent = None
+            self.state = State.ORPHANED
+            children = list(self.children.values())
+        link.close()
+        for child in children:
+            child.enqueue(Move((link.addr,)))
+            child.close()
+            self._forget_child(child, f"moved to {link.addr}")
+        self._write_status()
+        seeds = [Candidate(swap.parent, len(swap.path), 1, 0)] if swap.parent else []
+        self._find_place(f"balance: taking the place of {link.addr}", server_first=swap.server,
+                         seeds=seeds, exclude=(link.addr,), insist=swap.parent)
 
     def _on_path(self, update: PathUpdate) -> None:
         if self.me in update.path:
@@ -602,7 +697,8 @@ class Node:
         self._tell_children_path()
         self._write_status()
 
-    def _orphaned(self, lost: Addr | None, cause: str, seeds=None, server_first=False) -> None:
+    def _orphaned(self, lost: Addr | None, cause: str, seeds=None, server_first=False,
+                  insist: Addr | None = None) -> None:
         log.warning("%s: rejoining", cause)
         self._cancel_repair()
         with self._lock:
@@ -617,24 +713,33 @@ class Node:
             seeds = tree.rejoin_seeds(path, lost)
         self._write_status()
         self._find_place(cause, server_first=server_first or was_direct, seeds=seeds,
-                         exclude=(lost,) if lost else (), backup=backup)
+                         exclude=(lost,) if lost else (), backup=backup, insist=insist)
 
     def _find_place(self, cause: str, server_first: bool, seeds=(), exclude=(),
-                    backup: Candidate | None = None) -> None:
+                    backup: Candidate | None = None, insist: Addr | None = None) -> None:
         """Try places until one takes us (or we are stopping): the whole rejoin policy.
 
-        Order: the backup parent our parent advised (one connection, no
-        search); the server when asked (a new client, or one the server
-        served); then the given seeds (ancestors, or where a leaving parent
-        sent us); then the server's list of direct clients, probed so the best
-        free place is known; then the server. Repeats with a pause while
-        nothing takes us; the children stay attached meanwhile.
+        Order: the place we were sent to (``insist``: a swap partner or where
+        a leaving parent sent us, retried for a moment since it may still be
+        getting ready); the backup parent our parent advised (one
+        connection, no search); the server when asked (a new client, or one
+        the server served); then the given seeds (ancestors); then the
+        server's list of direct clients, probed so the best free place is
+        known; then the server. Repeats with a pause while nothing takes us;
+        the children stay attached meanwhile.
         """
         rejoin = Rejoin(cause, time.monotonic(), time.time())
         with self._lock:
             self.rejoins.append(rejoin)
             self._pending_rejoin = rejoin
             members = tree.members_below(self._relay_view())
+        if insist is not None and insist not in members:
+            for _ in range(10):
+                answer = self._try_join(insist, rejoin)
+                if answer is True:
+                    return
+                if not isinstance(answer, Reject) or self._stopping.wait(self.config.period / 20):
+                    break
         if (backup is not None and backup.addr not in exclude and backup.addr not in members
                 and self._try_join(backup.addr, rejoin) is True):
             log.info("rejoined at the backup parent %s", backup.addr)
@@ -676,6 +781,7 @@ class Node:
             return False
         with self._lock:
             self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
+            self._attached_since = time.monotonic()
             self._server_member = True
             self._last_server_block = time.monotonic()
             self._skip = list(self.window.latest_digests(3))
@@ -765,6 +871,7 @@ class Node:
         self._leave_server()
         with self._deliver_lock, self._lock:
             self.parent, self.parent_link, self.state = addr, link, State.ATTACHED
+            self._attached_since = time.monotonic()
             self.path, self.depth = answer.path + (addr,), answer.depth + 1
             self._backup = self._advice = None  # the new parent will advise
             latest = self.window.latest_digests(1)
@@ -797,7 +904,8 @@ class Node:
             link = self.parent_link
             view = self._relay_view()
         if link is not None:
-            link.send(Report(view.free, view.sent, tree.free_places(view), tree.members_below(view)))
+            link.send(Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
+                             view.max_children, tuple(view.children)))
 
     def _leave(self) -> None:
         """Tell the server, the parent and the children, then close every link."""
@@ -848,6 +956,7 @@ class Node:
                 "repairing": self._repair is not None,
                 "backup": str(self._backup.addr) if self._backup else None,
                 "rejoins": max(0, len(self.rejoins) - 1),
+                "swaps": self.counters.swaps,
                 "last_block_at": self.counters.last_block_at,
                 "members": [str(a) for a in tree.members_below(self._relay_view())],
             }
@@ -857,7 +966,7 @@ class Node:
         with self._lock:
             return {**{k: snap[k] for k in ("ip", "channel", "max_children", "blocks_received",
                                              "bytes_received", "bytes_sent", "bytes_served",
-                                             "blocks_repaired", "blocks_lost")},
+                                             "blocks_repaired", "blocks_lost", "swaps")},
                     "blocks_relayed": self.counters.blocks_relayed,
                     "bytes_sent_to": dict(self.counters.bytes_sent_to),
                     "rejoins": [r.to_json() for r in self.rejoins[1:]]}

@@ -393,20 +393,26 @@ class Report:
     sent: int
     subtree: tuple[Candidate, ...] = ()
     members: tuple[Addr, ...] = ()
+    max_children: int = 0
+    children: tuple[Addr, ...] = ()
 
     def __post_init__(self):
         _check_int(self.free, "free", 0, 1000)
         _check_int(self.sent, "sent", 0, 2**63)
+        _check_int(self.max_children, "max_children", 0, 1000)
 
     def to_json(self) -> dict:
         return {"free": self.free, "sent": self.sent,
                 "subtree": [c.to_json() for c in self.subtree],
-                "members": [asdict(a) for a in self.members]}
+                "members": [asdict(a) for a in self.members],
+                "max_children": self.max_children,
+                "children": [asdict(a) for a in self.children]}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Report":
         return cls(obj.get("free"), obj.get("sent"), _candidates(obj.get("subtree", [])),
-                   _addrs(obj.get("members", []), "members", MAX_MEMBERS))
+                   _addrs(obj.get("members", []), "members", MAX_MEMBERS),
+                   obj.get("max_children", 0), _addrs(obj.get("children", []), "children"))
 
 
 @dataclass(frozen=True)
@@ -479,10 +485,46 @@ class FetchEnd:
         return cls(_digests(obj.get("missing", []), "missing", MAX_WANT))
 
 
+@dataclass(frozen=True)
+class Swap:
+    """Parent to child: take my place (the balance rotation), I become your child.
+
+    The child joins ``parent`` (or the server when ``server``), where the
+    sender has just freed its slot, with ``path`` as its chain of relays until
+    it is accepted there; meanwhile it accepts the ``expected`` clients (the
+    sender and its other children) even before it is attached, and sends its
+    own children to the sender.
+    """
+
+    TYPE: ClassVar[int] = 15
+    parent: Addr | None
+    path: tuple[Addr, ...]
+    expected: tuple[Addr, ...]
+    server: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.server, bool):
+            raise PeerProtocolError(f"bad server flag {self.server!r}")
+        if (self.parent is None) != self.server:
+            raise PeerProtocolError("a swap names either a parent relay or the server")
+
+    def to_json(self) -> dict:
+        return {"parent": asdict(self.parent) if self.parent else None,
+                "path": [asdict(a) for a in self.path],
+                "expected": [asdict(a) for a in self.expected], "server": self.server}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Swap":
+        parent = obj.get("parent")
+        return cls(None if parent is None else Addr.parse(parent),
+                   _addrs(obj.get("path", []), "path"), _addrs(obj.get("expected", []), "expected"),
+                   obj.get("server", False))
+
+
 Message = (Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye
-           | Report | Info | Advice | FetchEnd)
+           | Report | Info | Advice | FetchEnd | Swap)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
-                                            Move, Drop, Bye, Report, Info, Advice, FetchEnd)}
+                                            Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap)}
 
 
 def encode(message: Message) -> bytes:

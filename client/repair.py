@@ -66,8 +66,9 @@ class RepairPlan:
         """Give ``digests`` to the live source with the least work that has not refused them."""
         work: dict[Addr, list[bytes]] = {}
         for digest in digests:
-            if digest in self._received or digest in self._lost:
-                continue
+            if (digest not in self._refused or digest in self._received
+                    or digest in self._released_set or digest in self._lost):
+                continue  # not wanted, or already settled
             takers = [s for s in self._sources.values()
                       if not s.failed and s.addr not in self._refused[digest]]
             if not takers:
@@ -121,7 +122,8 @@ class RepairPlan:
 
     def give_up(self) -> None:
         """Declare every block not yet received lost (the repair took too long)."""
-        self._lost.update(d for d in self.missing if d not in self._received)
+        self._lost.update(d for d in self.missing
+                          if d not in self._received and d not in self._released_set)
 
     # -- what the client stores ------------------------------------------------
 

@@ -27,6 +27,9 @@ class ChildView:
     sent: int = 0
     places: tuple[Candidate, ...] = ()
     members: tuple[Addr, ...] = ()
+    max_children: int = 0
+    children: tuple[Addr, ...] = ()
+    reported: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class RelayView:
     path: tuple[Addr, ...]
     sent: int
     children: dict[Addr, ChildView] = field(default_factory=dict)
+    expected: frozenset[Addr] = frozenset()
 
     @property
     def free(self) -> int:
@@ -114,6 +118,8 @@ def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | Re
         return RejectJoin(f"wrong channel: this relay carries channel {view.channel}")
     if joiner == view.me or joiner in view.path or view.me in hello.subtree:
         return RejectJoin("loop: the joiner is this relay, one of its ancestors or above it")
+    if joiner in view.expected and len(view.children) < view.max_children:
+        return AcceptJoin()  # part of a swap this relay takes part in
     if not view.attached:
         return RejectJoin("not attached: this relay is itself looking for a parent")
     if joiner in view.children:
@@ -166,6 +172,26 @@ class JoinSearch:
         self._tried.add(best.addr)
         self._attempts_left -= 1
         return best
+
+
+def choose_swap(view: RelayView, margin: int) -> Addr | None:
+    """The child this relay should swap places with to even out upload, if any.
+
+    The balance rotation: a relay that has sent ``margin`` bytes more than
+    one of its children hands that child its place (and its other children)
+    and becomes the child's child. Relays sink and light senders rise, so
+    over time every client relays for a share of the time. Only a child that
+    has reported, can take all of this relay's children (its own K), and is
+    the lightest sender qualifies.
+    """
+    if not view.attached:
+        return None
+    fits = [c for c in view.children.values()
+            if c.reported and c.max_children >= len(view.children)]
+    if not fits:
+        return None
+    lightest = min(fits, key=lambda c: (c.sent, c.addr))
+    return lightest.addr if view.sent - lightest.sent > margin else None
 
 
 def rejoin_seeds(path: tuple[Addr, ...], lost: Addr | None) -> list[Candidate]:

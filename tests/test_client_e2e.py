@@ -61,12 +61,12 @@ def counts(procs):
     return {p.ip: status(p).get("blocks_received", 0) for p in procs}
 
 
-def start_tree(cluster, n, max_children=2, max_clients=1):
+def start_tree(cluster, n, *extra, max_children=2, max_clients=1):
     """A server and ``n`` clients started one after the other, each awaited in place."""
     server = cluster.start_server(max_clients=max_clients, period=PERIOD, channels=2)
     clients = []
     for _ in range(n):
-        proc = cluster.start_client(server, max_children=max_children, period=PERIOD)
+        proc = cluster.start_client(server, *extra, max_children=max_children, period=PERIOD)
         wait_until(lambda: status(proc).get("state") in ("direct", "attached"), 20,
                    f"{proc.ip} to find a place")
         clients.append(proc)
@@ -108,8 +108,9 @@ def test_ten_clients_form_a_shallow_tree_and_store_the_film_in_order(cluster, fi
 
 
 def test_killed_relay_children_rejoin_with_their_subtree_and_lose_nothing(cluster, films):
-    # 9 clients: depths 1, 2, 3 full (1 + 2 + 4), two more at depth 4.
-    server, clients = start_tree(cluster, 9)
+    # 9 clients: depths 1, 2, 3 full (1 + 2 + 4), two more at depth 4. The balance
+    # rotation is off so that the tree holds still while its shape is compared.
+    server, clients = start_tree(cluster, 9, "--balance-margin", "0")
     statuses = tree_of(clients)
 
     def grandchildren_of(ip):
@@ -254,4 +255,18 @@ def test_frozen_relay_is_detected_by_silence_and_its_children_lose_nothing(clust
         assert "lost: silent" in proc.log_text(), f"{proc.ip} did not detect the silence"
         assert status(proc)["parent"] != {"ip": victim.ip, "port": 9092}
     for proc in survivors:
+        assert_continuous(proc, films)
+
+
+def test_balance_rotation_lets_every_relay_capable_client_send(cluster, films):
+    """Relays hand their place to their lightest child: leaves take turns relaying."""
+    server, clients = start_tree(cluster, 7, "--balance-margin", "2")
+    wait_until(lambda: all(status(p).get("bytes_sent", 0) > 0 for p in clients), 90,
+               "every client to have relayed at some point")
+    statuses = tree_of(clients)
+    assert sum(s["swaps"] for s in statuses.values()) >= 2
+    assert all(len(s["children"]) <= 2 for s in statuses.values())
+    # One slot, fan-out 2: 7 clients fit within depth 3; the rotation keeps it within one more.
+    assert max(s["depth"] for s in statuses.values()) <= 4, depth_histogram(statuses)
+    for proc in clients:
         assert_continuous(proc, films)
