@@ -14,10 +14,10 @@ import pytest
 
 import client.peerproto as peerproto
 from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, MAX_BLOCK,
-                              MAX_CONTROL, MAX_LIST, PROTOCOL, VERSION, Accept, Addr, Block, Bye,
-                              Candidate, Drop, FrameDecoder, Hello, Info, Keepalive, Move,
-                              PathUpdate, PeerProtocolError, Redirect, Reject, Report,
-                              block_digest, encode)
+                              MAX_CONTROL, MAX_LIST, PROTOCOL, VERSION, Accept, Addr, Advice,
+                              Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
+                              Keepalive, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
+                              Report, Swap, block_digest, encode)
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
 MEMBERS_BOUND = getattr(peerproto, "MAX_MEMBERS", MAX_LIST)
@@ -89,6 +89,16 @@ MESSAGES = [
     Report(1000, 2**63),
     Info(True, 3, 1, 99, candidates=(cand(14, depth=3),)),
     Info(False, 1, 0, 0),
+    Hello("join", addr(1), 0, catch_up=5),
+    Hello("fetch", addr(1), 0, want=(D1, D2)),
+    Accept(3, path=(addr(4),), after=D1, missing=(D2,)),
+    Report(1, 5, max_children=2, children=(addr(15), addr(16))),
+    Advice(backup=cand(17, depth=2), advice=None),
+    Advice(),
+    FetchEnd((D1,)),
+    FetchEnd(),
+    Swap(addr(18), (addr(19), addr(18)), (addr(20), addr(21))),
+    Swap(None, (), (addr(20),), server=True),
 ]
 
 
@@ -122,9 +132,8 @@ def test_round_trip_one_byte_at_a_time(message):
 
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
-    assert covered == {Hello, Accept, Redirect, Reject, Block, Keepalive, PathUpdate, Move, Drop,
-                       Bye, Report, Info}
-    assert {cls.TYPE for cls in covered} == set(range(1, 13))
+    assert covered == set(JSON_MESSAGES.values()) | {Block}
+    assert {cls.TYPE for cls in covered} == set(range(1, 16))
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
     assert Block.TYPE not in JSON_MESSAGES
 
@@ -656,3 +665,15 @@ def test_block_of_uses_the_digest():
     block = Block.of(3, b"xyz")
     assert block.digest == block_digest(b"xyz")
     assert "xyz" not in repr(block)
+
+
+def test_swap_names_either_a_parent_or_the_server():
+    with pytest.raises(PeerProtocolError):
+        Swap(None, (), ())
+    with pytest.raises(PeerProtocolError):
+        Swap(addr(1), (), (), server=True)
+
+
+def test_hello_catch_up_is_bounded():
+    with pytest.raises(PeerProtocolError):
+        Hello("join", addr(1), 0, catch_up=10_000)

@@ -641,3 +641,56 @@ def test_tree_parent_death_and_rejoin():
         # subtrees moved whole (an orphan that rejoined first may since have adopted the other)
         assert set(members_below(tree.views[orphan])) >= below
     assert all(target != dead for who, target in tree.tries[-10:] if who in orphans)
+
+
+# -- backup advice and the balance rotation ----------------------------------------------------
+
+
+def test_advice_for_a_child_is_a_free_place_outside_its_subtree():
+    a, b = A(1), A(2)
+    v = view([ChildView(a, places=(C(3, depth=3, sent=5),), members=(A(3),)),
+              ChildView(b, places=(C(4, depth=3, sent=9),), members=(A(4),))])
+    assert tree_module.advice_for(v, a).addr == A(4)
+    assert tree_module.advice_for(v, b).addr == A(3)
+
+
+def test_advice_for_prefers_the_relay_itself_when_it_has_room():
+    v = view([ChildView(A(1), places=(C(3, depth=3),), members=(A(3),))], max_children=2)
+    assert tree_module.advice_for(v, A(1)).addr == ME
+
+
+def test_advice_for_none_when_nothing_free_outside():
+    v = view([ChildView(A(1), places=(C(3, depth=3),), members=(A(3),)), ChildView(A(2))])
+    assert tree_module.advice_for(v, A(1)) is None
+
+
+def _reported(n, sent, max_children=2, children=()):
+    return ChildView(A(n), sent=sent, max_children=max_children, children=tuple(children),
+                     reported=True)
+
+
+def test_choose_swap_picks_the_lightest_child_past_the_margin():
+    v = view([_reported(1, 500), _reported(2, 100)], sent=1000)
+    assert tree_module.choose_swap(v, margin=800) == A(2)
+    assert tree_module.choose_swap(v, margin=900) is None
+
+
+def test_choose_swap_only_children_that_reported_and_can_take_all_children():
+    unreported = ChildView(A(1), sent=0, max_children=2)
+    small = _reported(2, 0, max_children=1)
+    assert tree_module.choose_swap(view([unreported, small], sent=10**6), margin=1) is None
+    assert tree_module.choose_swap(view([unreported, _reported(3, 0)], sent=10**6), margin=1) == A(3)
+
+
+def test_choose_swap_not_while_detached():
+    v = view([_reported(1, 0)], sent=10**6, attached=False)
+    assert tree_module.choose_swap(v, margin=1) is None
+
+
+def test_expected_swap_partner_accepted_while_detached_but_within_k():
+    partner = A(7)
+    v = dataclasses.replace(view([], attached=False), expected=frozenset({partner}))
+    assert isinstance(decide_join(v, join(7)), AcceptJoin)
+    assert not isinstance(decide_join(v, join(8)), AcceptJoin)
+    full = dataclasses.replace(view([A(1), A(2)], attached=False), expected=frozenset({partner}))
+    assert not isinstance(decide_join(full, join(7)), AcceptJoin)
