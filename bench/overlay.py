@@ -307,8 +307,25 @@ class Scenario:
         return None
 
     def affected_by(self, victim: ClientRun) -> list[str]:
+        """The victim's subtree just before the failure: the members it reports, and
+        every live client whose chain of parents (status.json) passes through it."""
         status = Cluster.status_of(victim.proc) or {}
-        return [m.split(":")[0] for m in status.get("members", [])]
+        affected = {m.split(":")[0] for m in status.get("members", [])}
+        parents = {}
+        for c in self.clients:
+            if c.proc and c.fate in ("alive", "thawed") and c is not victim:
+                parent = (Cluster.status_of(c.proc) or {}).get("parent")
+                parents[c.ip] = parent["ip"] if isinstance(parent, dict) else None
+        for ip in parents:
+            seen, node = {ip}, parents.get(ip)
+            while node is not None and node not in seen:
+                if node == victim.ip:
+                    affected.add(ip)
+                    break
+                seen.add(node)
+                node = parents.get(node)
+        affected.discard(victim.ip)
+        return sorted(affected)
 
     def apply(self, event: Event) -> None:
         now = time.time()
@@ -481,6 +498,7 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool) -> dic
                      "bytes_received": stats.get("bytes_received"),
                      "rejoins": len(rejoins),
                      "rejoin_took_s": [j["took"] for j in rejoins],
+                     "rejoin_causes": [str(j.get("cause", "")).split(":")[0] for j in rejoins],
                      "cpu_s": r["cost"].get("cpu_s"), "peak_rss_mib": r["cost"].get("peak_rss_mib"),
                      **{k: cont[k] for k in ("continuity", "on_time_fraction", "expected", "good",
                                              "holes", "duplicates", "not_film")}}
@@ -529,6 +547,8 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool) -> dic
                    "time_to_next_block_s": metrics.summary(repair_took),
                    "blocks_missed": metrics.summary(repair_missed),
                    "never_recovered": sum(1 for t in repair_took if t is None),
+                   "client_rejoin_causes": metrics.histogram(
+                       c for e in per_client for c in e["rejoin_causes"]),
                    "client_rejoin_took_s": metrics.summary(
                        t for e in per_client for t in e["rejoin_took_s"])},
         "tree": {"depth_histogram": {str(k): v for k, v in metrics.histogram(
