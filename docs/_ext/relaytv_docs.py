@@ -14,6 +14,11 @@
   ``A -> B: message``; ``A -> A: text`` is a step taken by A alone.
 * ``.. menu-commands::`` -- the client menu's commands, from their docstrings.
 * ``:pyval:`module.NAME``` -- the value of a constant, as code.
+
+Each of them records the source files of the modules it read as dependencies
+of the page, so an incremental ``make docs`` rebuilds the page when the code
+changes (without that, a page whose ``.rst`` did not change kept a stale
+table).
 """
 
 from __future__ import annotations
@@ -44,6 +49,21 @@ def _import(path: str):
     for part in name.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _note_modules(env, *names: str) -> None:
+    """Rebuild the current page when the source of any of these modules changes."""
+    if env is None:
+        return
+    for name in names:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            env.note_dependency(os.path.abspath(path))
+
+
+def _target_module(path: str) -> str:
+    return path.partition(":")[0] if ":" in path else path.rpartition(".")[0]
 
 
 def program_help(target: str) -> str:
@@ -83,6 +103,8 @@ class ProgramHelp(Directive):
             raise self.error(f"program-help {self.arguments[0]}: {type(exc).__name__}: {exc}") from None
         if not text.strip():
             raise self.error(f"{self.arguments[0]} printed no help")
+        _note_modules(getattr(self.state.document.settings, "env", None),
+                      _target_module(self.arguments[0]))
         block = nodes.literal_block(text, text)
         block["language"] = "text"
         return [block]
@@ -119,6 +141,9 @@ def _table(header: list[str], rows: list[list[str]], widths: str) -> list[str]:
 class _Generated(Directive):
     """A directive whose output is reStructuredText made from the code."""
 
+    #: modules whose source the output depends on (the page is rebuilt when one changes)
+    MODULES: tuple[str, ...] = ()
+
     def lines(self) -> list[str]:
         raise NotImplementedError
 
@@ -130,6 +155,7 @@ class _Generated(Directive):
             lines = self.lines()
         except Exception as exc:  # an import error in the code: one clear warning, not a crash
             raise self.error(f"{self.name}: {type(exc).__name__}: {exc}") from None
+        _note_modules(getattr(self.state.document.settings, "env", None), *self.MODULES)
         for line in lines:
             content.append(line, source)
         nested_parse_with_titles(self.state, content, container, self.content_offset)
@@ -137,6 +163,8 @@ class _Generated(Directive):
 
 
 class PeerFrames(_Generated):
+    MODULES = ("client.peerproto",)
+
     def lines(self):
         pp = importlib.import_module("client.peerproto")
         classes = sorted([*pp.JSON_MESSAGES.values(), pp.Block], key=lambda c: c.TYPE)
@@ -190,6 +218,8 @@ class PackageModules(_Generated):
 
 class MenuCommands(_Generated):
     """The client menu's commands, from the ``do_*`` methods of :class:`client.menu.Menu`."""
+
+    MODULES = ("client.menu",)
 
     def lines(self):
         menu = importlib.import_module("client.menu").Menu
@@ -277,6 +307,7 @@ def pyval_role(name, rawtext, text, lineno, inliner, options=None, content=None)
     except (ImportError, AttributeError) as exc:
         msg = inliner.reporter.error(f"pyval: cannot find {text}: {exc}", line=lineno)
         return [inliner.problematic(rawtext, rawtext, msg)], [msg]
+    _note_modules(getattr(inliner.document.settings, "env", None), _target_module(text))
     return [nodes.literal(rawtext, repr(value))], []
 
 
@@ -288,4 +319,7 @@ def setup(app):
     app.add_directive("sequence", Sequence)
     app.add_directive("menu-commands", MenuCommands)
     app.add_role("pyval", pyval_role)
-    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+    # env_version: bumped when the directives' output changes, so that Sphinx
+    # re-reads every page once instead of reusing pages read by the old code.
+    return {"version": "2", "env_version": 2,
+            "parallel_read_safe": True, "parallel_write_safe": True}
