@@ -296,3 +296,19 @@ def test_a_missing_libvlc_is_a_one_line_error_naming_the_packages(films, store, 
     result = run_once(str(store), "--headless", env=env)
     assert_one_line_error(result, "libvlc5 vlc-plugin-base vlc-plugin-video-output")
     assert (store / block(0)).exists()
+
+
+def test_the_launch_api_starts_and_stops_the_player(films, store, tmp_path):
+    from player.launch import start_player, stop_player
+
+    for i in range(2):
+        arrive(films, store, block(i))
+    log_path = tmp_path / "launched.log"
+    with open(log_path, "ab") as log:
+        proc = start_player(store, headless=True, log=log, log_level="DEBUG")
+    try:
+        wait_until(lambda: f"playing {block(0)}" in log_path.read_text(), 10, "playback")
+    finally:
+        rc = stop_player(proc)
+    assert rc == 0, log_path.read_text()
+    assert (store / block(0)).exists() and (store / block(1)).exists()
