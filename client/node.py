@@ -73,7 +73,11 @@ class Config:
 
     @property
     def swap_cooldown(self) -> float:
-        """A relay that just moved waits this long before it swaps places again."""
+        """A relay whose parent or children just changed waits this long before it swaps.
+
+        A swap changes the parent or children of everyone around it, so the
+        whole neighbourhood holds still for a while and swaps seldom overlap.
+        """
         return 4 * self.period
 
     @property
@@ -162,7 +166,7 @@ class Node:
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
         self._expected: dict[Addr, float] = {}          # swap partners, until a deadline
-        self._attached_since = time.monotonic()
+        self._moved_at = time.monotonic()  # last change of parent or children
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -450,7 +454,7 @@ class Node:
         old = self.children.pop(hello.addr, None)
         if old is not None:
             old.drop("replaced by a new connection from the same client")
-        after, missed = self.window.after(hello.have)
+        after, missed = self.window.after(hello.have, hello.have_seq)
         if after is None and not hello.have and hello.catch_up:
             missed = self.window.latest(hello.catch_up)
         child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.period / 4,
@@ -461,6 +465,7 @@ class Node:
         self.child_views[hello.addr] = tree.ChildView(hello.addr, free=hello.max_children,
                                                       members=hello.subtree)
         self._advice_sent.pop(hello.addr, None)
+        self._moved_at = time.monotonic()
         log.info("new child %s (resumes %s, %d missed block(s) to fetch)", hello.addr,
                  "after its latest block" if after else "live", len(missed))
         self._write_status()
@@ -502,6 +507,7 @@ class Node:
                 return
             del self.children[child.addr]
             self.child_views.pop(child.addr, None)
+            self._moved_at = time.monotonic()
             key = str(child.addr)
             self._sent_before[key] = self._sent_before.get(key, 0) + child.bytes_sent
         log.info("child %s gone: %s", child.addr, reason)
@@ -622,8 +628,14 @@ class Node:
         """Swap places with the lightest-sending child once this relay is ahead by a margin."""
         with self._lock:
             if (self.config.balance_blocks <= 0 or self._repair is not None
-                    or time.monotonic() - self._attached_since < self.config.swap_cooldown
+                    or time.monotonic() - self._moved_at < self.config.swap_cooldown
                     or not len(self.window)):
+                return
+            if (self.parent == SERVER and
+                    time.monotonic() - self._last_server_block > self.config.period / 4):
+                # The server's slot passes from us to the child with a gap of a few
+                # milliseconds; a block sent in that gap would reach nobody. Hand it
+                # over just after a block, when the next one is a period away.
                 return
             view = self._relay_view()
             block_size = sum(len(b.data) for b in self.window.latest(4)) / min(4, len(self.window))
@@ -673,6 +685,7 @@ class Node:
 
     def _take_place(self, link: ParentLink, swap: Swap) -> None:
         """Our parent handed us its place: send our children to it, go where it was."""
+        self._cancel_repair()
         with self._lock:
             self.parent_link = self.parent = None
             self.state = State.ORPHANED
@@ -781,7 +794,7 @@ class Node:
             return False
         with self._lock:
             self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
-            self._attached_since = time.monotonic()
+            self._moved_at = time.monotonic()
             self._server_member = True
             self._last_server_block = time.monotonic()
             self._skip = list(self.window.latest_digests(3))
@@ -841,7 +854,8 @@ class Node:
             catch_up = 0 if have else min(int(self.config.catch_up_seconds / self.config.period),
                                           self.window.capacity, MAX_WANT)
             hello = Hello("join", self.me, self.config.channel, self.config.max_children,
-                          have=have, subtree=tree.members_below(self._relay_view()),
+                          have=have, have_seq=max(self._seq, 0),
+                          subtree=tree.members_below(self._relay_view()),
                           catch_up=catch_up)
         decoder = FrameDecoder()
         try:
@@ -871,7 +885,7 @@ class Node:
         self._leave_server()
         with self._deliver_lock, self._lock:
             self.parent, self.parent_link, self.state = addr, link, State.ATTACHED
-            self._attached_since = time.monotonic()
+            self._moved_at = time.monotonic()
             self.path, self.depth = answer.path + (addr,), answer.depth + 1
             self._backup = self._advice = None  # the new parent will advise
             latest = self.window.latest_digests(1)

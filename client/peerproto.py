@@ -159,7 +159,10 @@ class Hello:
     ``kind`` is ``join`` (become the receiver's child), ``probe`` (ask for an
     :class:`Info`) or ``fetch`` (ask for the blocks listed in ``want``).
     ``have`` lists the identities of the joiner's latest blocks, newest last,
-    so that the new parent resumes right after them; ``catch_up`` asks a new
+    so that the new parent resumes right after them, and ``have_seq`` the
+    position of the newest of them in the joiner's numbering (a film repeats,
+    so an identity can occur twice in a window: the parent takes the
+    occurrence whose position is nearest); ``catch_up`` asks a new
     joiner's parent for that many recent blocks to start behind live;
     ``subtree`` lists the joiner's own descendants, which the receiver must
     not be.
@@ -174,6 +177,7 @@ class Hello:
     subtree: tuple[Addr, ...] = ()
     catch_up: int = 0
     want: tuple[bytes, ...] = ()
+    have_seq: int = 0
     proto: str = PROTOCOL
     version: int = VERSION
 
@@ -187,6 +191,7 @@ class Hello:
         _check_int(self.channel, "channel", 0, 9)
         _check_int(self.max_children, "max_children", 0, 1000)
         _check_int(self.catch_up, "catch_up", 0, MAX_WANT)
+        _check_int(self.have_seq, "have_seq", 0, 2**64 - 1)
 
     def to_json(self) -> dict:
         return {"proto": self.proto, "version": self.version, "kind": self.kind,
@@ -194,7 +199,8 @@ class Hello:
                 "max_children": self.max_children,
                 "have": [d.hex() for d in self.have],
                 "subtree": [asdict(a) for a in self.subtree],
-                "catch_up": self.catch_up, "want": [d.hex() for d in self.want]}
+                "catch_up": self.catch_up, "want": [d.hex() for d in self.want],
+                "have_seq": self.have_seq}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Hello":
@@ -204,6 +210,7 @@ class Hello:
                    subtree=_addrs(obj.get("subtree", []), "subtree", MAX_MEMBERS),
                    catch_up=obj.get("catch_up", 0),
                    want=_digests(obj.get("want", []), "want", MAX_WANT),
+                   have_seq=obj.get("have_seq", 0),
                    proto=obj.get("proto"), version=obj.get("version"))
 
 
@@ -381,7 +388,7 @@ class Bye:
 
 @dataclass(frozen=True)
 class Report:
-    """Child to parent, every period: my free slots, my upload and my subtree.
+    """Child to parent, every half period: my free slots, my upload and my subtree.
 
     ``subtree`` holds the free places known below the child, best first, so
     that a full relay can redirect a joiner straight to a free slot;

@@ -64,18 +64,23 @@ class RecentWindow:
     def latest_digests(self, count: int) -> tuple[bytes, ...]:
         return tuple(s.block.digest for s in list(self._blocks)[-count:])
 
-    def after(self, have: tuple[bytes, ...]) -> tuple[bytes | None, list[Block]]:
+    def after(self, have: tuple[bytes, ...], have_seq: int = 0) -> tuple[bytes | None, list[Block]]:
         """Where a peer holding ``have`` (its latest identities, newest last) resumes.
 
         Returns the identity it resumes after and the blocks it lacks: those
-        after the most recent place where the peer's newest known block
-        appears. (None, []) when none of ``have`` is in the window.
+        after the place where the newest of ``have`` found in the window
+        appears. A film repeats, so an identity may occur more than once in
+        the window: the occurrence whose position is nearest the one the peer
+        gives (``have_seq`` for its newest block) is taken. (None, []) when
+        none of ``have`` is in the window.
         """
         blocks = [s.block for s in self._blocks]
-        for digest in reversed(have):
-            for index in range(len(blocks) - 1, -1, -1):
-                if blocks[index].digest == digest:
-                    return digest, blocks[index + 1:]
+        for back, digest in enumerate(reversed(have)):
+            places = [i for i, b in enumerate(blocks) if b.digest == digest]
+            if places:
+                expected = have_seq - back
+                index = min(places, key=lambda i: (abs(blocks[i].seq - expected), -i))
+                return digest, blocks[index + 1:]
         return None, []
 
     def since(self, digest: bytes) -> list[bytes]:

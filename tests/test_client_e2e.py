@@ -87,6 +87,25 @@ def tree_of(clients):
     return statuses
 
 
+def settled_tree(clients):
+    """The statuses, when every client is in place and parents and children agree; else None.
+
+    While the balance rotation moves clients, status files change one process
+    at a time: a tree read then is only judged once it is whole.
+    """
+    statuses = tree_of(clients)
+    for s in statuses.values():
+        if s.get("state") not in ("direct", "attached"):
+            return None
+        parent = s["parent"]
+        if isinstance(parent, dict):
+            above = statuses.get(parent["ip"], {})
+            if above.get("depth", 0) + 1 != s["depth"] or \
+                    s["ip"] not in {c["ip"] for c in above.get("children", [])}:
+                return None
+    return statuses
+
+
 def depth_histogram(statuses):
     hist = {}
     for s in statuses.values():
@@ -263,7 +282,7 @@ def test_balance_rotation_lets_every_relay_capable_client_send(cluster, films):
     server, clients = start_tree(cluster, 7, "--balance-margin", "2")
     wait_until(lambda: all(status(p).get("bytes_sent", 0) > 0 for p in clients), 90,
                "every client to have relayed at some point")
-    statuses = tree_of(clients)
+    statuses = wait_until(lambda: settled_tree(clients), 30, "a moment without a swap under way")
     assert sum(s["swaps"] for s in statuses.values()) >= 2
     assert all(len(s["children"]) <= 2 for s in statuses.values())
     # One slot, fan-out 2: 7 clients fit within depth 3; the rotation keeps it within one more.
