@@ -62,9 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds of recent blocks kept in memory to resume children (30)")
     p.add_argument("--catch-up", type=float, default=0.0, metavar="SECONDS",
                    help="start this far behind live, the buffer filled from several peers at once (0)")
-    p.add_argument("--balance-margin", type=float, default=6.0, metavar="BLOCKS",
+    p.add_argument("--balance-margin", type=float, default=8.0, metavar="BLOCKS",
                    help="swap places with a child once this client has sent this many blocks per "
-                        "child more than it (the upload balance rotation; 0 turns it off; 6)")
+                        "child more than it (the upload balance rotation; 0 turns it off; 8)")
     p.add_argument("--stats", type=Path, help="write statistics as JSON here on exit "
                                               "(default <store>/stats.json)")
     p.add_argument("--no-player", action="store_true", help="do not start the player")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import logging
 import queue
+import random
 import socket
 import threading
 import time
@@ -69,7 +70,7 @@ class Config:
     period: float = 2.0
     window_seconds: float = 30.0
     catch_up_seconds: float = 0.0
-    balance_blocks: float = 6.0
+    balance_blocks: float = 8.0
 
     @property
     def swap_cooldown(self) -> float:
@@ -125,6 +126,7 @@ class Counters:
     blocks_repaired: int = 0
     blocks_lost: int = 0
     swaps: int = 0
+    climbs: int = 0
     last_block_at: float | None = None
 
 
@@ -167,6 +169,7 @@ class Node:
         self._advice_sent: dict[Addr, Advice] = {}
         self._expected: dict[Addr, float] = {}          # swap partners, until a deadline
         self._moved_at = time.monotonic()  # last change of parent or children
+        self._last_block = time.monotonic()
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -290,6 +293,7 @@ class Node:
         with self._lock:
             children = list(self.children.values())
         stored_at = time.time()
+        self._last_block = time.monotonic()
         self.store.write(block.data)
         self.window.append(Stored(block, stored_at))
         for child in children:
@@ -548,6 +552,7 @@ class Node:
     def _control_loop(self) -> None:
         tick = self.config.period / 4
         next_report = next_root_probe = time.monotonic()
+        next_climb = time.monotonic() + self._climb_interval()
         self._find_place(f"joining channel {self.config.channel}", server_first=True)
         while not self._stopping.is_set():
             try:
@@ -571,6 +576,46 @@ class Node:
             if self.state == State.DIRECT and time.monotonic() >= next_root_probe:
                 next_root_probe = time.monotonic() + 4 * self.config.period
                 self._advise_as_root()
+            if time.monotonic() >= next_climb and self._maybe_climb():
+                next_climb = time.monotonic() + self._climb_interval()
+
+    def _climb_interval(self) -> float:
+        """Every 6 to 10 periods, at random, so that clients do not all look at once."""
+        return self.config.period * random.uniform(6, 10)
+
+    def _maybe_climb(self) -> bool:
+        """Move up a level when a shallower place is free: the tree compacts again after churn.
+
+        A child of a direct client tries the server itself (a slot freed by a
+        dead direct client is taken back); deeper clients look for a free
+        place at least one level shallower through the direct clients. The
+        subtree moves along, and the move resumes without a hole like any
+        rejoin. Only just after a block, so that the server's next one is a
+        period away: False (try again at the next tick) until then.
+        """
+        with self._lock:
+            if time.monotonic() - self._last_block > self.config.period / 4:
+                return False
+            if (self.state != State.ATTACHED or self._repair is not None
+                    or time.monotonic() - self._moved_at < self.config.swap_cooldown):
+                return True
+            depth, old = self.depth, self.parent_link
+            members = tree.members_below(self._relay_view())
+        if depth == 2:
+            moved = self._try_server()
+        else:
+            free = sorted((c for c in self._probe_listed(members)
+                           if c.free > 0 and c.depth + 1 < depth and c.addr != old.addr),
+                          key=lambda c: (c.depth, c.sent))
+            moved = bool(free) and self._try_join(free[0].addr, Rejoin("climbing", 0, 0)) is True
+        if moved:
+            log.info("climbed from depth %d to depth %d", depth, self.depth)
+            with self._lock:
+                self.counters.climbs += 1
+            old.send(Bye())
+            old.close()
+            self._write_status()
+        return True
 
     def _advise_children(self) -> None:
         """Keep every child's backup parent fresh (sent only when it changed)."""
@@ -794,6 +839,7 @@ class Node:
             return False
         with self._lock:
             self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
+            self.parent_link = None
             self._moved_at = time.monotonic()
             self._server_member = True
             self._last_server_block = time.monotonic()
@@ -971,6 +1017,7 @@ class Node:
                 "backup": str(self._backup.addr) if self._backup else None,
                 "rejoins": max(0, len(self.rejoins) - 1),
                 "swaps": self.counters.swaps,
+                "climbs": self.counters.climbs,
                 "last_block_at": self.counters.last_block_at,
                 "members": [str(a) for a in tree.members_below(self._relay_view())],
             }
@@ -980,7 +1027,8 @@ class Node:
         with self._lock:
             return {**{k: snap[k] for k in ("ip", "channel", "max_children", "blocks_received",
                                              "bytes_received", "bytes_sent", "bytes_served",
-                                             "blocks_repaired", "blocks_lost", "swaps")},
+                                             "blocks_repaired", "blocks_lost", "swaps",
+                                             "climbs")},
                     "blocks_relayed": self.counters.blocks_relayed,
                     "bytes_sent_to": dict(self.counters.bytes_sent_to),
                     "rejoins": [r.to_json() for r in self.rejoins[1:]]}

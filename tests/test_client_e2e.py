@@ -289,3 +289,22 @@ def test_balance_rotation_lets_every_relay_capable_client_send(cluster, films):
     assert max(s["depth"] for s in statuses.values()) <= 4, depth_histogram(statuses)
     for proc in clients:
         assert_continuous(proc, films)
+
+
+def test_tree_compacts_again_after_a_direct_client_dies(cluster, films):
+    """A slot the server frees is taken back by a child of a direct client; the subtree follows."""
+    server, clients = start_tree(cluster, 4, "--balance-margin", "0", max_children=1, max_clients=2)
+    statuses = tree_of(clients)
+    victim = next(p for p in clients if statuses[p.ip]["parent"] == "server" and statuses[p.ip]["children"])
+    survivors = [p for p in clients if p is not victim]
+    victim.kill()
+
+    def compact():
+        s = settled_tree(survivors)
+        return s if s and max(x["depth"] for x in s.values()) == 2 and \
+            [x["parent"] for x in s.values()].count("server") == 2 else None
+
+    statuses = wait_until(compact, 60, "two direct clients again and depth 2")
+    assert sum(s["climbs"] for s in statuses.values()) >= 1
+    for proc in survivors:
+        assert_continuous(proc, films)
