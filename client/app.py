@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 from client.menu import Menu
 from client.node import Config, Node
+from player.launch import start_player, stop_player
 
 log = logging.getLogger("client")
 REPO = Path(__file__).resolve().parent.parent
@@ -98,32 +97,6 @@ def own_address(server: tuple[str, int]) -> str:
             return "127.0.0.1"
 
 
-def start_player(store: Path) -> subprocess.Popen | None:
-    """The player as a child process on the store folder; headless without a screen."""
-    if importlib.util.find_spec("player.app") is None:
-        log.warning("the player is not installed: blocks are stored but not played")
-        return None
-    argv = [sys.executable, "-m", "player", str(store)]
-    if not os.environ.get("DISPLAY"):
-        argv.append("--headless")
-    with open(store / "player.log", "ab") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
-    log.info("player started (pid %d)%s", proc.pid, "" if os.environ.get("DISPLAY") else ", headless")
-    return proc
-
-
-def stop_player(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.max_children is None:
@@ -149,7 +122,12 @@ def main(argv=None) -> int:
         print(f"client: cannot listen on {ip} ports {args.push_port}/{args.peer_port}: {exc}",
               file=sys.stderr)
         return 1
-    player = None if args.no_player else start_player(store)
+    player = None
+    if not args.no_player:
+        with open(store / "player.log", "ab") as player_log:
+            player = start_player(store, log=player_log)
+        log.info("player started (pid %d)%s, log in %s", player.pid,
+                 "" if os.environ.get("DISPLAY") else ", headless (no DISPLAY)", store / "player.log")
 
     stop = threading.Event()
 
@@ -171,7 +149,8 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         node.stop()
-        stop_player(player)
+        if player is not None:
+            stop_player(player)
         stats_file = args.stats or store / "stats.json"
         try:
             stats_file.write_text(json.dumps(node.stats(), indent=1))

@@ -264,10 +264,9 @@ class Redirect:
 
 
 @dataclass(frozen=True)
-class Reject:
-    """The receiver will not take the joiner (not attached, loop, wrong channel...)."""
+class _Refusal:
+    """A message that only says why (a refusal of some kind)."""
 
-    TYPE: ClassVar[int] = 4
     reason: str
 
     def __post_init__(self):
@@ -277,8 +276,15 @@ class Reject:
         return {"reason": self.reason}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Reject":
+    def from_json(cls, obj: dict):
         return cls(obj.get("reason"))
+
+
+@dataclass(frozen=True)
+class Reject(_Refusal):
+    """The receiver will not take the joiner (not attached, loop, wrong channel...)."""
+
+    TYPE: ClassVar[int] = 4
 
 
 @dataclass(frozen=True)
@@ -355,21 +361,10 @@ class Move:
 
 
 @dataclass(frozen=True)
-class Drop:
+class Drop(_Refusal):
     """Parent to child: I no longer serve you (you could not keep up, or a loop)."""
 
     TYPE: ClassVar[int] = 9
-    reason: str
-
-    def __post_init__(self):
-        _check_str(self.reason, "reason")
-
-    def to_json(self) -> dict:
-        return {"reason": self.reason}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "Drop":
-        return cls(obj.get("reason"))
 
 
 @dataclass(frozen=True)
