@@ -241,6 +241,46 @@ def test_menu_through_standard_input(cluster, films):
     assert (Cluster.store_of(proc) / "client.log").read_text().count("direct client") >= 1
 
 
+def test_menu_switches_channel_and_the_new_channel_s_film_arrives(cluster, films):
+    server = cluster.start_server(max_clients=1, period=PERIOD, channels=2)
+    proc = cluster.start_client(server, "--menu", max_children=2, period=PERIOD,
+                                stdin=subprocess.PIPE)
+    wait_until(lambda: status(proc).get("blocks_received", 0) >= 2, 20, "the client to receive")
+    proc.popen.stdin.write(b"channel 1\n")
+    proc.popen.stdin.flush()
+    wait_until(lambda: status(proc).get("channel") == 1 and status(proc).get("state") == "direct",
+               20, "the client to be in channel 1")
+    before = status(proc)["blocks_received"]
+    wait_until(lambda: status(proc).get("blocks_received", 0) >= before + 3, 20,
+               "blocks of channel 1")
+    proc.popen.stdin.write(b"quit\n")
+    proc.popen.stdin.close()
+    assert proc.popen.wait(timeout=15) == 0
+    canal1, _ = film_index(films, "canal1")
+    newest = sorted(Cluster.store_of(proc).glob("*.mkv"))[-3:]
+    assert all(block_digest(p.read_bytes()) in canal1 for p in newest)
+    assert "switching to channel 1" in proc.log_text()
+
+
+def test_a_child_that_stops_reading_is_dropped_and_its_siblings_lose_nothing(cluster, films):
+    server, clients = start_tree(cluster, 2, "--balance-margin", "0")
+    parent = clients[0]
+    stuck_ip = "127.0.0.252"
+    hello = json.dumps({"proto": "relaytv", "version": 1, "kind": "join", "ip": stuck_ip,
+                        "port": 9092, "channel": 0, "max_children": 0}).encode()
+    with socket.create_connection((parent.ip, 9092), timeout=5, source_address=(stuck_ip, 0)) as stuck:
+        stuck.sendall(struct.pack(">BI", 1, len(hello)) + hello)  # joins, then never reads
+        wait_until(lambda: stuck_ip in {c["ip"] for c in status(parent).get("children", [])}, 10,
+                   "the stuck child to be accepted")
+        before = counts(clients)
+        wait_until(lambda: stuck_ip not in {c["ip"] for c in status(parent).get("children", [])},
+                   20, "the stuck child to be dropped")
+        wait_until(lambda: received_more(clients, before, 4), 20, "the others to keep receiving")
+    assert f"child {stuck_ip}:9092 gone" in parent.log_text()
+    for proc in clients:
+        assert_continuous(proc, films)
+
+
 def test_missing_max_children_is_asked_once(cluster, films):
     server = cluster.start_server(max_clients=1, period=PERIOD)
     ip = "127.0.0.251"
