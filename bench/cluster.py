@@ -115,19 +115,29 @@ class Cluster:
     """A set of relaytv processes under one working directory."""
 
     def __init__(self, workdir: Path, films: Path | None = None,
-                 python: str = sys.executable, code: Path | None = None):
+                 python: str = sys.executable, code: Path | None = None,
+                 prefix: Callable[[str], list[str]] | None = None):
         """``code``: the folder the processes run from (``-m server``, ``-m client``);
-        the repository by default, or e.g. an export of one commit."""
+        the repository by default, or e.g. an export of one commit.
+
+        ``prefix``: given a process's address, the argv put before its command,
+        e.g. ``["ip", "netns", "exec", NS]`` to run it on another host
+        (:mod:`bench.netns`). The prefix must exec the command, so that the
+        process id stays the command's own (kill, freeze and stop use it)."""
         self.code = Path(code) if code else REPO
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.films = Path(films) if films else REPO / "filme"
         self.python = python
+        self.prefix = prefix
         self.procs: list[Proc] = []
 
     def spawn(self, name: str, ip: str, argv: list[str],
               stdin=subprocess.DEVNULL) -> Proc:
-        """Start ``argv`` with its output in ``<workdir>/<name>.log``."""
+        """Start ``argv`` with its output in ``<workdir>/<name>.log``
+        (behind the cluster's ``prefix`` for ``ip``, if it has one)."""
+        if self.prefix is not None:
+            argv = list(self.prefix(ip)) + list(argv)
         log_path = self.workdir / f"{name}.log"
         log = open(log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")

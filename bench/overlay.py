@@ -14,6 +14,13 @@ on-time fraction per client, startup delay, live lag per depth, repair after
 each failure, the tree's depths against the best the limits allow, bytes sent
 and Jain's index, CPU seconds and peak memory per process; with
 ``--baseline star``, the same clients served directly by the server.
+
+With ``--netns`` (root only), every client and the server run on hosts of
+their own: network namespaces joined by a bridge in a namespace of its own,
+10.231.0.0/16, each client's upload capped at ``--upload-mbit`` by a token
+bucket (see :mod:`bench.netns`). Every namespace is deleted at the end, on
+Ctrl-C, on SIGTERM and on errors; ``python -m bench.netns --cleanup`` removes
+those of a run that was killed outright.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ if __package__ in (None, ""):           # python bench/overlay.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import metrics                                   # noqa: E402
+from bench import netns                                     # noqa: E402
 from bench.cluster import REPO, Cluster, Proc, next_address, wait_until  # noqa: E402
 
 
@@ -114,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="draw the results here")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, stores)")
     p.add_argument("--netns", action="store_true",
-                   help="each client in its own network namespace with an upload cap (not implemented)")
+                   help="each client and the server on a host of its own (network namespace, "
+                        "10.231.0.0/16, joined by a bridge), client uploads capped; needs root")
+    p.add_argument("--upload-mbit", type=float, default=8.0, metavar="MBIT",
+                   help="with --netns: each client host's upload cap (tbf); 0: no cap")
+    p.add_argument("--server-upload-mbit", type=float, default=0.0, metavar="MBIT",
+                   help="with --netns: the server host's upload cap; 0: no cap")
     p.add_argument("--client-server-port", type=int, default=None, metavar="PORT",
                    help="the server port given to the clients (default: the server's, 6060); "
                         "a wrong one simulates misconfigured clients")
@@ -126,8 +139,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.netns:
-        parser.exit(2, "overlay.py: --netns is not implemented: every client runs on a "
-                       "loopback address of the host namespace, without upload cap\n")
+        reason = netns.unavailable()
+        if reason:
+            parser.exit(2, f"overlay.py: {reason}\n")
+        if args.clients > 999:
+            parser.error("--netns: at most 999 clients")
+    if args.upload_mbit < 0 or args.server_upload_mbit < 0:
+        parser.error("--upload-mbit and --server-upload-mbit must be >= 0")
     if args.clients < 1 or args.server_slots < 1 or not 1 <= args.channels <= 10:
         parser.error("need --clients >= 1, --server-slots >= 1, 1 <= --channels <= 10")
     if args.period <= 0 or args.duration <= 0 or args.join_spread < 0:
@@ -254,7 +272,9 @@ class Scenario:
         self.args = args
         self.star = star
         self.films = films
-        self.cluster = Cluster(workdir, films, code=args.code_dir)
+        self.topology: netns.Topology | None = getattr(args, "topology", None)
+        self.cluster = Cluster(workdir, films, code=args.code_dir,
+                               prefix=self.topology.exec_prefix if self.topology else None)
         n = args.clients
         ks = [0] * n if star else [args.max_children[i % len(args.max_children)] for i in range(n)]
         self.clients = [ClientRun(i, ks[i], i % args.channels) for i in range(n)]
@@ -263,7 +283,10 @@ class Scenario:
         self.epochs: list[metrics.Epoch] = []
         self.servers: list[tuple[Proc, Path]] = []
         self.server_costs: list[dict] = []
-        self.server_ip = next_address()
+        self.server_ip = self.topology.add_server().ip if self.topology else next_address()
+        if self.topology:                   # every host exists before the clock starts
+            for c in self.clients:
+                self.topology.add_client(c.index)
         self.failures: list[dict] = []
         self.t_start = self.t_end = None
         self.final_statuses: dict = {}
@@ -286,9 +309,10 @@ class Scenario:
 
     def start_client(self, c: ClientRun) -> None:
         port = self.args.client_server_port or 6060
+        ip = netns.client_address(c.index) if self.topology else None
         c.proc = self.cluster.start_client(
             self._server_proc(), max_children=c.max_children, channel=c.channel,
-            period=self.args.period, name=f"client-{c.index:03d}", port=port)
+            period=self.args.period, name=f"client-{c.index:03d}", port=port, ip=ip)
         c.started_at = time.time()
 
     def _server_proc(self) -> Proc:
@@ -733,7 +757,17 @@ def title_of(args) -> str:
     return (f"N={args.clients} S={args.server_slots} K={ks} period={args.period:g}s "
             f"T={args.duration:g}s spread={args.join_spread:g}s seed={args.seed}"
             + (f" {churn}" if churn else "")
-            + (f" restart@{args.restart_server_at:g}s" if args.restart_server_at is not None else ""))
+            + (f" restart@{args.restart_server_at:g}s" if args.restart_server_at is not None else "")
+            + (f" netns up={args.upload_mbit:g}Mbit/s" if args.netns else ""))
+
+
+def network_of(args) -> str:
+    if not args.netns:
+        return "loopback 127.0.x.y"
+    caps = f"client upload {args.upload_mbit:g} Mbit/s" if args.upload_mbit else "no client cap"
+    if args.server_upload_mbit:
+        caps += f", server upload {args.server_upload_mbit:g} Mbit/s"
+    return f"netns 10.231.0.0/16 via a bridge, tbf {caps}"
 
 
 def main(argv=None) -> int:
@@ -742,7 +776,8 @@ def main(argv=None) -> int:
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    args.topology = None
     tmp = Path(tempfile.mkdtemp(prefix="relaytv-bench-"))
     results = {"title": title_of(args), "options": {k: (str(v) if isinstance(v, Path) else v)
                                                      for k, v in vars(args).items()}}
@@ -759,6 +794,11 @@ def main(argv=None) -> int:
             say(args, f"making {args.channels} sample film(s) of {args.film_seconds} s")
             films = make_films(args, tmp / "films", args.code_dir)
         digests = film_digests(films, args.channels)
+        if args.netns:
+            args.topology = netns.Topology(netns.prefix_of(), upload_mbit=args.upload_mbit or None,
+                                           server_upload_mbit=args.server_upload_mbit or None)
+            say(args, f"netns: hosts {args.topology.prefix}*, client upload "
+                      f"{args.upload_mbit:g} Mbit/s")
         results["film_blocks"] = [len(d) for d in digests]
         results["overlay"] = run_one(args, tmp / "overlay", films, digests, star=False)
         if args.baseline == "star":
@@ -767,14 +807,25 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("overlay.py: interrupted; every process it started is stopped", file=sys.stderr)
         return 130
+    except netns.NetnsError as e:
+        print(f"overlay.py: --netns: {e}", file=sys.stderr)
+        return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if args.topology is not None:
+            results["netns"] = args.topology.describe()
+            left = args.topology.close()
+            results["netns"]["left_behind"] = left
+            if left:
+                print(f"overlay.py: could not delete namespaces {left}; "
+                      "try python -m bench.netns --cleanup", file=sys.stderr)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if args.keep:
             print(f"overlay.py: kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "kernel": platform.release(), "network": "loopback 127.0.x.y"}
+                          "kernel": platform.release(), "network": network_of(args)}
     results["wall_clock_s"] = time.time() - started
     results = _jsonable(results)
     print(results["title"])

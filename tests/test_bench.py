@@ -127,10 +127,3 @@ def test_clients_pointed_at_a_wrong_port_show_zero_continuity(tmp_path):
     assert run["continuity"]["max"] == 0
     assert all(c["continuity"] == 0 for c in run["per_client"])
     assert run["startup_s"]["n"] == 0
-
-
-def test_netns_says_it_is_not_implemented():
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "overlay.py"), "--netns"],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2
-    assert "not implemented" in proc.stderr
