@@ -74,12 +74,23 @@ class Config:
 
     @property
     def swap_cooldown(self) -> float:
-        """A relay whose parent or children just changed waits this long before it swaps.
+        """A relay that just moved waits this long before it swaps or climbs.
 
-        A swap changes the parent or children of everyone around it, so the
-        whole neighbourhood holds still for a while and swaps seldom overlap.
+        A swap changes the parent or children of everyone around it; together
+        with :attr:`children_cooldown` this keeps neighbouring swaps from
+        overlapping.
         """
         return 4 * self.period
+
+    @property
+    def children_cooldown(self) -> float:
+        """A relay whose children just changed waits this long before it swaps.
+
+        Shorter than :attr:`swap_cooldown`: the relays near the root see their
+        children change often (their children swap too) and must still get
+        their turn to hand their place over.
+        """
+        return self.period
 
     @property
     def parent_silence(self) -> float:
@@ -168,7 +179,8 @@ class Node:
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
         self._expected: dict[Addr, float] = {}          # swap partners, until a deadline
-        self._moved_at = time.monotonic()  # last change of parent or children
+        self._moved_at = time.monotonic()             # last change of parent
+        self._children_changed_at = time.monotonic()
         self._last_block = time.monotonic()
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
@@ -469,7 +481,7 @@ class Node:
         self.child_views[hello.addr] = tree.ChildView(hello.addr, free=hello.max_children,
                                                       members=hello.subtree)
         self._advice_sent.pop(hello.addr, None)
-        self._moved_at = time.monotonic()
+        self._children_changed_at = time.monotonic()
         log.info("new child %s (resumes %s, %d missed block(s) to fetch)", hello.addr,
                  "after its latest block" if after else "live", len(missed))
         self._write_status()
@@ -511,7 +523,7 @@ class Node:
                 return
             del self.children[child.addr]
             self.child_views.pop(child.addr, None)
-            self._moved_at = time.monotonic()
+            self._children_changed_at = time.monotonic()
             key = str(child.addr)
             self._sent_before[key] = self._sent_before.get(key, 0) + child.bytes_sent
         log.info("child %s gone: %s", child.addr, reason)
@@ -674,6 +686,7 @@ class Node:
         with self._lock:
             if (self.config.balance_blocks <= 0 or self._repair is not None
                     or time.monotonic() - self._moved_at < self.config.swap_cooldown
+                    or time.monotonic() - self._children_changed_at < self.config.children_cooldown
                     or not len(self.window)):
                 return
             if (self.parent == SERVER and
