@@ -40,7 +40,8 @@ def _non_negative(value: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="client.py", description="relaytv client: receive a channel, relay it to other clients, play it.")
+        prog="client.py",
+        description="relaytv client: receive a channel, relay it to other clients, play it.")
     p.add_argument("--max-children", type=_non_negative,
                    help="how many other clients may receive the channel from this one "
                         "(asked once at start when missing)")
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--balance-margin", type=float, default=8.0, metavar="BLOCKS",
                    help="swap places with a child once this client has sent this many blocks per "
                         "child more than it (the upload balance rotation; 0 turns it off; 8)")
+    p.add_argument("--repair-rate", type=float, default=0.0, metavar="KB/S",
+                   help="cap on the upload spent answering other clients' repair fetches, "
+                        "so that it leaves room for live relaying on a thin uplink (0: no cap)")
     p.add_argument("--stats", type=Path, help="write statistics as JSON here on exit "
                                               "(default <store>/stats.json)")
     p.add_argument("--no-player", action="store_true", help="do not start the player")
@@ -114,7 +118,8 @@ def main(argv=None) -> int:
     config = Config(ip=ip, server_host=host, server_port=port, channel=args.channel,
                     max_children=args.max_children, store=store, push_port=args.push_port,
                     peer_port=args.peer_port, period=args.period, window_seconds=args.window,
-                    catch_up_seconds=args.catch_up, balance_blocks=args.balance_margin)
+                    catch_up_seconds=args.catch_up, balance_blocks=args.balance_margin,
+                    repair_rate=args.repair_rate)
     node = Node(config)
     try:
         node.start()

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from client.links import connect_from, read_message
+from client.links import RECV_CHUNK, connect_from
 from client.peerproto import Addr, Block, FetchEnd, FrameDecoder, Hello, PeerProtocolError, encode
 from client.repair import RepairPlan
 
@@ -80,7 +80,9 @@ class RepairJob:
             now = self._clock()
             if report is not None:
                 kind, source, payload = report
-                if kind == "block":
+                if kind == "progress":
+                    self.plan.progressed(source, now)
+                elif kind == "block":
                     self.plan.received(source, payload.digest, payload, now)
                     self.fetched_from[str(source)] = self.fetched_from.get(str(source), 0) + 1
                 elif kind == "end":
@@ -119,8 +121,14 @@ class RepairJob:
             sock.settimeout(self.plan.stall_after * 2)
             sock.sendall(encode(Hello("fetch", self.own, self.channel, want=tuple(digests))))
             while True:
-                message = read_message(sock, decoder)
-                if isinstance(message, Block) and message.digest in wanted:
+                message = decoder.next_message()
+                if message is None:
+                    # Bytes count as progress: a source paced by --repair-rate is slow, not stalled.
+                    chunk = sock.recv(RECV_CHUNK)
+                    decoder.feed(chunk)
+                    if chunk:
+                        self._reports.put(("progress", source, None))
+                elif isinstance(message, Block) and message.digest in wanted:
                     self._reports.put(("block", source, message))
                 elif isinstance(message, FetchEnd):
                     self._reports.put(("end", source, list(message.missing)))

@@ -38,12 +38,13 @@ def connect_from(ip: str, host: str, port: int, timeout: float) -> socket.socket
     return sock
 
 
-def listen_on(ip: str, port: int) -> socket.socket:
+def listen_on(ip: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket on ip:port whose kernel accepts at most ``backlog`` waiting connections."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((ip, port))
-        sock.listen(64)
+        sock.listen(backlog)
     except OSError:
         sock.close()
         raise

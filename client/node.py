@@ -7,141 +7,48 @@ Threads, each with one job and a way to end:
   which becomes the child's reader when the join is accepted;
 * controller: every decision that takes time (joining, rejoining, leaving),
   driven by an event queue and a tick;
-* one reader for the parent link, one sender per child link.
+* one reader for the parent link, one sender per child link;
+* during a repair, a driver and one fetcher per source (:mod:`client.fetcher`).
 
-State is owned by the node and guarded by one lock; blocks pass through
+The join and rejoin policy lives in :mod:`client.joining`, the upkeep of the
+tree (backup parents, balance rotation, climbing) in :mod:`client.upkeep`;
+both are mixins of :class:`Node` run by the controller. State is owned by the node and guarded by one lock; blocks pass through
 :meth:`Node.deliver` under a second lock so that storing and relaying happen
 in one order for everyone.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import queue
-import random
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from client import tree
 from client.fetcher import RepairJob
-from client.links import (ChildLink, ParentLink, StockServer, connect_from, listen_on,
-                          read_message)
-from client.peerproto import (MAX_WANT, Accept, Addr, Advice, Block, Bye, Candidate, Drop,
-                              FetchEnd, FrameDecoder, Hello, Info, Keepalive, Move, PathUpdate,
+from client.joining import Joining
+from client.links import ChildLink, ParentLink, StockServer, listen_on, read_message
+from client.model import SERVER, Config, Counters, Rejoin, State
+from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
+                              FrameDecoder, Hello, Info, Keepalive, Move, PathUpdate,
                               PeerProtocolError, Redirect, Reject, Report, Swap, encode)
 from client.repair import RepairPlan
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
+from client.upkeep import Upkeep
 from server import protocol as stock
+
+__all__ = ["Node", "Config", "State", "SERVER"]
 
 log = logging.getLogger(__name__)
 
 MAX_PUSH = 64 * 1024 * 1024
 MAX_PEER_HANDLERS = 64
-HAVE_COUNT = 8
+PUSH_BACKLOG = 2
+PEER_BACKLOG = 16
 
 
-class State(enum.Enum):
-    JOINING = "joining"      # looking for a first place
-    DIRECT = "direct"        # served by the channel server
-    ATTACHED = "attached"    # served by a parent relay
-    ORPHANED = "orphaned"    # lost its parent, looking for a new one; children stay
-    LEAVING = "leaving"
-    IDLE = "idle"            # left the channel on the user's request, still running
-    STOPPED = "stopped"
-
-
-SERVER = "server"
-
-
-@dataclass
-class Config:
-    ip: str
-    server_host: str
-    server_port: int
-    channel: int
-    max_children: int
-    store: Path
-    push_port: int = 9091
-    peer_port: int = 9092
-    period: float = 2.0
-    window_seconds: float = 30.0
-    catch_up_seconds: float = 0.0
-    balance_blocks: float = 8.0
-
-    @property
-    def swap_cooldown(self) -> float:
-        """A relay that just moved waits this long before it swaps or climbs.
-
-        A swap changes the parent or children of everyone around it; together
-        with :attr:`children_cooldown` this keeps neighbouring swaps from
-        overlapping.
-        """
-        return 4 * self.period
-
-    @property
-    def children_cooldown(self) -> float:
-        """A relay whose children just changed waits this long before it swaps.
-
-        Shorter than :attr:`swap_cooldown`: the relays near the root see their
-        children change often (their children swap too) and must still get
-        their turn to hand their place over.
-        """
-        return self.period
-
-    @property
-    def parent_silence(self) -> float:
-        """Silence (no block, no keepalive) after which a parent counts as dead.
-
-        Keepalives come every quarter period, so two periods is eight missed
-        keepalives: a frozen or unreachable parent, not a busy one.
-        """
-        return max(2 * self.period, 1.5)
-
-    @property
-    def server_silence(self) -> float:
-        """No block from the server for three periods: it dropped us or is down.
-
-        The server sends one block per period; a round may end late by up to
-        a period, so three leaves a full period of margin.
-        """
-        return max(3 * self.period, 2.0)
-
-
-@dataclass
-class Rejoin:
-    cause: str
-    started: float          # monotonic
-    started_at: float       # Unix time
-    took: float | None = None
-    resumed_after_latest: bool | None = None
-    missed: int = 0
-
-    def to_json(self) -> dict:
-        return {"cause": self.cause, "at": round(self.started_at, 3),
-                "took": None if self.took is None else round(self.took, 3),
-                "resumed_after_latest": self.resumed_after_latest, "missed": self.missed}
-
-
-@dataclass
-class Counters:
-    blocks_received: int = 0
-    bytes_received: int = 0
-    blocks_relayed: int = 0
-    bytes_sent: int = 0
-    bytes_sent_to: dict = field(default_factory=dict)
-    bytes_served: int = 0           # repair blocks sent to peers that fetched them
-    blocks_repaired: int = 0
-    blocks_lost: int = 0
-    swaps: int = 0
-    climbs: int = 0
-    last_block_at: float | None = None
-
-
-class Node:
+class Node(Joining, Upkeep):
     """One relay client in one channel."""
 
     def __init__(self, config: Config):
@@ -182,6 +89,7 @@ class Node:
         self._moved_at = time.monotonic()             # last change of parent
         self._children_changed_at = time.monotonic()
         self._last_block = time.monotonic()
+        self._next_climb = time.monotonic()
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -190,9 +98,14 @@ class Node:
 
     def start(self) -> None:
         """Listen on both ports (before asking anyone anything), then join."""
-        self._push_sock = listen_on(self.config.ip, self.config.push_port)
+        # A short queue on the push port: when this process is frozen (SIGSTOP) the
+        # kernel would otherwise accept the server's block connections for it, the
+        # server's sends would succeed, and a dead client would hold a server slot
+        # until 64 blocks had piled up. With a queue of 2 the server's third send
+        # fails, and its two-failures rule frees the slot within a few periods.
+        self._push_sock = listen_on(self.config.ip, self.config.push_port, PUSH_BACKLOG)
         try:
-            self._peer_sock = listen_on(self.config.ip, self.config.peer_port)
+            self._peer_sock = listen_on(self.config.ip, self.config.peer_port, PEER_BACKLOG)
         except OSError:
             self._push_sock.close()
             raise
@@ -310,6 +223,7 @@ class Node:
         self.window.append(Stored(block, stored_at))
         for child in children:
             child.enqueue(block)
+        self._events.put(("stored", None, None))  # only now: moves made then must follow the relay
         with self._lock:
             self.counters.blocks_received += 1
             self.counters.bytes_received += len(block.data)
@@ -378,14 +292,28 @@ class Node:
             block = held.get(digest)
             if block is None:
                 lacking.append(digest)
-            else:
-                frame = encode(block)
-                conn.sendall(frame)
-                with self._lock:
-                    self.counters.bytes_served += len(frame)
+            elif not self._send_paced(conn, encode(block)):
+                return
         conn.sendall(encode(FetchEnd(tuple(lacking))))
         log.info("served %d of %d wanted block(s) to %s", len(hello.want) - len(lacking),
                  len(hello.want), hello.addr)
+
+    def _send_paced(self, conn: socket.socket, frame: bytes) -> bool:
+        """Send a repair frame, in small pieces at ``--repair-rate`` when it is set.
+
+        Small pieces keep bytes flowing, so that the fetching client sees a
+        slow source, not a stalled one. False when the node is stopping.
+        """
+        rate = self.config.repair_rate * 1000
+        step = len(frame) if not rate else max(1024, int(rate / 20))
+        for start in range(0, len(frame), step):
+            piece = frame[start:start + step]
+            conn.sendall(piece)
+            with self._lock:
+                self.counters.bytes_served += len(piece)
+            if rate and self._stopping.wait(len(piece) / rate):
+                return False
+        return True
 
     # -- other clients' connections ------------------------------------------
 
@@ -564,7 +492,7 @@ class Node:
     def _control_loop(self) -> None:
         tick = self.config.period / 4
         next_report = next_root_probe = time.monotonic()
-        next_climb = time.monotonic() + self._climb_interval()
+        self._next_climb = time.monotonic() + self._climb_interval()
         self._find_place(f"joining channel {self.config.channel}", server_first=True)
         while not self._stopping.is_set():
             try:
@@ -584,72 +512,30 @@ class Node:
                 next_report = time.monotonic() + self.config.period / 2
                 self._report_to_parent()
                 self._advise_children()
-                self._maybe_swap()
+                if self.state == State.ATTACHED:
+                    self._maybe_swap()
             if self.state == State.DIRECT and time.monotonic() >= next_root_probe:
                 next_root_probe = time.monotonic() + 4 * self.config.period
                 self._advise_as_root()
-            if time.monotonic() >= next_climb and self._maybe_climb():
-                next_climb = time.monotonic() + self._climb_interval()
 
-    def _climb_interval(self) -> float:
-        """Every 6 to 10 periods, at random, so that clients do not all look at once."""
-        return self.config.period * random.uniform(6, 10)
+    def _just_stored(self) -> None:
+        """Moves that must happen right after a block, when the next one is a period away.
 
-    def _maybe_climb(self) -> bool:
-        """Move up a level when a shallower place is free: the tree compacts again after churn.
-
-        A child of a direct client tries the server itself (a slot freed by a
-        dead direct client is taken back); deeper clients look for a free
-        place at least one level shallower through the direct clients. The
-        subtree moves along, and the move resumes without a hole like any
-        rejoin. Only just after a block, so that the server's next one is a
-        period away: False (try again at the next tick) until then.
+        A direct client handing its server slot to a child, and a client
+        climbing to a shallower place, each leave a gap of a few
+        milliseconds in which a block from above would reach nobody.
         """
-        with self._lock:
-            if time.monotonic() - self._last_block > self.config.period / 4:
-                return False
-            if (self.state != State.ATTACHED or self._repair is not None
-                    or time.monotonic() - self._moved_at < self.config.swap_cooldown):
-                return True
-            depth, old = self.depth, self.parent_link
-            members = tree.members_below(self._relay_view())
-        if depth == 2:
-            moved = self._try_server()
-        else:
-            free = sorted((c for c in self._probe_listed(members)
-                           if c.free > 0 and c.depth + 1 < depth and c.addr != old.addr),
-                          key=lambda c: (c.depth, c.sent))
-            moved = bool(free) and self._try_join(free[0].addr, Rejoin("climbing", 0, 0)) is True
-        if moved:
-            log.info("climbed from depth %d to depth %d", depth, self.depth)
-            with self._lock:
-                self.counters.climbs += 1
-            old.send(Bye())
-            old.close()
-            self._write_status()
-        return True
-
-    def _advise_children(self) -> None:
-        """Keep every child's backup parent fresh (sent only when it changed)."""
-        with self._lock:
-            view = self._relay_view()
-            advices = {addr: Advice(self._advice, tree.advice_for(view, addr))
-                       for addr in self.children}
-            for addr, advice in advices.items():
-                if self._advice_sent.get(addr) != advice and self.children[addr].enqueue(advice):
-                    self._advice_sent[addr] = advice
-
-    def _advise_as_root(self) -> None:
-        """A direct client has no parent to advise it: the best place under the other direct clients."""
-        with self._lock:
-            members = tree.members_below(self._relay_view())
-        places = sorted(self._probe_listed(members), key=lambda c: (c.depth, c.sent))
-        free = [c for c in places if c.free > 0]
-        with self._lock:
-            if self.state == State.DIRECT:
-                self._advice = free[0] if free else None
+        if self.state == State.DIRECT:
+            self._maybe_swap()
+        if time.monotonic() >= self._next_climb:
+            self._next_climb = time.monotonic() + self._climb_interval()
+            self._maybe_climb()
 
     def _handle_event(self, kind: str, link, arg) -> None:
+        if kind == "stored":
+            if time.monotonic() - self._last_block < self.config.period / 4:
+                self._just_stored()  # (else the controller was busy: wait for the next block)
+            return
         if kind == "idle":
             self._leave()
             self.state = State.IDLE
@@ -679,84 +565,7 @@ class Node:
                            server_first=arg.server,
                            insist=arg.candidates[-1] if arg.candidates else None)
 
-    # -- the balance rotation ------------------------------------------------------
-
-    def _maybe_swap(self) -> None:
-        """Swap places with the lightest-sending child once this relay is ahead by a margin."""
-        with self._lock:
-            if (self.config.balance_blocks <= 0 or self._repair is not None
-                    or time.monotonic() - self._moved_at < self.config.swap_cooldown
-                    or time.monotonic() - self._children_changed_at < self.config.children_cooldown
-                    or not len(self.window)):
-                return
-            if (self.parent == SERVER and
-                    time.monotonic() - self._last_server_block > self.config.period / 4):
-                # The server's slot passes from us to the child with a gap of a few
-                # milliseconds; a block sent in that gap would reach nobody. Hand it
-                # over just after a block, when the next one is a period away.
-                return
-            view = self._relay_view()
-            block_size = sum(len(b.data) for b in self.window.latest(4)) / min(4, len(self.window))
-            margin = int(self.config.balance_blocks * block_size * max(1, len(view.children)))
-            target = tree.choose_swap(view, margin)
-        if target is not None:
-            self._swap_with(target)
-
-    def _swap_with(self, target: Addr) -> None:
-        """Hand ``target`` (a child) this relay's place and other children; become its child.
-
-        The slot above is freed first (Bye, or 12X at the server) so that the
-        target finds it free; the target is told before the other children
-        are moved to it, so that it expects them.
-        """
-        with self._lock:
-            view, link = self.child_views.get(target), self.children.get(target)
-            if view is None or link is None:
-                return
-            others = [c for a, c in self.children.items() if a != target]
-            deadline = time.monotonic() + 2 * self.config.parent_silence
-            self._expected = {a: deadline for a in view.children}
-            was_direct = self.parent == SERVER
-            parent, parent_link, path = self.parent, self.parent_link, self.path
-            self.parent = self.parent_link = None
-            self.state = State.ORPHANED
-            self.counters.swaps += 1
-            sent = self.counters.bytes_sent
-        log.info("balance: %s takes this relay's place (it sent %d bytes, this relay %d)",
-                 target, view.sent, sent)
-        if was_direct:
-            self._leave_server()
-        elif parent_link is not None:
-            parent_link.send(Bye())
-            parent_link.close()
-        link.enqueue(Swap(None if was_direct else parent, path,
-                          (self.me, *(c.addr for c in others)), server=was_direct))
-        link.close()
-        self._forget_child(link, "swapped places with us")
-        for child in others:
-            child.enqueue(Move((target,)))
-            child.close()
-            self._forget_child(child, f"moved to {target}")
-        self._write_status()
-        self._find_place(f"balance: swapped places with {target}", server_first=False,
-                         seeds=[Candidate(target, len(path) + 1, 1, 0)], insist=target)
-
-    def _take_place(self, link: ParentLink, swap: Swap) -> None:
-        """Our parent handed us its place: send our children to it, go where it was."""
-        self._cancel_repair()
-        with self._lock:
-            self.parent_link = self.parent = None
-            self.state = State.ORPHANED
-            children = list(self.children.values())
-        link.close()
-        for child in children:
-            child.enqueue(Move((link.addr,)))
-            child.close()
-            self._forget_child(child, f"moved to {link.addr}")
-        self._write_status()
-        seeds = [Candidate(swap.parent, len(swap.path), 1, 0)] if swap.parent else []
-        self._find_place(f"balance: taking the place of {link.addr}", server_first=swap.server,
-                         seeds=seeds, exclude=(link.addr,), insist=swap.parent)
+    # -- the tree around this client --------------------------------------------
 
     def _on_path(self, update: PathUpdate) -> None:
         if self.me in update.path:
@@ -767,203 +576,6 @@ class Node:
             self.depth = update.depth + 1
         self._tell_children_path()
         self._write_status()
-
-    def _orphaned(self, lost: Addr | None, cause: str, seeds=None, server_first=False,
-                  insist: Addr | None = None) -> None:
-        log.warning("%s: rejoining", cause)
-        self._cancel_repair()
-        with self._lock:
-            link, self.parent_link = self.parent_link, None
-            was_direct = self.parent == SERVER
-            self.parent = None
-            self.state = State.ORPHANED
-            path, backup = self.path, self._backup
-        if link is not None:
-            link.close()
-        if seeds is None:
-            seeds = tree.rejoin_seeds(path, lost)
-        self._write_status()
-        self._find_place(cause, server_first=server_first or was_direct, seeds=seeds,
-                         exclude=(lost,) if lost else (), backup=backup, insist=insist)
-
-    def _find_place(self, cause: str, server_first: bool, seeds=(), exclude=(),
-                    backup: Candidate | None = None, insist: Addr | None = None) -> None:
-        """Try places until one takes us (or we are stopping): the whole rejoin policy.
-
-        Order: the place we were sent to (``insist``: a swap partner or where
-        a leaving parent sent us, retried for a moment since it may still be
-        getting ready); the backup parent our parent advised (one
-        connection, no search); the server when asked (a new client, or one
-        the server served); then the given seeds (ancestors); then the
-        server's list of direct clients, probed so the best free place is
-        known; then the server. Repeats with a pause while nothing takes us;
-        the children stay attached meanwhile.
-        """
-        rejoin = Rejoin(cause, time.monotonic(), time.time())
-        with self._lock:
-            self.rejoins.append(rejoin)
-            self._pending_rejoin = rejoin
-            members = tree.members_below(self._relay_view())
-        if insist is not None and insist not in members:
-            for _ in range(10):
-                answer = self._try_join(insist, rejoin)
-                if answer is True:
-                    return
-                if not isinstance(answer, Reject) or self._stopping.wait(self.config.period / 20):
-                    break
-        if (backup is not None and backup.addr not in exclude and backup.addr not in members
-                and self._try_join(backup.addr, rejoin) is True):
-            log.info("rejoined at the backup parent %s", backup.addr)
-            return
-        pause = self.config.period / 4
-        while not self._stopping.is_set():
-            if not self._events.empty() and self._peek_leave():
-                return
-            if server_first and self._try_server():
-                return
-            with self._lock:
-                members = tree.members_below(self._relay_view())
-            search = tree.JoinSearch(self.me, exclude=(*members, *exclude))
-            search.add(seeds)
-            if self._run_search(search, rejoin):
-                return
-            search.add(self._probe_listed(members))
-            if self._run_search(search, rejoin):
-                return
-            if not server_first and self._try_server():
-                return
-            self._stopping.wait(pause)
-            pause = min(pause * 2, self.config.period)
-
-    def _peek_leave(self) -> bool:
-        """True when a leave is queued (the event stays queued for the loop)."""
-        with self._events.mutex:
-            return any(event[0] == "leave" for event in self._events.queue)
-
-    def _server_call(self, call, *args):
-        try:
-            return call(*args)
-        except (OSError, TimeoutError, stock.ProtocolError) as exc:
-            log.warning("server %s:%d: %s", self.server.host, self.server.port, exc)
-            return None
-
-    def _try_server(self) -> bool:
-        if not self._server_call(self.server.join, self.config.channel, self._join_answers):
-            return False
-        with self._lock:
-            self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
-            self.parent_link = None
-            self._moved_at = time.monotonic()
-            self._server_member = True
-            self._last_server_block = time.monotonic()
-            self._skip = list(self.window.latest_digests(3))
-        log.info("direct client of the server %s:%d, channel %d", self.server.host,
-                 self.server.port, self.config.channel)
-        self._tell_children_path()
-        self._write_status()
-        return True
-
-    def _leave_server(self) -> None:
-        """Free our slot at the server (``12X``) if it still counts us as a client."""
-        with self._lock:
-            member, self._server_member = self._server_member, False
-        if member:
-            self._server_call(self.server.leave, self.config.channel)
-
-    def _probe_listed(self, members) -> list[Candidate]:
-        """Ask each direct client the server lists where the free places are."""
-        ips = self._server_call(self.server.clients, self.config.channel) or []
-        found: list[Candidate] = []
-        for ip in ips:
-            addr = Addr(ip, self.config.peer_port)
-            if addr == self.me or addr in members:
-                continue
-            info = self._ask(addr, Hello("probe", self.me, self.config.channel))
-            if isinstance(info, Info) and info.attached:
-                found.append(Candidate(addr, info.depth, info.free, info.sent))
-                found.extend(info.candidates)
-        return found
-
-    def _ask(self, addr: Addr, hello: Hello):
-        """One request, one answer, connection closed."""
-        try:
-            with connect_from(self.config.ip, addr.ip, addr.port, 2.0) as sock:
-                sock.sendall(encode(hello))
-                return read_message(sock, FrameDecoder())
-        except (OSError, EOFError, PeerProtocolError) as exc:
-            log.info("peer %s: %s", addr, exc)
-            return None
-
-    def _run_search(self, search: tree.JoinSearch, rejoin: Rejoin) -> bool:
-        while not self._stopping.is_set():
-            candidate = search.next()
-            if candidate is None:
-                return False
-            answer = self._try_join(candidate.addr, rejoin)
-            if answer is True:
-                return True
-            if isinstance(answer, Redirect):
-                search.add(answer.candidates)
-        return False
-
-    def _try_join(self, addr: Addr, rejoin: Rejoin):
-        """Ask ``addr`` to be our parent; True once attached, else its answer."""
-        with self._lock:
-            have = self.window.latest_digests(HAVE_COUNT)
-            catch_up = 0 if have else min(int(self.config.catch_up_seconds / self.config.period),
-                                          self.window.capacity, MAX_WANT)
-            hello = Hello("join", self.me, self.config.channel, self.config.max_children,
-                          have=have, have_seq=max(self._seq, 0),
-                          subtree=tree.members_below(self._relay_view()),
-                          catch_up=catch_up)
-        decoder = FrameDecoder()
-        try:
-            sock = connect_from(self.config.ip, addr.ip, addr.port, 2.0)
-        except OSError as exc:
-            log.info("cannot reach %s: %s", addr, exc)
-            return None
-        try:
-            sock.settimeout(3.0)
-            sock.sendall(encode(hello))
-            answer = read_message(sock, decoder)
-        except (OSError, EOFError, PeerProtocolError) as exc:
-            log.info("join at %s failed: %s", addr, exc)
-            sock.close()
-            return None
-        if not isinstance(answer, Accept):
-            sock.close()
-            if isinstance(answer, Reject):
-                log.info("%s refused us: %s", addr, answer.reason)
-            return answer
-        if self.me in answer.path:
-            log.warning("%s would put us under ourselves: refused", addr)
-            sock.close()
-            return None
-        link = ParentLink(sock, decoder, addr, self.config.parent_silence,
-                          self._on_parent_message, self._on_parent_lost)
-        self._leave_server()
-        with self._deliver_lock, self._lock:
-            self.parent, self.parent_link, self.state = addr, link, State.ATTACHED
-            self._moved_at = time.monotonic()
-            self.path, self.depth = answer.path + (addr,), answer.depth + 1
-            self._backup = self._advice = None  # the new parent will advise
-            latest = self.window.latest_digests(1)
-            rejoin.resumed_after_latest = bool(latest) and answer.after == latest[0]
-            if answer.after:
-                self._skip = self.window.since(answer.after)
-                missing = [d for d in answer.missing if d not in set(self._skip)]
-            else:
-                self._skip = list(self.window.latest_digests(3))
-                missing = [] if latest else list(answer.missing)
-            if missing:
-                sources = [addr, *reversed(answer.path)]
-                self._start_repair(missing, sources, rejoin)
-        link.start()
-        log.info("attached to %s at depth %d", addr, self.depth)
-        self._tell_children_path()
-        self._report_to_parent()
-        self._write_status()
-        return True
 
     def _tell_children_path(self) -> None:
         with self._lock:
@@ -979,28 +591,6 @@ class Node:
         if link is not None:
             link.send(Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
                              view.max_children, tuple(view.children)))
-
-    def _leave(self) -> None:
-        """Tell the server, the parent and the children, then close every link."""
-        self._cancel_repair()
-        with self._lock:
-            self.state = State.LEAVING
-            was_direct = self.parent == SERVER
-            link, self.parent_link, self.parent = self.parent_link, None, None
-            path = self.path
-            children = list(self.children.values())
-        self._leave_server()
-        if link is not None:
-            link.send(Bye())
-            link.close()
-        move = Move(path, server=was_direct or not path)
-        for child in children:
-            child.enqueue(move)
-        for child in children:
-            child.close()
-            self._forget_child(child, "handed over")
-        log.info("left channel %d (%d children handed over)", self.config.channel, len(children))
-        self._write_status()
 
     # -- what the menu and tools read -----------------------------------------
 

@@ -95,6 +95,12 @@ class RepairPlan:
         if digest not in self._lost and digest not in self._released_set:
             self._received.setdefault(digest, data)
 
+    def progressed(self, source: Addr, now: float) -> None:
+        """Bytes of a block are arriving from ``source``: it is slow, perhaps, but not stalled."""
+        state = self._sources.get(source)
+        if state is not None:
+            state.last_progress = now
+
     def lacked(self, source: Addr, digests: Sequence[bytes], now: float) -> dict[Addr, list[bytes]]:
         """``source`` finished its fetch without these blocks: others try them."""
         state = self._sources[source]

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 BLOCK_NAME = re.compile(r"^(\d{10})\.mkv$")
 
+#: How far apart two clients' numbers for the same block may be and still be
+#: taken for the same occurrence (numberings of different direct clients drift
+#: by a block or two; a film shorter than the window repeats every few blocks).
+SEQ_TOLERANCE = 2
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -68,20 +73,31 @@ class RecentWindow:
         """Where a peer holding ``have`` (its latest identities, newest last) resumes.
 
         Returns the identity it resumes after and the blocks it lacks: those
-        after the place where the newest of ``have`` found in the window
-        appears. A film repeats, so an identity may occur more than once in
-        the window: the occurrence whose position is nearest the one the peer
-        gives (``have_seq`` for its newest block) is taken. (None, []) when
-        none of ``have`` is in the window.
+        after the newest of ``have`` found in the window. A film repeats, so
+        an identity may occur more than once in the window: an occurrence
+        counts only if its position is within :data:`SEQ_TOLERANCE` of the
+        one the peer gives (``have_seq`` for its newest block, one less for
+        each older one), so that a peer just ahead of this one resumes after
+        its second newest block, not a lap earlier. When no occurrence is
+        that close (the two numberings differ), the nearest one is taken.
+        (None, []) when none of ``have`` is in the window.
         """
         blocks = [s.block for s in self._blocks]
+        nearest = None
         for back, digest in enumerate(reversed(have)):
+            expected = have_seq - back
             places = [i for i, b in enumerate(blocks) if b.digest == digest]
-            if places:
-                expected = have_seq - back
-                index = min(places, key=lambda i: (abs(blocks[i].seq - expected), -i))
+            if not places:
+                continue
+            index = min(places, key=lambda i: (abs(blocks[i].seq - expected), -i))
+            if abs(blocks[index].seq - expected) <= SEQ_TOLERANCE:
                 return digest, blocks[index + 1:]
-        return None, []
+            if nearest is None:
+                nearest = (digest, index)
+        if nearest is None:
+            return None, []
+        digest, index = nearest
+        return digest, blocks[index + 1:]
 
     def since(self, digest: bytes) -> list[bytes]:
         """Identities of the blocks stored after the latest ``digest`` (for duplicate skipping)."""

@@ -179,7 +179,7 @@ class PeerFrames(_Generated):
 class PeerBounds(_Generated):
     """Every public upper-case constant (int or str) of the client's protocol modules."""
 
-    MODULES = ("client.peerproto", "client.tree", "client.node")
+    MODULES = ("client.peerproto", "client.tree", "client.node", "client.joining")
 
     def lines(self):
         rows = []

@@ -1,0 +1,246 @@
+"""Finding a place in the tree, and leaving it: the join and rejoin policy of a client.
+
+A mixin of :class:`client.node.Node`: these methods run on the node's
+controller thread and use its state; the decisions themselves are the pure
+functions of :mod:`client.tree`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from client import tree
+from client.links import ParentLink, connect_from, read_message
+from client.model import SERVER, Rejoin, State
+from client.peerproto import (MAX_WANT, Accept, Addr, Bye, Candidate, FrameDecoder, Hello, Info,
+                              Move, PeerProtocolError, Redirect, Reject, encode)
+from server import protocol as stock
+
+log = logging.getLogger("client.node")
+
+#: How many of its latest block identities a joiner sends (``Hello.have``).
+HAVE_COUNT = 8
+
+
+class Joining:
+    """Join, rejoin after a loss, move when told, leave."""
+
+    def _orphaned(self, lost: Addr | None, cause: str, seeds=None, server_first=False,
+                  insist: Addr | None = None) -> None:
+        log.warning("%s: rejoining", cause)
+        self._cancel_repair()
+        with self._lock:
+            link, self.parent_link = self.parent_link, None
+            was_direct = self.parent == SERVER
+            self.parent = None
+            self.state = State.ORPHANED
+            path, backup = self.path, self._backup
+        if link is not None:
+            link.close()
+        if seeds is None:
+            seeds = tree.rejoin_seeds(path, lost)
+        self._write_status()
+        self._find_place(cause, server_first=server_first or was_direct, seeds=seeds,
+                         exclude=(lost,) if lost else (), backup=backup, insist=insist)
+
+    def _find_place(self, cause: str, server_first: bool, seeds=(), exclude=(),
+                    backup: Candidate | None = None, insist: Addr | None = None) -> None:
+        """Try places until one takes us (or we are stopping): the whole rejoin policy.
+
+        Order: the place we were sent to (``insist``: a swap partner or where
+        a leaving parent sent us, retried for a moment since it may still be
+        getting ready); the backup parent our parent advised (one
+        connection, no search); the server when asked (a new client, or one
+        the server served); then the given seeds (ancestors); then the
+        server's list of direct clients, probed so the best free place is
+        known; then the server. Repeats with a pause while nothing takes us;
+        the children stay attached meanwhile.
+        """
+        rejoin = Rejoin(cause, time.monotonic(), time.time())
+        with self._lock:
+            self.rejoins.append(rejoin)
+            self._pending_rejoin = rejoin
+            members = tree.members_below(self._relay_view())
+        if insist is not None and insist not in members:
+            for _ in range(10):
+                answer = self._try_join(insist, rejoin)
+                if answer is True:
+                    return
+                if not isinstance(answer, Reject) or self._stopping.wait(self.config.period / 20):
+                    break
+        if (backup is not None and backup.addr not in exclude and backup.addr not in members
+                and self._try_join(backup.addr, rejoin) is True):
+            log.info("rejoined at the backup parent %s", backup.addr)
+            return
+        pause = self.config.period / 4
+        while not self._stopping.is_set():
+            if not self._events.empty() and self._peek_leave():
+                return
+            if server_first and self._try_server():
+                return
+            with self._lock:
+                members = tree.members_below(self._relay_view())
+            search = tree.JoinSearch(self.me, exclude=(*members, *exclude))
+            search.add(seeds)
+            if self._run_search(search, rejoin):
+                return
+            search.add(self._probe_listed(members))
+            if self._run_search(search, rejoin):
+                return
+            if not server_first and self._try_server():
+                return
+            self._stopping.wait(pause)
+            pause = min(pause * 2, self.config.period)
+
+    def _peek_leave(self) -> bool:
+        """True when a leave is queued (the event stays queued for the loop)."""
+        with self._events.mutex:
+            return any(event[0] == "leave" for event in self._events.queue)
+
+    def _server_call(self, call, *args):
+        try:
+            return call(*args)
+        except (OSError, TimeoutError, stock.ProtocolError) as exc:
+            log.warning("server %s:%d: %s", self.server.host, self.server.port, exc)
+            return None
+
+    def _try_server(self) -> bool:
+        if not self._server_call(self.server.join, self.config.channel, self._join_answers):
+            return False
+        with self._lock:
+            self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
+            self.parent_link = None
+            self._moved_at = time.monotonic()
+            self._server_member = True
+            self._last_server_block = time.monotonic()
+            self._skip = list(self.window.latest_digests(3))
+        log.info("direct client of the server %s:%d, channel %d", self.server.host,
+                 self.server.port, self.config.channel)
+        self._tell_children_path()
+        self._write_status()
+        return True
+
+    def _leave_server(self) -> None:
+        """Free our slot at the server (``12X``) if it still counts us as a client."""
+        with self._lock:
+            member, self._server_member = self._server_member, False
+        if member:
+            self._server_call(self.server.leave, self.config.channel)
+
+    def _probe_listed(self, members) -> list[Candidate]:
+        """Ask each direct client the server lists where the free places are."""
+        ips = self._server_call(self.server.clients, self.config.channel) or []
+        found: list[Candidate] = []
+        for ip in ips:
+            addr = Addr(ip, self.config.peer_port)
+            if addr == self.me or addr in members:
+                continue
+            info = self._ask(addr, Hello("probe", self.me, self.config.channel))
+            if isinstance(info, Info) and info.attached:
+                found.append(Candidate(addr, info.depth, info.free, info.sent))
+                found.extend(info.candidates)
+        return found
+
+    def _ask(self, addr: Addr, hello: Hello):
+        """One request, one answer, connection closed."""
+        try:
+            with connect_from(self.config.ip, addr.ip, addr.port, 2.0) as sock:
+                sock.sendall(encode(hello))
+                return read_message(sock, FrameDecoder())
+        except (OSError, EOFError, PeerProtocolError) as exc:
+            log.info("peer %s: %s", addr, exc)
+            return None
+
+    def _run_search(self, search: tree.JoinSearch, rejoin: Rejoin) -> bool:
+        while not self._stopping.is_set():
+            candidate = search.next()
+            if candidate is None:
+                return False
+            answer = self._try_join(candidate.addr, rejoin)
+            if answer is True:
+                return True
+            if isinstance(answer, Redirect):
+                search.add(answer.candidates)
+        return False
+
+    def _try_join(self, addr: Addr, rejoin: Rejoin):
+        """Ask ``addr`` to be our parent; True once attached, else its answer."""
+        with self._lock:
+            have = self.window.latest_digests(HAVE_COUNT)
+            catch_up = 0 if have else min(int(self.config.catch_up_seconds / self.config.period),
+                                          self.window.capacity, MAX_WANT)
+            hello = Hello("join", self.me, self.config.channel, self.config.max_children,
+                          have=have, have_seq=max(self._seq, 0),
+                          subtree=tree.members_below(self._relay_view()),
+                          catch_up=catch_up)
+        decoder = FrameDecoder()
+        try:
+            sock = connect_from(self.config.ip, addr.ip, addr.port, 2.0)
+        except OSError as exc:
+            log.info("cannot reach %s: %s", addr, exc)
+            return None
+        try:
+            sock.settimeout(3.0)
+            sock.sendall(encode(hello))
+            answer = read_message(sock, decoder)
+        except (OSError, EOFError, PeerProtocolError) as exc:
+            log.info("join at %s failed: %s", addr, exc)
+            sock.close()
+            return None
+        if not isinstance(answer, Accept):
+            sock.close()
+            if isinstance(answer, Reject):
+                log.info("%s refused us: %s", addr, answer.reason)
+            return answer
+        if self.me in answer.path:
+            log.warning("%s would put us under ourselves: refused", addr)
+            sock.close()
+            return None
+        link = ParentLink(sock, decoder, addr, self.config.parent_silence,
+                          self._on_parent_message, self._on_parent_lost)
+        self._leave_server()
+        with self._deliver_lock, self._lock:
+            self.parent, self.parent_link, self.state = addr, link, State.ATTACHED
+            self._moved_at = time.monotonic()
+            self.path, self.depth = answer.path + (addr,), answer.depth + 1
+            self._backup = self._advice = None  # the new parent will advise
+            latest = self.window.latest_digests(1)
+            rejoin.resumed_after_latest = bool(latest) and answer.after == latest[0]
+            if answer.after:
+                self._skip = self.window.since(answer.after)
+                missing = [d for d in answer.missing if d not in set(self._skip)]
+            else:
+                self._skip = list(self.window.latest_digests(3))
+                missing = [] if latest else list(answer.missing)
+            if missing:
+                sources = [addr, *reversed(answer.path)]
+                self._start_repair(missing, sources, rejoin)
+        link.start()
+        log.info("attached to %s at depth %d", addr, self.depth)
+        self._tell_children_path()
+        self._report_to_parent()
+        self._write_status()
+        return True
+
+    def _leave(self) -> None:
+        """Tell the server, the parent and the children, then close every link."""
+        self._cancel_repair()
+        with self._lock:
+            self.state = State.LEAVING
+            was_direct = self.parent == SERVER
+            link, self.parent_link, self.parent = self.parent_link, None, None
+            path = self.path
+            children = list(self.children.values())
+        self._leave_server()
+        if link is not None:
+            link.send(Bye())
+            link.close()
+        move = Move(path, server=was_direct or not path)
+        for child in children:
+            child.enqueue(move)
+        for child in children:
+            child.close()
+            self._forget_child(child, "handed over")
+        log.info("left channel %d (%d children handed over)", self.config.channel, len(children))
+        self._write_status()

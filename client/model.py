@@ -1,0 +1,114 @@
+"""The plain data of a relay client: its state, its configuration, its counters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class State(enum.Enum):
+    """Where a client stands in the tree (the client state diagram of the report)."""
+
+    JOINING = "joining"      # looking for a first place
+    DIRECT = "direct"        # served by the channel server
+    ATTACHED = "attached"    # served by a parent relay
+    ORPHANED = "orphaned"    # lost its parent, looking for a new one; children stay
+    LEAVING = "leaving"
+    IDLE = "idle"            # left the channel on the user's request, still running
+    STOPPED = "stopped"
+
+
+#: The parent of a direct client.
+SERVER = "server"
+
+
+@dataclass
+class Config:
+    """What a client is told at start (the command line), and the bounds derived from it."""
+
+    ip: str
+    server_host: str
+    server_port: int
+    channel: int
+    max_children: int
+    store: Path
+    push_port: int = 9091
+    peer_port: int = 9092
+    period: float = 2.0
+    window_seconds: float = 30.0
+    catch_up_seconds: float = 0.0
+    balance_blocks: float = 8.0
+    repair_rate: float = 0.0        # kB/s spent answering other clients' repairs; 0: no cap
+
+    @property
+    def swap_cooldown(self) -> float:
+        """A relay that just moved waits this long before it swaps or climbs.
+
+        A swap changes the parent or children of everyone around it; together
+        with :attr:`children_cooldown` this keeps neighbouring swaps from
+        overlapping.
+        """
+        return 4 * self.period
+
+    @property
+    def children_cooldown(self) -> float:
+        """A relay whose children just changed waits this long before it swaps.
+
+        Shorter than :attr:`swap_cooldown`: the relays near the root see their
+        children change often (their children swap too) and must still get
+        their turn to hand their place over.
+        """
+        return self.period
+
+    @property
+    def parent_silence(self) -> float:
+        """Silence (no block, no keepalive) after which a parent counts as dead.
+
+        Keepalives come every quarter period, so two periods is eight missed
+        keepalives: a frozen or unreachable parent, not a busy one.
+        """
+        return max(2 * self.period, 1.5)
+
+    @property
+    def server_silence(self) -> float:
+        """No block from the server for three periods: it dropped us or is down.
+
+        The server sends one block per period; a round may end late by up to
+        a period, so three leaves a full period of margin.
+        """
+        return max(3 * self.period, 2.0)
+
+
+@dataclass
+class Rejoin:
+    """One search for a place: why, when, and how long until the next block was stored."""
+
+    cause: str
+    started: float          # monotonic
+    started_at: float       # Unix time
+    took: float | None = None
+    resumed_after_latest: bool | None = None
+    missed: int = 0
+
+    def to_json(self) -> dict:
+        return {"cause": self.cause, "at": round(self.started_at, 3),
+                "took": None if self.took is None else round(self.took, 3),
+                "resumed_after_latest": self.resumed_after_latest, "missed": self.missed}
+
+
+@dataclass
+class Counters:
+    """What a client counts for status.json, the menu and its exit statistics."""
+
+    blocks_received: int = 0
+    bytes_received: int = 0
+    blocks_relayed: int = 0
+    bytes_sent: int = 0
+    bytes_sent_to: dict = field(default_factory=dict)
+    bytes_served: int = 0           # repair blocks sent to peers that fetched them
+    blocks_repaired: int = 0
+    blocks_lost: int = 0
+    swaps: int = 0
+    climbs: int = 0
+    last_block_at: float | None = None
