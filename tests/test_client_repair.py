@@ -564,3 +564,13 @@ def test_whole_repair_with_a_failure_a_stall_and_a_spare_taking_over():
         ("stalled @10.0", []),
     ]
     assert p.done and p.lost == 0
+
+
+def test_bytes_arriving_keep_a_slow_source_from_counting_as_stalled():
+    a, b = Addr("10.0.0.1", 9092), Addr("10.0.0.2", 9092)
+    plan = RepairPlan([b"x" * 16, b"y" * 16], [a, b], now=0.0, stall_after=1.0)
+    plan.start()
+    plan.progressed(a, now=0.9)
+    plan.progressed(a, now=1.8)
+    assert plan.stalled(2.0) == [b]
+    plan.progressed(Addr("10.0.0.3", 9092), now=2.0)  # an unknown source is ignored
