@@ -28,8 +28,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 log = logging.getLogger("separa")
 
@@ -40,7 +40,7 @@ TMP_PREFIX = ".separa-tmp-"
 
 # One video source per channel, so channels look different at a glance;
 # channels past the list reuse testsrc2 with a shifted hue.
-SAMPLE_SOURCES = ("testsrc2", "smptebars", "rgbtestsrc", "mandelbrot")
+SAMPLE_SOURCES = ("testsrc2", "smptebars", "gradients", "rgbtestsrc")
 
 
 class SeparaError(Exception):
@@ -88,7 +88,7 @@ def probe(film: Path) -> tuple[float | None, bool]:
         ["ffprobe", "-v", "error", "-show_entries",
          "format=duration:stream=codec_type:stream_disposition=attached_pic",
          "-of", "json", str(film)],
-        capture_output=True, text=True)
+        capture_output=True, text=True, check=False)
     info = json.loads(result.stdout or "{}") if result.returncode == 0 else {}
     streams = info.get("streams", [])
     has_video = any(s.get("codec_type") == "video"
@@ -187,6 +187,8 @@ def run_ffmpeg(args: Sequence[str], on_progress: Callable[[float], None]) -> Non
 
 def make_tmpdir(out: Path) -> Path:
     """A fresh hidden folder inside ``out`` (same filesystem, so renames are atomic)."""
+    if out.exists() and not out.is_dir():
+        raise SeparaError(f"output {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
@@ -205,9 +207,24 @@ def refuse_overwrite(out: Path, names: Sequence[str], force: bool) -> None:
                               f"({name}_*.mkv): use --force to replace them")
 
 
+def warn_uneven(name: str, listing: Path, seconds: float) -> None:
+    """Warn when a block is longer than ``seconds``, or shorter but the last.
+
+    That happens with --copy on a film whose keyframes are not every
+    ``seconds``: the segment muxer can only cut on keyframes.
+    """
+    rows = [line.rsplit(",", 2) for line in listing.read_text().splitlines() if line]
+    lengths = [float(end) - float(start) for _, start, end in rows]
+    uneven = [f"{length:.2f}" for n, length in enumerate(lengths)
+              if length > seconds + 0.1 or (length < seconds - 0.1 and n < len(lengths) - 1)]
+    if uneven:
+        log.warning("%s: %d blocks are not %g s long (e.g. %s s): the film's "
+                    "keyframes are not every %g s; cut it without --copy",
+                    name, len(uneven), seconds, uneven[0], seconds)
+
+
 def cut(inputs: Sequence[str], name: str, out: Path, seconds: float,
-        output_args: Sequence[str], duration: float | None, force: bool,
-        on_progress: Callable[[float], None] | None = None) -> list[Path]:
+        output_args: Sequence[str], duration: float | None, force: bool) -> list[Path]:
     """Encode/split into a temp folder, then move the blocks into ``out``.
 
     With ``force`` the old blocks of ``name`` are replaced by the renames and
@@ -218,12 +235,14 @@ def cut(inputs: Sequence[str], name: str, out: Path, seconds: float,
     tmp = make_tmpdir(out)
     progress = Progress(name, duration)
     try:
+        listing = tmp / "blocks.csv"
         run_ffmpeg([*inputs, *output_args, *segment_args(seconds),
-                    str(tmp / f"{name}_%05d.mkv")], on_progress or progress)
-        progress.close()
+                    "-segment_list", str(listing), "-segment_list_type", "csv",
+                    str(tmp / f"{name}_%05d.mkv")], progress)
         new = sorted(tmp.glob(f"{name}_*.mkv"))
         if not new:
             raise SeparaError(f"ffmpeg wrote no blocks for {name}")
+        warn_uneven(name, listing, seconds)
         old = existing_blocks(out, name)
         refuse_overwrite(out, [name], force)  # another run may have raced us
         placed = []
@@ -232,8 +251,10 @@ def cut(inputs: Sequence[str], name: str, out: Path, seconds: float,
             placed.append(out / block.name)
         for stale in set(old) - set(placed):
             stale.unlink(missing_ok=True)
+        log.info("%s: %d blocks in %s", name, len(placed), out)
         return placed
     finally:
+        progress.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -265,8 +286,8 @@ def sample_names(channels: int) -> list[str]:
     return [f"canal{n:0{width}d}" for n in range(channels)]
 
 
-def sample_inputs(channel: int, size: tuple[int, int], seconds_long: float
-                  ) -> tuple[list[str], list[str]]:
+def sample_inputs(channel: int, size: tuple[int, int], seconds_long: float,
+                  seconds: float) -> tuple[list[str], list[str]]:
     """lavfi inputs and video filters for one synthetic channel.
 
     Everything is generated (test patterns, a tone), so the films carry no
@@ -285,9 +306,9 @@ def sample_inputs(channel: int, size: tuple[int, int], seconds_long: float
     big, small = max(8, height // 4), max(6, height // 14)
     filters += [
         f"drawtext={text}:fontsize={big}:boxborderw={big // 8}:y=h/8:text='CH {channel}'",
-        f"drawtext={text}:fontsize={small}:boxborderw={small // 4}:y=h-2*text_h"
-        f":text='%{{pts\\:hms}}  frame %{{frame_num}}  "
-        f"block %{{eif\\:trunc(t/2)\\:d\\:5}}'",
+        (f"drawtext={text}:fontsize={small}:boxborderw={small // 4}:y=h-2*text_h"
+         f":text='%{{pts\\:hms}}  frame %{{frame_num}}  "
+         f"block %{{eif\\:trunc(t/{seconds:g})\\:d\\:5}}'"),
     ]
     return inputs + ["-t", f"{seconds_long:g}"], filters
 
@@ -299,9 +320,7 @@ def make_samples(channels: int, seconds_long: float, size: tuple[int, int],
     refuse_overwrite(out, names, force)
     films = []
     for channel, name in enumerate(names):
-        inputs, filters = sample_inputs(channel, size, seconds_long)
-        # The block number drawn on screen counts 2 s blocks; follow --seconds.
-        filters = [f.replace("trunc(t/2)", f"trunc(t/{seconds:g})") for f in filters]
+        inputs, filters = sample_inputs(channel, size, seconds_long, seconds)
         films.append(cut(inputs, name, out, seconds, encode_args(seconds, filters),
                          seconds_long, force))
     return films
@@ -346,20 +365,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         require_tools()
         if args.sample:
-            films = make_samples(args.channels, args.seconds_long, args.size,
+            make_samples(args.channels, args.seconds_long, args.size,
                                  args.out, args.seconds, args.force)
         else:
-            films = [cut_film(args.film, args.name, args.out, args.seconds,
-                              args.copy, args.force)]
+            cut_film(args.film, args.name, args.out, args.seconds, args.copy, args.force)
     except SeparaError as exc:
         print(f"separa: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
-        print("separa: interrupted, no blocks written", file=sys.stderr)
+        print("separa: interrupted, the film being cut was left out", file=sys.stderr)
         return 130
-    for blocks in films:
-        log.info("%s: %d blocks in %s", blocks[0].name.rsplit("_", 1)[0],
-                 len(blocks), blocks[0].parent)
     return 0
 
 
