@@ -46,18 +46,20 @@ class Config:
         """A relay that just moved waits this long before it swaps or climbs.
 
         A swap changes the parent or children of everyone around it; together
-        with :attr:`children_cooldown` this keeps neighbouring swaps from
+        with :attr:`settle_time` this keeps neighbouring swaps from
         overlapping.
         """
         return 4 * self.period
 
     @property
-    def children_cooldown(self) -> float:
-        """A relay whose children just changed waits this long before it swaps.
+    def settle_time(self) -> float:
+        """How long a change of parent or children settles before the next move.
 
-        Shorter than :attr:`swap_cooldown`: the relays near the root see their
-        children change often (their children swap too) and must still get
-        their turn to hand their place over.
+        A relay whose children just changed waits this long before it swaps
+        (shorter than :attr:`swap_cooldown`: the relays near the root see their
+        children change often, as their children swap too, and must still get
+        their turn); a client that just moved waits this long before it climbs
+        (a climb only ever makes it shallower, so it cannot oscillate).
         """
         return self.period
 

@@ -50,7 +50,7 @@ class Upkeep:
         with self._lock:
             if (self.config.balance_blocks <= 0 or self._repair is not None
                     or time.monotonic() - self._moved_at < self.config.swap_cooldown
-                    or time.monotonic() - self._children_changed_at < self.config.children_cooldown
+                    or time.monotonic() - self._children_changed_at < self.config.settle_time
                     or not len(self.window)):
                 return
             view = self._relay_view()
@@ -130,8 +130,10 @@ class Upkeep:
         rejoin. Called just after a block (:meth:`client.node.Node._just_stored`).
         """
         with self._lock:
+            # Not the swap cooldown: swaps move the clients of a deep branch often
+            # enough to keep them from ever climbing.
             if (self.state != State.ATTACHED or self._repair is not None
-                    or time.monotonic() - self._moved_at < self.config.swap_cooldown):
+                    or time.monotonic() - self._moved_at < self.config.settle_time):
                 return
             depth, old = self.depth, self.parent_link
             members = tree.members_below(self._relay_view())
