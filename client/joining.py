@@ -27,7 +27,7 @@ class Joining:
     """Join, rejoin after a loss, move when told, leave."""
 
     def _orphaned(self, lost: Addr | None, cause: str, seeds=None, server_first=False,
-                  insist: Addr | None = None) -> None:
+                  insist: Addr | None = None, moved_by: Addr | None = None) -> None:
         log.warning("%s: rejoining", cause)
         self._cancel_repair()
         with self._lock:
@@ -42,10 +42,12 @@ class Joining:
             seeds = tree.rejoin_seeds(path, lost)
         self._write_status()
         self._find_place(cause, server_first=server_first or was_direct, seeds=seeds,
-                         exclude=(lost,) if lost else (), backup=backup, insist=insist)
+                         exclude=(lost,) if lost else (), backup=backup, insist=insist,
+                         moved_by=moved_by)
 
     def _find_place(self, cause: str, server_first: bool, seeds=(), exclude=(),
-                    backup: Candidate | None = None, insist: Addr | None = None) -> None:
+                    backup: Candidate | None = None, insist: Addr | None = None,
+                    moved_by: Addr | None = None) -> None:
         """Try places until one takes us (or we are stopping): the whole rejoin policy.
 
         Order: the place we were sent to (``insist``: a swap partner or where
@@ -64,10 +66,10 @@ class Joining:
             members = tree.members_below(self._relay_view())
         if insist is not None and insist not in members:
             for _ in range(10):
-                answer = self._try_join(insist, rejoin)
+                answer = self._try_join(insist, rejoin, moved_by)
                 if answer is True:
                     return
-                if not isinstance(answer, Reject) or self._stopping.wait(self.config.period / 20):
+                if not isinstance(answer, (Reject, Redirect)) or self._stopping.wait(self.config.period / 20):
                     break
         if (backup is not None and backup.addr not in exclude and backup.addr not in members
                 and self._try_join(backup.addr, rejoin) is True):
@@ -164,7 +166,7 @@ class Joining:
                 search.add(answer.candidates)
         return False
 
-    def _try_join(self, addr: Addr, rejoin: Rejoin):
+    def _try_join(self, addr: Addr, rejoin: Rejoin, moved_by: Addr | None = None):
         """Ask ``addr`` to be our parent; True once attached, else its answer."""
         with self._lock:
             have = self.window.latest_digests(HAVE_COUNT)
@@ -173,7 +175,7 @@ class Joining:
             hello = Hello("join", self.me, self.config.channel, self.config.max_children,
                           have=have, have_seq=max(self._seq, 0),
                           subtree=tree.members_below(self._relay_view()),
-                          catch_up=catch_up)
+                          catch_up=catch_up, moved_by=moved_by)
         decoder = FrameDecoder()
         try:
             sock = connect_from(self.config.ip, addr.ip, addr.port, 2.0)

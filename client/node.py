@@ -32,7 +32,8 @@ from client.links import ChildLink, ParentLink, StockServer, listen_on, read_mes
 from client.model import SERVER, Config, Counters, Rejoin, State
 from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
                               FrameDecoder, Hello, Info, Keepalive, Move, PathUpdate,
-                              PeerProtocolError, Redirect, Reject, Report, Swap, encode)
+                              PeerProtocolError, Redirect, Reject, Report, Swap, SwapAnswer,
+                              encode)
 from client.repair import RepairPlan
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
 from client.upkeep import Upkeep
@@ -86,6 +87,7 @@ class Node(Joining, Upkeep):
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
         self._expected: dict[Addr, float] = {}          # swap partners, until a deadline
+        self._swap_offer: tuple[Addr, Swap, float] | None = None  # offered to, until
         self._moved_at = time.monotonic()             # last change of parent
         self._children_changed_at = time.monotonic()
         self._last_block = time.monotonic()
@@ -431,6 +433,8 @@ class Node(Joining, Upkeep):
                 elif isinstance(message, Bye):
                     reason = "left"
                     break
+                elif isinstance(message, SwapAnswer):
+                    self._events.put(("swap_answer", child, message.accept))
                 else:
                     raise PeerProtocolError(f"a child may not send {type(message).__name__}")
         except socket.timeout:
@@ -469,13 +473,6 @@ class Node(Joining, Upkeep):
                 if link is self.parent_link:
                     self._backup, self._advice = message.backup, message.advice
         elif isinstance(message, Swap):
-            with self._lock:
-                if link is not self.parent_link:
-                    return
-                # Ready before anyone acts on it: the swap partners may connect any moment.
-                deadline = time.monotonic() + 2 * self.config.parent_silence
-                self._expected = {a: deadline for a in message.expected}
-                self.path, self.depth = message.path, len(message.path) + 1
             self._events.put(("swap", link, message))
         elif isinstance(message, PathUpdate):
             self._events.put(("path", link, message))
@@ -532,6 +529,9 @@ class Node(Joining, Upkeep):
             self._maybe_climb()
 
     def _handle_event(self, kind: str, link, arg) -> None:
+        if kind == "swap_answer":
+            self._on_swap_answer(link, arg)
+            return
         if kind == "stored":
             if time.monotonic() - self._last_block < self.config.period / 4:
                 self._just_stored()  # (else the controller was busy: wait for the next block)
@@ -552,7 +552,7 @@ class Node(Joining, Upkeep):
         if link is not self.parent_link or link is None:
             return  # an event of a link we already left
         if kind == "swap":
-            self._take_place(link, arg)
+            self._on_swap_offer(link, arg)
         elif kind == "path":
             self._on_path(arg)
         elif kind == "lost":
@@ -563,7 +563,8 @@ class Node(Joining, Upkeep):
             seeds = [Candidate(a, i + 1, 1, 0) for i, a in enumerate(arg.candidates)]
             self._orphaned(link.addr, f"parent {link.addr} is leaving", seeds=seeds,
                            server_first=arg.server,
-                           insist=arg.candidates[-1] if arg.candidates else None)
+                           insist=arg.candidates[-1] if arg.candidates else None,
+                           moved_by=link.addr)
 
     # -- the tree around this client --------------------------------------------
 

@@ -162,7 +162,8 @@ class Hello:
     so that the new parent resumes right after them, and ``have_seq`` the
     position of the newest of them in the joiner's numbering (a film repeats,
     so an identity can occur twice in a window: the parent takes the
-    occurrence whose position is nearest); ``catch_up`` asks a new
+    occurrence whose position is nearest); ``moved_by`` names the relay that
+    sent the joiner here (a swap partner the receiver expects); ``catch_up`` asks a new
     joiner's parent for that many recent blocks to start behind live;
     ``subtree`` lists the joiner's own descendants, which the receiver must
     not be.
@@ -178,6 +179,7 @@ class Hello:
     catch_up: int = 0
     want: tuple[bytes, ...] = ()
     have_seq: int = 0
+    moved_by: Addr | None = None
     proto: str = PROTOCOL
     version: int = VERSION
 
@@ -200,7 +202,8 @@ class Hello:
                 "have": [d.hex() for d in self.have],
                 "subtree": [asdict(a) for a in self.subtree],
                 "catch_up": self.catch_up, "want": [d.hex() for d in self.want],
-                "have_seq": self.have_seq}
+                "have_seq": self.have_seq,
+                "moved_by": asdict(self.moved_by) if self.moved_by else None}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Hello":
@@ -211,6 +214,7 @@ class Hello:
                    catch_up=obj.get("catch_up", 0),
                    want=_digests(obj.get("want", []), "want", MAX_WANT),
                    have_seq=obj.get("have_seq", 0),
+                   moved_by=None if obj.get("moved_by") is None else Addr.parse(obj["moved_by"]),
                    proto=obj.get("proto"), version=obj.get("version"))
 
 
@@ -491,7 +495,8 @@ class FetchEnd:
 class Swap:
     """Parent to child: take my place (the balance rotation), I become your child.
 
-    The child joins ``parent`` (or the server when ``server``), where the
+    An offer: nothing changes until the child answers with a
+    :class:`SwapAnswer`. Once it accepts, it joins ``parent`` (or the server when ``server``), where the
     sender has just freed its slot, with ``path`` as its chain of relays until
     it is accepted there; meanwhile it accepts the ``expected`` clients (the
     sender and its other children) even before it is attached, and sends its
@@ -523,10 +528,34 @@ class Swap:
                    obj.get("server", False))
 
 
+@dataclass(frozen=True)
+class SwapAnswer:
+    """Child to parent: whether it takes the place a :class:`Swap` offered.
+
+    A child that is itself moving, repairing or swapping declines; the parent
+    changes nothing until the answer comes, so two swaps never interleave.
+    """
+
+    TYPE: ClassVar[int] = 16
+    accept: bool
+
+    def __post_init__(self):
+        if not isinstance(self.accept, bool):
+            raise PeerProtocolError(f"bad accept flag {self.accept!r}")
+
+    def to_json(self) -> dict:
+        return {"accept": self.accept}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "SwapAnswer":
+        return cls(obj.get("accept"))
+
+
 Message = (Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye
-           | Report | Info | Advice | FetchEnd | Swap)
+           | Report | Info | Advice | FetchEnd | Swap | SwapAnswer)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
-                                            Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap)}
+                                            Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap,
+                                            SwapAnswer)}
 
 
 def encode(message: Message) -> bytes:

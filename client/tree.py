@@ -118,8 +118,9 @@ def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | Re
         return RejectJoin(f"wrong channel: this relay carries channel {view.channel}")
     if joiner == view.me or joiner in view.path or view.me in hello.subtree:
         return RejectJoin("loop: the joiner is this relay, one of its ancestors or above it")
-    if joiner in view.expected and len(view.children) < view.max_children:
-        return AcceptJoin()  # part of a swap this relay takes part in
+    if ((joiner in view.expected or hello.moved_by in view.expected)
+            and len(view.children) < view.max_children):
+        return AcceptJoin()  # part of a swap this relay takes part in, or sent by its partner
     if not view.attached:
         return RejectJoin("not attached: this relay is itself looking for a parent")
     if joiner in view.children:

@@ -12,7 +12,7 @@ import time
 from client import tree
 from client.links import ParentLink
 from client.model import SERVER, Rejoin, State
-from client.peerproto import Addr, Advice, Bye, Candidate, Move, Swap
+from client.peerproto import Addr, Advice, Bye, Candidate, Move, Swap, SwapAnswer
 
 log = logging.getLogger("client.node")
 
@@ -41,31 +41,81 @@ class Upkeep:
                 self._advice = free[0] if free else None
 
     def _maybe_swap(self) -> None:
-        """Swap places with the lightest-sending child once this relay is ahead by a margin.
+        """Offer the lightest-sending child this relay's place once it is ahead by a margin.
 
         Called every half period for a relay, and right after each block from
         the server for a direct client: its server slot passes to the child
         with a gap of a few milliseconds, which must not meet the next block.
+        Nothing changes until the child accepts (:meth:`_on_swap_answer`).
         """
         with self._lock:
-            if (self.config.balance_blocks <= 0 or self._repair is not None
-                    or time.monotonic() - self._moved_at < self.config.swap_cooldown
-                    or time.monotonic() - self._children_changed_at < self.config.settle_time
-                    or not len(self.window)):
+            now = time.monotonic()
+            if self._swap_offer is not None and now > self._swap_offer[2]:
+                log.info("balance: %s did not answer the swap offer", self._swap_offer[0])
+                self._swap_offer = None
+            if (self.config.balance_blocks <= 0 or not self._settled()
+                    or now - self._children_changed_at < self.config.settle_time):
                 return
             view = self._relay_view()
             block_size = sum(len(b.data) for b in self.window.latest(4)) / min(4, len(self.window))
             margin = int(self.config.balance_blocks * block_size * max(1, len(view.children)))
             target = tree.choose_swap(view, margin)
-        if target is not None:
-            self._swap_with(target)
+            if target is None:
+                return
+            was_direct = self.parent == SERVER
+            others = tuple(a for a in self.children if a != target)
+            offer = Swap(None if was_direct else self.parent, self.path, (self.me, *others),
+                         server=was_direct)
+            self._swap_offer = (target, offer, now + self.config.period)
+            link = self.children[target]
+        link.enqueue(offer)
 
-    def _swap_with(self, target: Addr) -> None:
-        """Hand ``target`` (a child) this relay's place and other children; become its child.
+    def _settled(self) -> bool:
+        """(Under the lock.) In place, not repairing, not moved lately, no swap under way."""
+        return (self.state in (State.DIRECT, State.ATTACHED) and self._repair is None
+                and time.monotonic() - self._moved_at >= self.config.swap_cooldown
+                and self._swap_offer is None and len(self.window) > 0)
+
+    def _on_swap_offer(self, link: ParentLink, offer: Swap) -> None:
+        """Our parent offers us its place: take it if nothing else is under way here."""
+        with self._lock:
+            accept = (self.state == State.ATTACHED and self._repair is None
+                      and self._swap_offer is None)
+            if accept:
+                # Ready before saying yes: the partners connect as soon as the parent hears it.
+                deadline = time.monotonic() + 2 * self.config.parent_silence
+                self._expected = {a: deadline for a in offer.expected}
+                self.path, self.depth = offer.path, len(offer.path) + 1
+        link.send(SwapAnswer(accept))
+        if accept:
+            self._take_place(link, offer)
+        else:
+            log.info("balance: declined %s's place (busy here)", link.addr)
+
+    def _on_swap_answer(self, link, accept: bool) -> None:
+        """A child answered our offer: carry the swap out, or forget it."""
+        with self._lock:
+            offer = self._swap_offer
+            if offer is None or self.children.get(offer[0]) is not link:
+                return
+            self._swap_offer = None
+            late = (self.parent == SERVER and
+                    time.monotonic() - self._last_server_block > self.config.period / 4)
+        if not accept:
+            log.info("balance: %s declined the swap", link.addr)
+            return
+        if late:
+            # Too far from the last block to hand the server slot over safely; the
+            # child is already on its way, so go ahead: its repair covers the gap.
+            log.info("balance: handing the server slot over late")
+        self._swap_with(link.addr, offer[1])
+
+    def _swap_with(self, target: Addr, offer: Swap) -> None:
+        """Hand ``target`` (a child that accepted) this relay's place and other children.
 
         The slot above is freed first (Bye, or 12X at the server) so that the
-        target finds it free; the target is told before the other children
-        are moved to it, so that it expects them.
+        target finds it free; the other children are sent to the target,
+        which expects them; then this relay becomes the target's child.
         """
         with self._lock:
             view, link = self.child_views.get(target), self.children.get(target)
@@ -73,9 +123,10 @@ class Upkeep:
                 return
             others = [c for a, c in self.children.items() if a != target]
             deadline = time.monotonic() + 2 * self.config.parent_silence
-            self._expected = {a: deadline for a in view.children}
+            # The target's children (as last reported), and anyone the target sends.
+            self._expected = {a: deadline for a in (*view.children, target)}
             was_direct = self.parent == SERVER
-            parent, parent_link, path = self.parent, self.parent_link, self.path
+            parent_link, path = self.parent_link, self.path
             self.parent = self.parent_link = None
             self.state = State.ORPHANED
             self.counters.swaps += 1
@@ -87,8 +138,6 @@ class Upkeep:
         elif parent_link is not None:
             parent_link.send(Bye())
             parent_link.close()
-        link.enqueue(Swap(None if was_direct else parent, path,
-                          (self.me, *(c.addr for c in others)), server=was_direct))
         link.close()
         self._forget_child(link, "swapped places with us")
         for child in others:
@@ -100,7 +149,7 @@ class Upkeep:
                          seeds=[Candidate(target, len(path) + 1, 1, 0)], insist=target)
 
     def _take_place(self, link: ParentLink, swap: Swap) -> None:
-        """Our parent handed us its place: send our children to it, go where it was."""
+        """We accepted our parent's place: send our children to it, go where it was."""
         self._cancel_repair()
         with self._lock:
             self.parent_link = self.parent = None
@@ -112,6 +161,11 @@ class Upkeep:
             child.close()
             self._forget_child(child, f"moved to {link.addr}")
         self._write_status()
+        if swap.server:
+            # The parent leaves the server once it hears our answer: try for a moment.
+            for _ in range(10):
+                if self._try_server() or self._stopping.wait(self.config.period / 20):
+                    return
         seeds = [Candidate(swap.parent, len(swap.path), 1, 0)] if swap.parent else []
         self._find_place(f"balance: taking the place of {link.addr}", server_first=swap.server,
                          seeds=seeds, exclude=(link.addr,), insist=swap.parent)

@@ -17,7 +17,7 @@ from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, 
                               MAX_CONTROL, MAX_LIST, PROTOCOL, VERSION, Accept, Addr, Advice,
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
-                              Report, Swap, block_digest, encode)
+                              Report, Swap, SwapAnswer, block_digest, encode)
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
 MEMBERS_BOUND = getattr(peerproto, "MAX_MEMBERS", MAX_LIST)
@@ -99,6 +99,9 @@ MESSAGES = [
     FetchEnd(),
     Swap(addr(18), (addr(19), addr(18)), (addr(20), addr(21))),
     Swap(None, (), (addr(20),), server=True),
+    SwapAnswer(True),
+    SwapAnswer(False),
+    Hello("join", addr(1), 0, moved_by=addr(22)),
 ]
 
 
@@ -133,7 +136,7 @@ def test_round_trip_one_byte_at_a_time(message):
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
     assert covered == set(JSON_MESSAGES.values()) | {Block}
-    assert {cls.TYPE for cls in covered} == set(range(1, 16))
+    assert {cls.TYPE for cls in covered} == set(range(1, 17))
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
     assert Block.TYPE not in JSON_MESSAGES
 
