@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "at that moment")
     p.add_argument("--restart-server-at", type=float, default=None, metavar="SECONDS",
                    help="kill the server (SIGKILL) at this time and start it again at once")
+    p.add_argument("--catch-up", type=float, default=0.0, metavar="SECONDS",
+                   help="every client starts this far behind live (the client's --catch-up)")
+    p.add_argument("--players", action="store_true",
+                   help="run every client's player, headless (the DISPLAY is not passed on); "
+                        "players delete what they have played, so continuity then counts only "
+                        "the blocks still on disk: use it to measure cost")
+    p.add_argument("--client-arg", action="append", default=[], metavar="ARG",
+                   help="pass ARG to every client (repeat it: --client-arg=--balance-margin "
+                        "--client-arg=0)")
     p.add_argument("--seed", type=int, default=1, help="seed of the churn schedule")
     p.add_argument("--baseline", choices=["none", "star"], default="none",
                    help="star: afterwards, the same N clients all served by the server (limit N)")
@@ -310,8 +319,13 @@ class Scenario:
     def start_client(self, c: ClientRun) -> None:
         port = self.args.client_server_port or 6060
         ip = netns.client_address(c.index) if self.topology else None
+        extra = list(self.args.client_arg)
+        if self.args.catch_up:
+            extra += ["--catch-up", str(self.args.catch_up)]
+        if self.args.players:
+            extra.append("--player")
         c.proc = self.cluster.start_client(
-            self._server_proc(), max_children=c.max_children, channel=c.channel,
+            self._server_proc(), *extra, max_children=c.max_children, channel=c.channel,
             period=self.args.period, name=f"client-{c.index:03d}", port=port, ip=ip)
         c.started_at = time.time()
 
@@ -773,6 +787,8 @@ def network_of(args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.time()
+    if args.players:
+        os.environ.pop("DISPLAY", None)  # hundreds of windows would help nobody: headless
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
