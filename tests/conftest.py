@@ -13,6 +13,18 @@ from bench.cluster import REPO, Cluster
 
 ARTIFACTS = REPO / "test-artifacts"
 
+#: The figures every run of the overlay benchmark reports in its JSON (bench tests).
+FIGURES = {
+    "continuity": ["min", "median", "mean"],
+    "on_time_fraction": ["min", "median", "mean"],
+    "startup_s": ["min", "median", "mean"],
+    "lag_s": ["median", "p99", "max"],
+    "repair": ["failures", "time_to_next_block_s", "blocks_missed", "client_rejoin_took_s"],
+    "tree": ["depth_histogram", "best_depth_histogram", "children_vs_max", "loops", "over_limit"],
+    "load": ["bytes_sent", "jain_index_relays", "server_bytes_sent", "server_upload_bytes_per_s"],
+    "cost": ["client_cpu_s", "client_peak_rss_mib", "server_cpu_s", "server_peak_rss_mib"],
+}
+
 
 @pytest.fixture(scope="session")
 def films(tmp_path_factory) -> Path:

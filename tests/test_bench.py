@@ -14,6 +14,7 @@ import sys
 
 from bench import metrics
 from bench.cluster import REPO
+from conftest import FIGURES
 
 
 # ------------------------------------------------------------------ metrics
@@ -89,16 +90,6 @@ def run_bench(tmp_path, *options: str) -> dict:
     return json.loads(out.read_text())
 
 
-FIGURES = {
-    "continuity": ["min", "median", "mean"],
-    "on_time_fraction": ["min", "median", "mean"],
-    "startup_s": ["min", "median", "mean"],
-    "lag_s": ["median", "p99", "max"],
-    "repair": ["failures", "time_to_next_block_s", "blocks_missed", "client_rejoin_took_s"],
-    "tree": ["depth_histogram", "best_depth_histogram", "children_vs_max", "loops", "over_limit"],
-    "load": ["bytes_sent", "jain_index_relays", "server_bytes_sent", "server_upload_bytes_per_s"],
-    "cost": ["client_cpu_s", "client_peak_rss_mib", "server_cpu_s", "server_peak_rss_mib"],
-}
 
 
 def test_small_run_with_one_kill_reports_every_figure(tmp_path):

@@ -18,17 +18,8 @@ import pytest
 
 from bench import netns
 from bench.cluster import REPO, wait_until
+from conftest import FIGURES
 
-FIGURES = {
-    "continuity": ["min", "median", "mean"],
-    "on_time_fraction": ["min", "median", "mean"],
-    "startup_s": ["min", "median", "mean"],
-    "lag_s": ["median", "p99", "max"],
-    "repair": ["failures", "time_to_next_block_s", "blocks_missed", "client_rejoin_took_s"],
-    "tree": ["depth_histogram", "best_depth_histogram", "children_vs_max", "loops", "over_limit"],
-    "load": ["bytes_sent", "jain_index_relays", "server_bytes_sent", "server_upload_bytes_per_s"],
-    "cost": ["client_cpu_s", "client_peak_rss_mib", "server_cpu_s", "server_peak_rss_mib"],
-}
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,6 @@ import socket
 import struct
 import subprocess
 
-import pytest
-
 from bench.cluster import Cluster, wait_until
 from client.peerproto import block_digest
 
