@@ -136,15 +136,23 @@ def test_without_root_it_says_so_and_exits_non_zero(monkeypatch, capsys):
 
 # ------------------------------------------------------------- the harness
 
-def test_a_quick_netns_run_reports_every_figure_and_leaves_no_namespace(tmp_path):
+def start_bench(tmp_path, clients: int, duration: int):
+    """A --netns run of the harness (one server slot, fan-out 2, 4 Mbit/s caps) and its prefix.
+
+    Its temporary folder is tmp_path/tmp, so a test can check it is removed.
+    """
     (tmp_path / "tmp").mkdir()
     env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
-    bench = subprocess.Popen(bench_argv(tmp_path, "--clients", "4", "--server-slots", "1",
+    bench = subprocess.Popen(bench_argv(tmp_path, "--clients", str(clients), "--server-slots", "1",
                                         "--max-children", "2", "--period", "0.5",
-                                        "--duration", "15", "--upload-mbit", "4"),
+                                        "--duration", str(duration), "--upload-mbit", "4"),
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env)
-    prefix = netns.prefix_of(bench.pid)
+    return bench, netns.prefix_of(bench.pid)
+
+
+def test_a_quick_netns_run_reports_every_figure_and_leaves_no_namespace(tmp_path):
+    bench, prefix = start_bench(tmp_path, clients=4, duration=15)
     try:
         # During the run: 6 hosts (bridge, server, 4 clients), each client capped.
         wait_until(lambda: len(names_with(prefix)) == 6 or bench.poll() is not None, 120,
@@ -177,14 +185,7 @@ def test_a_quick_netns_run_reports_every_figure_and_leaves_no_namespace(tmp_path
 
 
 def test_sigterm_in_the_middle_of_a_run_removes_every_namespace(tmp_path):
-    (tmp_path / "tmp").mkdir()
-    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
-    bench = subprocess.Popen(bench_argv(tmp_path, "--clients", "3", "--server-slots", "1",
-                                        "--max-children", "2", "--period", "0.5",
-                                        "--duration", "60", "--upload-mbit", "4"),
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env)
-    prefix = netns.prefix_of(bench.pid)
+    bench, prefix = start_bench(tmp_path, clients=3, duration=60)
     ours = str(tmp_path / "tmp")          # in every argv of the run's server and clients
     try:
         wait_until(lambda: len(names_with(prefix)) == 5 or bench.poll() is not None, 120,
