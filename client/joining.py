@@ -59,10 +59,23 @@ class Joining:
         known; then the server. Repeats with a pause while nothing takes us;
         the children stay attached meanwhile.
         """
-        rejoin = Rejoin(cause, time.monotonic(), time.time())
+        rejoin = Rejoin(cause, time.monotonic(), time.time(), depth_before=self.depth)
         with self._lock:
             self.rejoins.append(rejoin)
             self._pending_rejoin = rejoin
+        self._search_place(rejoin, server_first, seeds, exclude, backup, insist, moved_by)
+        with self._lock:
+            if self.state in (State.DIRECT, State.ATTACHED):
+                rejoin.depth_after = self.depth
+        if rejoin.depth_after is not None:
+            log.info("placed at depth %d (was %d): %s", rejoin.depth_after,
+                     rejoin.depth_before, cause)
+
+    def _search_place(self, rejoin: Rejoin, server_first: bool, seeds, exclude,
+                      backup: Candidate | None, insist: Addr | None,
+                      moved_by: Addr | None) -> None:
+        """The body of :meth:`_find_place`; returns once placed or stopping."""
+        with self._lock:
             members = tree.members_below(self._relay_view())
         if insist is not None and insist not in members:
             for _ in range(10):
@@ -71,6 +84,7 @@ class Joining:
                     return
                 if not isinstance(answer, (Reject, Redirect)) or self._stopping.wait(self.config.period / 20):
                     break
+            log.info("%s did not take us (%s): searching", insist, type(answer).__name__)
         if (backup is not None and backup.addr not in exclude and backup.addr not in members
                 and self._try_join(backup.addr, rejoin) is True):
             log.info("rejoined at the backup parent %s", backup.addr)

@@ -92,11 +92,14 @@ class Rejoin:
     took: float | None = None
     resumed_after_latest: bool | None = None
     missed: int = 0
+    depth_before: int = 0
+    depth_after: int | None = None
 
     def to_json(self) -> dict:
         return {"cause": self.cause, "at": round(self.started_at, 3),
                 "took": None if self.took is None else round(self.took, 3),
-                "resumed_after_latest": self.resumed_after_latest, "missed": self.missed}
+                "resumed_after_latest": self.resumed_after_latest, "missed": self.missed,
+                "depth_before": self.depth_before, "depth_after": self.depth_after}
 
 
 @dataclass

@@ -36,7 +36,7 @@ from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop,
                               encode)
 from client.repair import RepairPlan
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
-from client.upkeep import Upkeep
+from client.upkeep import SwapOffer, Upkeep
 from server import protocol as stock
 
 __all__ = ["Node", "Config", "State", "SERVER"]
@@ -87,7 +87,7 @@ class Node(Joining, Upkeep):
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
         self._expected: dict[Addr, float] = {}          # swap partners, until a deadline
-        self._swap_offer: tuple[Addr, Swap, float] | None = None  # offered to, until
+        self._swap_offer: SwapOffer | None = None
         self._moved_at = time.monotonic()             # last change of parent
         self._children_changed_at = time.monotonic()
         self._last_block = time.monotonic()
@@ -225,7 +225,8 @@ class Node(Joining, Upkeep):
         self.window.append(Stored(block, stored_at))
         for child in children:
             child.enqueue(block)
-        self._events.put(("stored", None, None))  # only now: moves made then must follow the relay
+        # Only now: moves made then must follow the relay.
+        self._events.put(("stored", None, block.digest))
         with self._lock:
             self.counters.blocks_received += 1
             self.counters.bytes_received += len(block.data)
@@ -366,6 +367,14 @@ class Node(Joining, Upkeep):
         else:
             self._serve_fetch(conn, hello)
 
+    def _expect(self, addrs) -> None:
+        """Keep a slot for each of ``addrs`` (swap partners) for a few periods."""
+        with self._lock:
+            now = time.monotonic()
+            deadline = now + 2 * self.config.parent_silence
+            self._expected = {a: t for a, t in self._expected.items() if t > now}
+            self._expected.update((a, deadline) for a in addrs)
+
     def _relay_view(self) -> tree.RelayView:
         with self._lock:
             return tree.RelayView(
@@ -432,6 +441,8 @@ class Node(Joining, Upkeep):
                                 message.max_children, message.children, reported=True)
                 elif isinstance(message, Bye):
                     reason = "left"
+                    if message.successor is not None:
+                        self._expect((message.successor,))  # its slot is for the swap partner
                     break
                 elif isinstance(message, SwapAnswer):
                     self._events.put(("swap_answer", child, message.accept))
@@ -509,22 +520,21 @@ class Node(Joining, Upkeep):
                 next_report = time.monotonic() + self.config.period / 2
                 self._report_to_parent()
                 self._advise_children()
-                if self.state == State.ATTACHED:
-                    self._maybe_swap()
             if self.state == State.DIRECT and time.monotonic() >= next_root_probe:
                 next_root_probe = time.monotonic() + 4 * self.config.period
                 self._advise_as_root()
 
-    def _just_stored(self) -> None:
+    def _just_stored(self, digest: bytes) -> None:
         """Moves that must happen right after a block, when the next one is a period away.
 
-        A direct client handing its server slot to a child, and a client
-        climbing to a shallower place, each leave a gap of a few
-        milliseconds in which a block from above would reach nobody.
+        A relay handing its place to a child, and a client climbing to a
+        shallower place, each leave a gap of a few milliseconds in which a
+        block from above would reach nobody. The block's phase keeps moves
+        that would collide apart (:func:`client.tree.may_swap`).
         """
-        if self.state == State.DIRECT:
+        if self.state in (State.DIRECT, State.ATTACHED) and tree.may_swap(self.depth, digest):
             self._maybe_swap()
-        if time.monotonic() >= self._next_climb:
+        elif time.monotonic() >= self._next_climb and tree.may_climb(digest):
             self._next_climb = time.monotonic() + self._climb_interval()
             self._maybe_climb()
 
@@ -534,7 +544,7 @@ class Node(Joining, Upkeep):
             return
         if kind == "stored":
             if time.monotonic() - self._last_block < self.config.period / 4:
-                self._just_stored()  # (else the controller was busy: wait for the next block)
+                self._just_stored(arg)  # (else the controller was busy: wait for the next block)
             return
         if kind == "idle":
             self._leave()

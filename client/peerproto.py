@@ -373,16 +373,23 @@ class Drop(_Refusal):
 
 @dataclass(frozen=True)
 class Bye:
-    """Child to parent: I am leaving on purpose; free my slot now."""
+    """Child to parent: I am leaving on purpose; free my slot now.
+
+    ``successor``: the client the slot is for (a swap partner on its way);
+    the parent keeps the slot for it for a moment instead of giving it to
+    whoever asks first.
+    """
 
     TYPE: ClassVar[int] = 10
+    successor: Addr | None = None
 
     def to_json(self) -> dict:
-        return {}
+        return {"successor": asdict(self.successor)} if self.successor else {}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Bye":
-        return cls()
+        successor = obj.get("successor")
+        return cls(None if successor is None else Addr.parse(successor))
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,18 @@ class RelayView:
     expected: frozenset[Addr] = frozenset()
 
     @property
+    def reserved(self) -> int:
+        """Slots kept for expected clients (swap partners) that have not arrived yet.
+
+        An expected client that has become an ancestor (the swap partner
+        this relay now hangs under) no longer needs a slot.
+        """
+        return len(self.expected - self.children.keys() - set(self.path))
+
+    @property
     def free(self) -> int:
-        return max(0, self.max_children - len(self.children))
+        """Slots a newcomer may take: neither used nor kept for a swap partner."""
+        return max(0, self.max_children - len(self.children) - self.reserved)
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | Re
         return RejectJoin("not attached: this relay is itself looking for a parent")
     if joiner in view.children:
         return AcceptJoin()  # a child reconnecting: its old link is replaced
-    if len(view.children) < view.max_children:
+    if view.free > 0:
         return AcceptJoin()
     excluded = {joiner, *hello.subtree}
     places = free_places(view, exclude=excluded)
@@ -173,6 +183,33 @@ class JoinSearch:
         self._tried.add(best.addr)
         self._attempts_left -= 1
         return best
+
+
+#: Blocks fall into this many phases by their identity, which every client agrees on.
+PHASES = 4
+
+
+def block_phase(digest: bytes) -> int:
+    return digest[0] % PHASES
+
+
+def may_climb(digest: bytes) -> bool:
+    """Climbs start only right after a block of phase 0 (see :func:`may_swap`)."""
+    return block_phase(digest) == 0
+
+
+def may_swap(depth: int, digest: bytes) -> bool:
+    """Whether a relay at ``depth`` may offer a swap right after this block.
+
+    A swap reshapes three levels: the relay's parent takes a new child, the
+    relay and its child trade places, and the child's children move to the
+    relay. Two swaps one or two levels apart started after the same block
+    would take each other's places, and so would a climb. Every client
+    sees the same blocks, so phasing by block identity keeps them apart
+    without a message: depths 1, 2, 3 swap after blocks of phases 1, 2, 3
+    (depth 4 like depth 1, and so on), climbs after blocks of phase 0.
+    """
+    return block_phase(digest) == 1 + (depth - 1) % (PHASES - 1)
 
 
 def choose_swap(view: RelayView, margin: int) -> Addr | None:

@@ -9,12 +9,30 @@ import logging
 import random
 import time
 
+from dataclasses import dataclass
+
 from client import tree
-from client.links import ParentLink
+from client.links import ChildLink, ParentLink
 from client.model import SERVER, Rejoin, State
 from client.peerproto import Addr, Advice, Bye, Candidate, Move, Swap, SwapAnswer
 
 log = logging.getLogger("client.node")
+
+
+@dataclass(frozen=True)
+class SwapOffer:
+    """A swap offered to a child and not answered yet.
+
+    The child's link and view are kept from the moment of the offer: a child
+    that accepts closes its link right after answering, so by the time the
+    controller reads the answer the child may already be gone from
+    ``children``.
+    """
+
+    link: ChildLink
+    view: tree.ChildView
+    swap: Swap
+    deadline: float     # monotonic: forgotten after this
 
 
 class Upkeep:
@@ -43,15 +61,15 @@ class Upkeep:
     def _maybe_swap(self) -> None:
         """Offer the lightest-sending child this relay's place once it is ahead by a margin.
 
-        Called every half period for a relay, and right after each block from
-        the server for a direct client: its server slot passes to the child
-        with a gap of a few milliseconds, which must not meet the next block.
+        Called right after a block of this depth's phase
+        (:func:`client.tree.may_swap`): the place passes to the child with a
+        gap of a few milliseconds, which must not meet the next block.
         Nothing changes until the child accepts (:meth:`_on_swap_answer`).
         """
         with self._lock:
             now = time.monotonic()
-            if self._swap_offer is not None and now > self._swap_offer[2]:
-                log.info("balance: %s did not answer the swap offer", self._swap_offer[0])
+            if self._swap_offer is not None and now > self._swap_offer.deadline:
+                log.info("balance: %s did not answer the swap offer", self._swap_offer.link.addr)
                 self._swap_offer = None
             if (self.config.balance_blocks <= 0 or not self._settled()
                     or now - self._children_changed_at < self.config.settle_time):
@@ -66,8 +84,9 @@ class Upkeep:
             others = tuple(a for a in self.children if a != target)
             offer = Swap(None if was_direct else self.parent, self.path, (self.me, *others),
                          server=was_direct)
-            self._swap_offer = (target, offer, now + self.config.period)
             link = self.children[target]
+            self._swap_offer = SwapOffer(link, view.children[target], offer,
+                                         now + self.config.period)
         link.enqueue(offer)
 
     def _settled(self) -> bool:
@@ -83,8 +102,7 @@ class Upkeep:
                       and self._swap_offer is None)
             if accept:
                 # Ready before saying yes: the partners connect as soon as the parent hears it.
-                deadline = time.monotonic() + 2 * self.config.parent_silence
-                self._expected = {a: deadline for a in offer.expected}
+                self._expect(offer.expected)
                 self.path, self.depth = offer.path, len(offer.path) + 1
         link.send(SwapAnswer(accept))
         if accept:
@@ -92,11 +110,11 @@ class Upkeep:
         else:
             log.info("balance: declined %s's place (busy here)", link.addr)
 
-    def _on_swap_answer(self, link, accept: bool) -> None:
+    def _on_swap_answer(self, link: ChildLink, accept: bool) -> None:
         """A child answered our offer: carry the swap out, or forget it."""
         with self._lock:
             offer = self._swap_offer
-            if offer is None or self.children.get(offer[0]) is not link:
+            if offer is None or offer.link is not link:
                 return
             self._swap_offer = None
             late = (self.parent == SERVER and
@@ -108,23 +126,21 @@ class Upkeep:
             # Too far from the last block to hand the server slot over safely; the
             # child is already on its way, so go ahead: its repair covers the gap.
             log.info("balance: handing the server slot over late")
-        self._swap_with(link.addr, offer[1])
+        self._swap_with(offer)
 
-    def _swap_with(self, target: Addr, offer: Swap) -> None:
-        """Hand ``target`` (a child that accepted) this relay's place and other children.
+    def _swap_with(self, offer: SwapOffer) -> None:
+        """Hand the child that accepted ``offer`` this relay's place and other children.
 
         The slot above is freed first (Bye, or 12X at the server) so that the
         target finds it free; the other children are sent to the target,
         which expects them; then this relay becomes the target's child.
         """
+        link, target = offer.link, offer.link.addr
         with self._lock:
-            view, link = self.child_views.get(target), self.children.get(target)
-            if view is None or link is None:
-                return
+            view = self.child_views.get(target, offer.view)
             others = [c for a, c in self.children.items() if a != target]
-            deadline = time.monotonic() + 2 * self.config.parent_silence
             # The target's children (as last reported), and anyone the target sends.
-            self._expected = {a: deadline for a in (*view.children, target)}
+            self._expect((*view.children, target))
             was_direct = self.parent == SERVER
             parent_link, path = self.parent_link, self.path
             self.parent = self.parent_link = None
@@ -136,7 +152,7 @@ class Upkeep:
         if was_direct:
             self._leave_server()
         elif parent_link is not None:
-            parent_link.send(Bye())
+            parent_link.send(Bye(successor=target))
             parent_link.close()
         link.close()
         self._forget_child(link, "swapped places with us")

@@ -84,6 +84,7 @@ MESSAGES = [
     Move((), server=False),
     Drop("too slow"),
     Bye(),
+    Bye(addr(11)),
     Report(2, 12345, subtree=(cand(12, depth=5, free=1, sent=9),), members=(addr(12), addr(13))),
     Report(0, 0),
     Report(1000, 2**63),
@@ -503,6 +504,10 @@ MALFORMED = [
     (Move.TYPE, {"candidates": [_a()], "server": None}, "move-server-null"),
     (Move.TYPE, {"candidates": [_a(ip="1.1.1")]}, "move-bad-ip"),
     (Move.TYPE, {"candidates": [_a()] * (MAX_LIST + 1)}, "move-65"),
+    # Bye
+    (Bye.TYPE, {"successor": "10.0.0.9:9000"}, "bye-successor-str"),
+    (Bye.TYPE, {"successor": _a(ip="1.1.1")}, "bye-successor-bad-ip"),
+    (Bye.TYPE, {"successor": _a(port=0)}, "bye-successor-port-0"),
     # Report
     (Report.TYPE, {"sent": 0}, "report-free-missing"),
     (Report.TYPE, {"free": 0}, "report-sent-missing"),

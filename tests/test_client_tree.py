@@ -694,3 +694,43 @@ def test_expected_swap_partner_accepted_while_detached_but_within_k():
     assert not isinstance(decide_join(v, join(8)), AcceptJoin)
     full = dataclasses.replace(view([A(1), A(2)], attached=False), expected=frozenset({partner}))
     assert not isinstance(decide_join(full, join(7)), AcceptJoin)
+
+
+def test_a_slot_kept_for_a_swap_partner_is_not_free():
+    partner = A(7)
+    v = dataclasses.replace(view([A(1)]), expected=frozenset({partner}))
+    assert v.reserved == 1 and v.free == 0
+    # A newcomer is pointed elsewhere; the partner gets the kept slot.
+    assert not isinstance(decide_join(v, join(8)), AcceptJoin)
+    assert isinstance(decide_join(v, join(7)), AcceptJoin)
+    assert ME not in addrs(free_places(v))
+
+
+def test_a_kept_slot_is_released_once_the_partner_arrived_or_is_above():
+    arrived = dataclasses.replace(view([A(1), A(7)]), expected=frozenset({A(7)}))
+    assert arrived.reserved == 0
+    above = dataclasses.replace(view([A(1)], path=(A(100), A(7))), expected=frozenset({A(7)}))
+    assert above.reserved == 0 and above.free == 1
+    assert isinstance(decide_join(above, join(8)), AcceptJoin)
+
+
+def _digest(first_byte: int) -> bytes:
+    return bytes([first_byte]) + bytes(15)
+
+
+def test_swaps_one_or_two_levels_apart_never_share_a_block_phase():
+    for first in range(256):
+        digest = _digest(first)
+        swapping = [d for d in range(1, 13) if tree_module.may_swap(d, digest)]
+        assert all(b - a >= 3 for a, b in zip(swapping, swapping[1:]))
+        if tree_module.may_climb(digest):
+            assert swapping == []
+
+
+def test_every_depth_gets_a_phase_to_swap_in():
+    for depth in range(1, 13):
+        phases = {tree_module.block_phase(_digest(b)) for b in range(256)
+                  if tree_module.may_swap(depth, _digest(b))}
+        assert len(phases) == 1
+    assert {tree_module.block_phase(_digest(b)) for b in range(256)
+            if tree_module.may_climb(_digest(b))} == {0}
