@@ -92,6 +92,7 @@ class Node(Joining, Upkeep):
         self._children_changed_at = time.monotonic()
         self._last_block = time.monotonic()
         self._next_climb = time.monotonic()
+        self._swap_turn, self._climb_turn = tree.PhaseTurn(), tree.PhaseTurn()
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -532,9 +533,11 @@ class Node(Joining, Upkeep):
         block from above would reach nobody. The block's phase keeps moves
         that would collide apart (:func:`client.tree.may_swap`).
         """
-        if self.state in (State.DIRECT, State.ATTACHED) and tree.may_swap(self.depth, digest):
+        swap_turn = self._swap_turn.turn(tree.may_swap(self.depth, digest))
+        climb_turn = self._climb_turn.turn(tree.may_climb(digest))
+        if self.state in (State.DIRECT, State.ATTACHED) and swap_turn:
             self._maybe_swap()
-        elif time.monotonic() >= self._next_climb and tree.may_climb(digest):
+        elif time.monotonic() >= self._next_climb and climb_turn:
             self._next_climb = time.monotonic() + self._climb_interval()
             self._maybe_climb()
 

@@ -212,6 +212,29 @@ def may_swap(depth: int, digest: bytes) -> bool:
     return block_phase(digest) == 1 + (depth - 1) % (PHASES - 1)
 
 
+#: Blocks after which a move may start on any block, its phase having not come.
+PHASE_PATIENCE = 3 * PHASES
+
+
+class PhaseTurn:
+    """Whether a move of one kind may start right after the block just stored.
+
+    After a block of its phase, yes; otherwise only once that phase has not
+    come for :data:`PHASE_PATIENCE` blocks: a short film repeats its few
+    blocks, and may have no block of some phase at all.
+    """
+
+    def __init__(self):
+        self.waited = 0
+
+    def turn(self, in_phase: bool) -> bool:
+        if in_phase:
+            self.waited = 0
+            return True
+        self.waited += 1
+        return self.waited > PHASE_PATIENCE
+
+
 def choose_swap(view: RelayView, margin: int) -> Addr | None:
     """The child this relay should swap places with to even out upload, if any.
 

@@ -734,3 +734,13 @@ def test_every_depth_gets_a_phase_to_swap_in():
         assert len(phases) == 1
     assert {tree_module.block_phase(_digest(b)) for b in range(256)
             if tree_module.may_climb(_digest(b))} == {0}
+
+
+def test_a_move_waits_for_its_phase_then_goes_on_any_block():
+    turn = tree_module.PhaseTurn()
+    assert turn.turn(True)
+    assert not any(turn.turn(False) for _ in range(tree_module.PHASE_PATIENCE))
+    assert turn.turn(False)  # a short film may never bring this phase
+    assert turn.turn(False)
+    assert turn.turn(True)
+    assert not turn.turn(False)
