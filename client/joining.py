@@ -124,18 +124,53 @@ class Joining:
     def _try_server(self) -> bool:
         if not self._server_call(self.server.join, self.config.channel, self._join_answers):
             return False
-        with self._lock:
+        with self._deliver_lock, self._lock:
             self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
             self.parent_link = None
             self._moved_at = time.monotonic()
             self._server_member = True
             self._last_server_block = time.monotonic()
             self._skip = list(self.window.latest_digests(3))
+            self._gap_check = len(self.window) > 0
         log.info("direct client of the server %s:%d, channel %d", self.server.host,
                  self.server.port, self.config.channel)
+        if self._gap_check:
+            self._fill_gap_as_direct()
         self._tell_children_path()
         self._write_status()
         return True
+
+    def _fill_gap_as_direct(self) -> None:
+        """Fetch what we missed on the way to the server from another direct client.
+
+        The server sends nothing old: a block it sent while this client was
+        on its way (an orphan's search, a swap, a climb) reached the other
+        direct clients only. Live blocks wait (``_gap_check``) meanwhile.
+        """
+        with self._lock:
+            probe = Hello("probe", self.me, self.config.channel,
+                          have=self.window.latest_digests(HAVE_COUNT), have_seq=max(self._seq, 0))
+            members = set(tree.members_below(self._relay_view()))
+        missing, source = [], None
+        for ip in self._server_call(self.server.clients, self.config.channel) or []:
+            addr = Addr(ip, self.config.peer_port)
+            if addr == self.me or addr in members:
+                continue
+            info = self._ask(addr, probe)
+            if isinstance(info, Info) and info.after is not None:
+                with self._lock:
+                    ours = set(self.window.latest_digests(self.window.capacity))
+                missing, source = [d for d in info.missing if d not in ours], addr
+                break
+        with self._deliver_lock, self._lock:
+            self._gap_check = False
+            if missing and self.state == State.DIRECT:
+                log.info("missed %d block(s) on the way to the server: fetching them from %s",
+                         len(missing), source)
+                self._skip = [*self._skip, *missing]  # the server may still send the newest
+                self._start_repair(missing, [source], self._pending_rejoin)
+                return
+            self._release_held()
 
     def _leave_server(self) -> None:
         """Free our slot at the server (``12X``) if it still counts us as a client."""

@@ -32,8 +32,8 @@ from client.links import ChildLink, ParentLink, StockServer, listen_on, read_mes
 from client.model import SERVER, Config, Counters, Rejoin, State
 from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
                               FrameDecoder, Hello, Info, Keepalive, Move, PathUpdate,
-                              PeerProtocolError, Redirect, Reject, Report, Swap, SwapAnswer,
-                              encode)
+                              MAX_WANT, PeerProtocolError, Redirect, Reject, Report, Swap,
+                              SwapAnswer, encode)
 from client.repair import RepairPlan
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
 from client.upkeep import SwapOffer, Upkeep
@@ -83,6 +83,7 @@ class Node(Joining, Upkeep):
         self._sent_before: dict[str, int] = {}
         self._repair: RepairJob | None = None
         self._held: list[tuple[Block, object]] = []
+        self._gap_check = False                         # live blocks wait for it too
         self._backup: Candidate | None = None           # where I go if my parent dies
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
@@ -193,7 +194,7 @@ class Node(Joining, Upkeep):
             with self._lock:
                 if source != (self.parent_link if self.parent != SERVER else SERVER):
                     return
-                if self._repair is not None:
+                if self._repair is not None or self._gap_check:
                     if len(self._held) < self.window.capacity:
                         self._held.append((block, source))
                     return
@@ -242,13 +243,15 @@ class Node(Joining, Upkeep):
 
     # -- repairs -------------------------------------------------------------
 
-    def _start_repair(self, missing: list[bytes], sources: list[Addr], rejoin: Rejoin) -> None:
+    def _start_repair(self, missing: list[bytes], sources: list[Addr],
+                      rejoin: Rejoin | None) -> None:
         """(Under both locks.) Fetch ``missing`` from several sources; hold live blocks meanwhile."""
         plan = RepairPlan(missing, sources, time.monotonic(), stall_after=max(self.config.period, 1.0))
         job = RepairJob(plan, self.me, self.config.channel, self._repaired_block, self._repair_done,
                         deadline=max(4 * self.config.period, 5.0))
-        self._repair, self._held = job, []
-        rejoin.missed = len(missing)
+        self._repair = job
+        if rejoin is not None:
+            rejoin.missed = len(missing)
         log.info("repairing %d missed block(s) from %s", len(missing),
                  ", ".join(str(s) for s in sources[:3]))
         job.start()
@@ -271,14 +274,20 @@ class Node(Joining, Upkeep):
             with self._lock:
                 if self._repair is not job:
                     return
-                self._repair, held, self._held = None, self._held, []
-                current = self.parent_link if self.parent != SERVER else SERVER
-            for block, source in held:
-                if source == current:
-                    self._deliver_live(block, source)
+                self._repair = None
+            self._release_held()
         log.info("repair done: %d block(s) from %s, %d lost", sum(job.fetched_from.values()),
                  job.fetched_from or "nobody", job.plan.lost)
         self._write_status()
+
+    def _release_held(self) -> None:
+        """(Under the deliver lock.) Deliver the live blocks that waited, in order."""
+        with self._lock:
+            held, self._held = self._held, []
+            current = self.parent_link if self.parent != SERVER else SERVER
+        for block, source in held:
+            if source == current:
+                self._deliver_live(block, source)
 
     def _cancel_repair(self) -> None:
         with self._deliver_lock, self._lock:
@@ -362,7 +371,7 @@ class Node(Joining, Upkeep):
             log.warning("bad peer connection from %s: %s", peer_ip, exc)
             return
         if hello.kind == "probe":
-            conn.sendall(encode(self._info()))
+            conn.sendall(encode(self._info(hello)))
         elif hello.kind == "join":
             self._handle_join(conn, decoder, hello)
         else:
@@ -385,9 +394,14 @@ class Node(Joining, Upkeep):
                 children=dict(self.child_views),
                 expected=frozenset(a for a, t in self._expected.items() if t > time.monotonic()))
 
-    def _info(self) -> Info:
+    def _info(self, probe: Hello) -> Info:
         view = self._relay_view()
-        return Info(view.attached, view.depth, view.free, view.sent, tree.free_places(view))
+        after, missed = None, []
+        if probe.have and probe.channel == self.config.channel:
+            with self._deliver_lock:
+                after, missed = self.window.after(probe.have, probe.have_seq)
+        return Info(view.attached, view.depth, view.free, view.sent, tree.free_places(view),
+                    after, tuple(b.digest for b in missed[-MAX_WANT:]))
 
     def _handle_join(self, conn: socket.socket, decoder: FrameDecoder, hello: Hello) -> None:
         with self._deliver_lock, self._lock:

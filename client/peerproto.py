@@ -430,7 +430,13 @@ class Report:
 
 @dataclass(frozen=True)
 class Info:
-    """Answer to a probe: where I stand and the free places I know of below me."""
+    """Answer to a probe: where I stand and the free places I know of below me.
+
+    When the probe carried ``have``, ``after`` and ``missing`` say, as in
+    :class:`Accept`, which of the prober's blocks the receiver found in its
+    window and the blocks it holds after that one: a client that has just
+    become a direct client learns what it missed on the way.
+    """
 
     TYPE: ClassVar[int] = 12
     attached: bool
@@ -438,6 +444,8 @@ class Info:
     free: int
     sent: int
     candidates: tuple[Candidate, ...] = ()
+    after: bytes | None = None
+    missing: tuple[bytes, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.attached, bool):
@@ -448,12 +456,17 @@ class Info:
 
     def to_json(self) -> dict:
         return {"attached": self.attached, "depth": self.depth, "free": self.free,
-                "sent": self.sent, "candidates": [c.to_json() for c in self.candidates]}
+                "sent": self.sent, "candidates": [c.to_json() for c in self.candidates],
+                "after": self.after.hex() if self.after else None,
+                "missing": [d.hex() for d in self.missing]}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Info":
+        after = obj.get("after")
         return cls(obj.get("attached"), obj.get("depth"), obj.get("free"), obj.get("sent"),
-                   _candidates(obj.get("candidates", [])))
+                   _candidates(obj.get("candidates", [])),
+                   _digests([after])[0] if after is not None else None,
+                   _digests(obj.get("missing", []), "missing", MAX_WANT))
 
 
 def _optional_candidate(value) -> Candidate | None:

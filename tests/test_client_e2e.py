@@ -419,3 +419,35 @@ def test_a_frozen_direct_client_loses_its_server_slot_and_the_tree_recovers(clus
     assert f"removed {root.ip}" in server.log_text()
     statuses = tree_of(survivors)
     assert [s["parent"] for s in statuses.values()].count("server") == 1
+
+
+def test_a_client_that_becomes_direct_fetches_what_it_missed_from_another_direct_client(
+        cluster, films):
+    """An orphan with nowhere to go in the tree waits for a server slot.
+
+    The blocks the server sent meanwhile reached its other direct client
+    only (which takes no children); the orphan, once direct, fetches them
+    from it before it stores the next live block.
+    """
+    server = cluster.start_server(max_clients=2, period=PERIOD, channels=2)
+    keeper = cluster.start_client(server, "--balance-margin", "0", max_children=0, period=PERIOD)
+    wait_until(lambda: status(keeper).get("state") == "direct", 20, "the keeper to be direct")
+    relay = cluster.start_client(server, "--balance-margin", "0", max_children=1, period=PERIOD)
+    wait_until(lambda: status(relay).get("state") == "direct", 20, "the relay to be direct")
+    orphan = cluster.start_client(server, "--balance-margin", "0", max_children=1, period=PERIOD)
+    wait_until(lambda: (status(orphan).get("parent") or {}).get("ip") == relay.ip
+               if isinstance(status(orphan).get("parent"), dict) else False,
+               20, "the orphan-to-be to attach under the relay")
+    wait_until(lambda: receiving([orphan], 3), 20, "the orphan-to-be to receive")
+    relay.freeze()
+    try:
+        # Silence, then no free place anywhere until the server drops the frozen relay.
+        wait_until(lambda: status(orphan).get("state") == "direct", 40 * PERIOD,
+                   "the orphan to become a direct client")
+        before = counts([orphan])
+        wait_until(lambda: received_more([orphan], before, 4), 20, "4 more blocks")
+    finally:
+        relay.kill()
+    assert_continuous(orphan, films)
+    assert re.search(r"missed \d+ block\(s\) on the way to the server", orphan.log_text())
+    assert status(orphan)["blocks_repaired"] >= 1

@@ -14,7 +14,7 @@ import pytest
 
 import client.peerproto as peerproto
 from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, MAX_BLOCK,
-                              MAX_CONTROL, MAX_LIST, PROTOCOL, VERSION, Accept, Addr, Advice,
+                              MAX_CONTROL, MAX_LIST, MAX_WANT, PROTOCOL, VERSION, Accept, Addr, Advice,
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
                               Report, Swap, SwapAnswer, block_digest, encode)
@@ -90,6 +90,7 @@ MESSAGES = [
     Report(1000, 2**63),
     Info(True, 3, 1, 99, candidates=(cand(14, depth=3),)),
     Info(False, 1, 0, 0),
+    Info(True, 1, 0, 5, after=D1, missing=(D2,)),
     Hello("join", addr(1), 0, catch_up=5),
     Hello("fetch", addr(1), 0, want=(D1, D2)),
     Accept(3, path=(addr(4),), after=D1, missing=(D2,)),
@@ -510,6 +511,10 @@ MALFORMED = [
     (Bye.TYPE, {"successor": _a(port=0)}, "bye-successor-port-0"),
     # Report
     (Report.TYPE, {"sent": 0}, "report-free-missing"),
+    (Info.TYPE, {"attached": True, "depth": 1, "free": 0, "sent": 0, "after": "zz"},
+     "info-after-not-hex"),
+    (Info.TYPE, {"attached": True, "depth": 1, "free": 0, "sent": 0,
+                 "missing": [D1.hex()] * (MAX_WANT + 1)}, "info-missing-over-bound"),
     (Report.TYPE, {"free": 0}, "report-sent-missing"),
     (Report.TYPE, {"free": -1, "sent": 0}, "report-free-neg"),
     (Report.TYPE, {"free": True, "sent": 0}, "report-free-bool"),
