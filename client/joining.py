@@ -108,6 +108,9 @@ class Joining:
                 return
             self._stopping.wait(pause)
             pause = min(pause * 2, self.config.period)
+            # The parent we lost may be alive after all (it dropped us for a
+            # silence of ours) and, after a whole round, the only place left.
+            exclude = ()
 
     def _peek_leave(self) -> bool:
         """True when a leave is queued (the event stays queued for the loop)."""
@@ -135,26 +138,32 @@ class Joining:
         log.info("direct client of the server %s:%d, channel %d", self.server.host,
                  self.server.port, self.config.channel)
         if self._gap_check:
-            self._fill_gap_as_direct()
+            self._fill_gap("on the way to the server", self._listed_direct_clients(), SERVER)
         self._tell_children_path()
         self._write_status()
         return True
 
-    def _fill_gap_as_direct(self) -> None:
-        """Fetch what we missed on the way to the server from another direct client.
+    def _listed_direct_clients(self) -> list[Addr]:
+        ips = self._server_call(self.server.clients, self.config.channel) or []
+        return [Addr(ip, self.config.peer_port) for ip in ips]
 
-        The server sends nothing old: a block it sent while this client was
-        on its way (an orphan's search, a swap, a climb) reached the other
-        direct clients only. Live blocks wait (``_gap_check``) meanwhile.
+    def _fill_gap(self, why: str, sources, parent) -> None:
+        """Fetch the blocks we missed that our new parent cannot name.
+
+        The server sends nothing old, and a parent whose recent window does
+        not reach back to our latest block (a newcomer) resumes us live: a
+        block sent meanwhile would be missing here and in our whole subtree.
+        ``sources`` (other direct clients, or the new parent's ancestors)
+        are asked in turn, with a probe that carries our latest blocks,
+        until one finds them. Live blocks wait (``_gap_check``) meanwhile.
         """
         with self._lock:
             probe = Hello("probe", self.me, self.config.channel,
                           have=self.window.latest_digests(HAVE_COUNT), have_seq=max(self._seq, 0))
             members = set(tree.members_below(self._relay_view()))
         missing, source = [], None
-        for ip in self._server_call(self.server.clients, self.config.channel) or []:
-            addr = Addr(ip, self.config.peer_port)
-            if addr == self.me or addr in members:
+        for addr in sources:
+            if addr == self.me or addr in members or addr == parent:
                 continue
             info = self._ask(addr, probe)
             if isinstance(info, Info) and info.after is not None:
@@ -164,10 +173,9 @@ class Joining:
                 break
         with self._deliver_lock, self._lock:
             self._gap_check = False
-            if missing and self.state == State.DIRECT:
-                log.info("missed %d block(s) on the way to the server: fetching them from %s",
-                         len(missing), source)
-                self._skip = [*self._skip, *missing]  # the server may still send the newest
+            if missing and self.parent == parent:
+                log.info("missed %d block(s) %s: fetching them from %s", len(missing), why, source)
+                self._skip = [*self._skip, *missing]  # the parent may still send the newest
                 self._start_repair(missing, [source], self._pending_rejoin)
                 return
             self._release_held()
@@ -258,6 +266,8 @@ class Joining:
             self._backup = self._advice = None  # the new parent will advise
             latest = self.window.latest_digests(1)
             rejoin.resumed_after_latest = bool(latest) and answer.after == latest[0]
+            # A parent that cannot place our latest block: ask further up.
+            self._gap_check = gap_check = bool(latest) and not answer.after
             if answer.after:
                 self._skip = self.window.since(answer.after)
                 missing = [d for d in answer.missing if d not in set(self._skip)]
@@ -269,6 +279,9 @@ class Joining:
                 self._start_repair(missing, sources, rejoin)
         link.start()
         log.info("attached to %s at depth %d", addr, self.depth)
+        if gap_check:
+            self._fill_gap(f"before {addr}'s window", [*reversed(answer.path)]
+                           or self._listed_direct_clients(), addr)
         self._tell_children_path()
         self._report_to_parent()
         self._write_status()

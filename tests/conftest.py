@@ -37,6 +37,17 @@ def films(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def long_film(tmp_path_factory) -> Path:
+    """One film of 60 s = 30 blocks: no block repeats within a client's latest few."""
+    out = tmp_path_factory.mktemp("filme-long")
+    subprocess.run([sys.executable, str(REPO / "separa.py"), "--sample",
+                    "--channels", "1", "--seconds-long", "60",
+                    "--size", "160x90", "--out", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
 @pytest.fixture
 def cluster(tmp_path, films, request):
     """A Cluster in the test's own folder; every process is stopped after it.

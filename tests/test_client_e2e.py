@@ -451,3 +451,42 @@ def test_a_client_that_becomes_direct_fetches_what_it_missed_from_another_direct
     assert_continuous(orphan, films)
     assert re.search(r"missed \d+ block\(s\) on the way to the server", orphan.log_text())
     assert status(orphan)["blocks_repaired"] >= 1
+
+
+def test_a_rejoiner_whose_new_parent_cannot_place_it_fetches_the_gap_further_up(
+        tmp_path, long_film):
+    """A parent whose recent window is too short to find the rejoiner's latest block.
+
+    The relay keeps one second of blocks (``--window 1``). Its child is
+    frozen until the relay has dropped it and stored three more blocks;
+    thawed, the child rejoins the relay, which can only resume it live, so
+    the child asks the other direct client for what lies between. (A film
+    of 30 blocks: in the short ones the child's latest blocks of the
+    previous lap would match.)
+    """
+    with Cluster(tmp_path, long_film) as cluster:
+        server = cluster.start_server(max_clients=2, period=PERIOD, channels=1)
+        keeper = cluster.start_client(server, "--balance-margin", "0", max_children=0,
+                                      period=PERIOD)
+        wait_until(lambda: status(keeper).get("state") == "direct", 20, "the keeper to be direct")
+        relay = cluster.start_client(server, "--balance-margin", "0", "--window", "1",
+                                     max_children=1, period=PERIOD)
+        wait_until(lambda: status(relay).get("state") == "direct", 20, "the relay to be direct")
+        child = cluster.start_client(server, "--balance-margin", "0", max_children=1,
+                                     period=PERIOD)
+        wait_until(lambda: isinstance(status(child).get("parent"), dict), 20,
+                   "the child to attach")
+        assert status(child)["parent"]["ip"] == relay.ip
+        wait_until(lambda: receiving([child], 3), 20, "the child to receive")
+        child.freeze()
+        try:
+            wait_until(lambda: f"child {child.ip}:9092 gone" in relay.log_text(), 20,
+                       "the relay to drop its frozen child")
+            before = counts([relay])
+            wait_until(lambda: received_more([relay], before, 3), 20, "3 more blocks at the relay")
+        finally:
+            child.thaw()
+        before = counts([child])
+        wait_until(lambda: received_more([child], before, 8), 20, "8 more blocks at the child")
+        assert_continuous(child, long_film)
+        assert re.search(r"missed \d+ block\(s\) before \S+'s window", child.log_text())
