@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from client import tree
 from client.links import ChildLink, ParentLink
 from client.model import SERVER, Rejoin, State
-from client.peerproto import Addr, Advice, Bye, Candidate, Move, Swap, SwapAnswer
+from client.peerproto import Addr, Advice, Bye, Candidate, Move, Redirect, Swap, SwapAnswer
 
 log = logging.getLogger("client.node")
+
+#: Places a climbing client tries at most (the best first, then where full ones point).
+CLIMB_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,27 @@ class Upkeep:
         self._find_place(f"balance: taking the place of {link.addr}", server_first=swap.server,
                          seeds=seeds, exclude=(link.addr,), insist=swap.parent)
 
+    def _climb_to(self, depth: int, members, parent: Addr) -> bool:
+        """Join a free place at least one level shallower than our parent's, if one takes us.
+
+        Reports are up to half a period old per level, so the best place may
+        be gone: a few are tried, and the places a full one points to that
+        are still shallow enough.
+        """
+        def shallower(candidates):
+            return (c for c in candidates if c.free > 0 and c.depth + 1 < depth)
+
+        search = tree.JoinSearch(self.me, exclude=(*members, parent), max_attempts=CLIMB_ATTEMPTS)
+        search.add(shallower(self._probe_listed(members)))
+        rejoin = Rejoin("climbing", 0, 0)
+        while (candidate := search.next()) is not None and not self._stopping.is_set():
+            answer = self._try_join(candidate.addr, rejoin)
+            if answer is True:
+                return True
+            if isinstance(answer, Redirect):
+                search.add(shallower(answer.candidates))
+        return False
+
     def _climb_interval(self) -> float:
         """Every 3 to 6 periods, at random, so that clients do not all look at once."""
         return self.config.period * random.uniform(3, 6)
@@ -210,10 +234,7 @@ class Upkeep:
         if depth == 2:
             moved = self._try_server()
         else:
-            free = sorted((c for c in self._probe_listed(members)
-                           if c.free > 0 and c.depth + 1 < depth and c.addr != old.addr),
-                          key=lambda c: (c.depth, c.sent))
-            moved = bool(free) and self._try_join(free[0].addr, Rejoin("climbing", 0, 0)) is True
+            moved = self._climb_to(depth, members, old.addr)
         if moved:
             log.info("climbed from depth %d to depth %d", depth, self.depth)
             with self._lock:
