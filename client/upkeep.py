@@ -211,8 +211,8 @@ class Upkeep:
         return False
 
     def _climb_interval(self) -> float:
-        """Every 3 to 6 periods, at random, so that clients do not all look at once."""
-        return self.config.period * random.uniform(3, 6)
+        """Every 1 to 3 periods, at random, so that clients do not all look at once."""
+        return self.config.period * random.uniform(1, 3)
 
     def _maybe_climb(self) -> None:
         """Move up a level when a shallower place is free: the tree compacts again after churn.
