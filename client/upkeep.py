@@ -227,6 +227,7 @@ class Upkeep:
             # Not the swap cooldown: swaps move the clients of a deep branch often
             # enough to keep them from ever climbing.
             if (self.state != State.ATTACHED or self._repair is not None
+                    or self._swap_offer is not None
                     or time.monotonic() - self._moved_at < self.config.settle_time):
                 return
             depth, old = self.depth, self.parent_link
