@@ -548,7 +548,7 @@ class Node(Joining, Upkeep):
         that would collide apart (:func:`client.tree.may_swap`).
         """
         swap_turn = self._swap_turn.turn(tree.may_swap(self.depth, digest))
-        climb_turn = self._climb_turn.turn(tree.may_climb(self.depth, digest))
+        climb_turn = self._climb_turn.turn(tree.may_climb(digest))
         if self.state in (State.DIRECT, State.ATTACHED) and swap_turn:
             self._maybe_swap()
         elif time.monotonic() >= self._next_climb and climb_turn:

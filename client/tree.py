@@ -193,18 +193,9 @@ def block_phase(digest: bytes) -> int:
     return digest[0] % PHASES
 
 
-def may_climb(depth: int, digest: bytes) -> bool:
-    """Whether a client at ``depth`` may look for a shallower place after this block.
-
-    After a block of phase 0 (see :func:`may_swap`). A child of a direct
-    client, which climbs by asking the server for a free slot, may also try
-    after any block but those of phase 1: the server cannot keep a slot for
-    anyone, so only the direct clients' own swaps must not meet it, and a
-    slot left free by a dead direct client is worth taking back soon (while
-    it is free, the tree hangs from fewer direct clients).
-    """
-    phase = block_phase(digest)
-    return phase == 0 or (depth == 2 and phase != 1)
+def may_climb(digest: bytes) -> bool:
+    """Climbs start only right after a block of phase 0 (see :func:`may_swap`)."""
+    return block_phase(digest) == 0
 
 
 def may_swap(depth: int, digest: bytes) -> bool:

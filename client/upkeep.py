@@ -211,8 +211,8 @@ class Upkeep:
         return False
 
     def _climb_interval(self) -> float:
-        """Every 1 to 3 periods, at random, so that clients do not all look at once."""
-        return self.config.period * random.uniform(1, 3)
+        """Every 3 to 6 periods, at random, so that clients do not all look at once."""
+        return self.config.period * random.uniform(3, 6)
 
     def _maybe_climb(self) -> None:
         """Move up a level when a shallower place is free: the tree compacts again after churn.
@@ -227,7 +227,6 @@ class Upkeep:
             # Not the swap cooldown: swaps move the clients of a deep branch often
             # enough to keep them from ever climbing.
             if (self.state != State.ATTACHED or self._repair is not None
-                    or self._swap_offer is not None
                     or time.monotonic() - self._moved_at < self.config.settle_time):
                 return
             depth, old = self.depth, self.parent_link

@@ -723,16 +723,8 @@ def test_swaps_one_or_two_levels_apart_never_share_a_block_phase():
         digest = _digest(first)
         swapping = [d for d in range(1, 13) if tree_module.may_swap(d, digest)]
         assert all(b - a >= 3 for a, b in zip(swapping, swapping[1:]))
-        if any(tree_module.may_climb(d, digest) for d in range(3, 13)):
+        if tree_module.may_climb(digest):
             assert swapping == []
-
-
-def test_a_child_of_a_direct_client_never_asks_for_a_slot_during_a_root_swap():
-    for first in range(256):
-        digest = _digest(first)
-        if tree_module.may_swap(1, digest):
-            assert not tree_module.may_climb(2, digest)
-    assert sum(tree_module.may_climb(2, _digest(b)) for b in range(256)) == 192
 
 
 def test_every_depth_gets_a_phase_to_swap_in():
@@ -740,9 +732,8 @@ def test_every_depth_gets_a_phase_to_swap_in():
         phases = {tree_module.block_phase(_digest(b)) for b in range(256)
                   if tree_module.may_swap(depth, _digest(b))}
         assert len(phases) == 1
-    for depth in range(3, 13):
-        assert {tree_module.block_phase(_digest(b)) for b in range(256)
-                if tree_module.may_climb(depth, _digest(b))} == {0}
+    assert {tree_module.block_phase(_digest(b)) for b in range(256)
+            if tree_module.may_climb(_digest(b))} == {0}
 
 
 def test_a_move_waits_for_its_phase_then_goes_on_any_block():
