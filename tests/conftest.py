@@ -26,26 +26,25 @@ FIGURES = {
 }
 
 
-@pytest.fixture(scope="session")
-def films(tmp_path_factory) -> Path:
-    """Two short sample films (12 s = 6 blocks each) cut by separa.py."""
-    out = tmp_path_factory.mktemp("filme")
+def _sample_films(out: Path, channels: int, seconds: int, size: str) -> Path:
+    """Sample films cut by separa.py into ``out``."""
     subprocess.run([sys.executable, str(REPO / "separa.py"), "--sample",
-                    "--channels", "2", "--seconds-long", "12",
-                    "--size", "320x180", "--out", str(out)],
+                    "--channels", str(channels), "--seconds-long", str(seconds),
+                    "--size", size, "--out", str(out)],
                    check=True, capture_output=True, timeout=120)
     return out
+
+
+@pytest.fixture(scope="session")
+def films(tmp_path_factory) -> Path:
+    """Two short sample films (12 s = 6 blocks each)."""
+    return _sample_films(tmp_path_factory.mktemp("filme"), 2, 12, "320x180")
 
 
 @pytest.fixture(scope="session")
 def long_film(tmp_path_factory) -> Path:
     """One film of 60 s = 30 blocks: no block repeats within a client's latest few."""
-    out = tmp_path_factory.mktemp("filme-long")
-    subprocess.run([sys.executable, str(REPO / "separa.py"), "--sample",
-                    "--channels", "1", "--seconds-long", "60",
-                    "--size", "160x90", "--out", str(out)],
-                   check=True, capture_output=True, timeout=120)
-    return out
+    return _sample_films(tmp_path_factory.mktemp("filme-long"), 1, 60, "160x90")
 
 
 @pytest.fixture
