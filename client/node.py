@@ -94,6 +94,7 @@ class Node(Joining, Upkeep):
         self._last_block = time.monotonic()
         self._next_climb = time.monotonic()
         self._swap_turn, self._climb_turn = tree.PhaseTurn(), tree.PhaseTurn()
+        self._slot_watch_until = 0.0  # monotonic: ask the server for the slot a dead parent left
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -549,7 +550,10 @@ class Node(Joining, Upkeep):
         """
         swap_turn = self._swap_turn.turn(tree.may_swap(self.depth, digest))
         climb_turn = self._climb_turn.turn(tree.may_climb(digest))
-        if self.state in (State.DIRECT, State.ATTACHED) and swap_turn:
+        if (time.monotonic() < self._slot_watch_until and self.state == State.ATTACHED
+                and not tree.may_swap(1, digest)):
+            self._maybe_climb(to_server=True)
+        elif self.state in (State.DIRECT, State.ATTACHED) and swap_turn:
             self._maybe_swap()
         elif time.monotonic() >= self._next_climb and climb_turn:
             self._next_climb = time.monotonic() + self._climb_interval()
@@ -583,7 +587,12 @@ class Node(Joining, Upkeep):
         elif kind == "path":
             self._on_path(arg)
         elif kind == "lost":
+            parent_was_direct = len(self.path) == 1
             self._orphaned(link.addr, f"parent {link.addr} lost: {arg}")
+            if parent_was_direct:
+                # The server frees the dead client's slot within a few periods:
+                # take it back (with our subtree) rather than wait for a climb.
+                self._slot_watch_until = time.monotonic() + SLOT_WATCH_PERIODS * self.config.period
         elif kind == "drop":
             self._orphaned(link.addr, f"parent {link.addr} dropped us: {arg.reason}")
         elif kind == "move":
@@ -672,6 +681,10 @@ class Node(Joining, Upkeep):
             self.counters.bytes_sent_to = sent_to
             self.counters.bytes_sent = sum(sent_to.values()) + self.counters.bytes_served
             write_json_atomically(self.config.store / "status.json", self.snapshot())
+
+
+#: How long (in periods) an orphan of a direct client keeps asking the server for its slot.
+SLOT_WATCH_PERIODS = 12
 
 
 def _close_listener(sock: socket.socket) -> None:

@@ -214,7 +214,7 @@ class Upkeep:
         """Every 3 to 6 periods, at random, so that clients do not all look at once."""
         return self.config.period * random.uniform(3, 6)
 
-    def _maybe_climb(self) -> None:
+    def _maybe_climb(self, to_server: bool = False) -> None:
         """Move up a level when a shallower place is free: the tree compacts again after churn.
 
         A child of a direct client tries the server itself (a slot freed by a
@@ -222,6 +222,8 @@ class Upkeep:
         place at least one level shallower through the direct clients. The
         subtree moves along, and the move resumes without a hole like any
         rejoin. Called just after a block (:meth:`client.node.Node._just_stored`).
+        ``to_server``: an orphan of a dead direct client asks the server for
+        the slot it left, whatever its depth now.
         """
         with self._lock:
             # Not the swap cooldown: swaps move the clients of a deep branch often
@@ -231,7 +233,7 @@ class Upkeep:
                 return
             depth, old = self.depth, self.parent_link
             members = tree.members_below(self._relay_view())
-        if depth == 2:
+        if depth == 2 or to_server:
             moved = self._try_server()
         else:
             moved = self._climb_to(depth, members, old.addr)
