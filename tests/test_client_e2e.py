@@ -490,3 +490,40 @@ def test_a_rejoiner_whose_new_parent_cannot_place_it_fetches_the_gap_further_up(
         wait_until(lambda: received_more([child], before, 8), 20, "8 more blocks at the child")
         assert_continuous(child, long_film)
         assert re.search(r"missed \d+ block\(s\) before \S+'s window", child.log_text())
+
+
+def test_the_slot_of_a_frozen_direct_client_is_taken_back_and_nobody_loses_a_block(
+        tmp_path, long_film):
+    """Two direct clients, each with one child; one direct client freezes.
+
+    Its orphan rejoins under the other branch and asks the server for the
+    freed slot; the tree hangs from two direct clients again, and every
+    survivor stored the film without a hole. (The 30-block film: the orphan
+    misses more blocks than a 6-block film has.)
+    """
+    with Cluster(tmp_path, long_film) as cluster:
+        server = cluster.start_server(max_clients=2, period=PERIOD, channels=1)
+        clients = []
+        for _ in range(4):
+            proc = cluster.start_client(server, "--balance-margin", "0", max_children=1,
+                                        period=PERIOD)
+            wait_until(lambda: status(proc).get("state") in ("direct", "attached"), 20,
+                       f"{proc.ip} to find a place")
+            clients.append(proc)
+        wait_until(lambda: receiving(clients, 2), 20, "every client to receive")
+        statuses = tree_of(clients)
+        victim = next(p for p in clients
+                      if statuses[p.ip]["parent"] == "server" and statuses[p.ip]["children"])
+        survivors = [p for p in clients if p is not victim]
+        victim.freeze()
+        try:
+            def two_direct_clients_again():
+                s = settled_tree(survivors)
+                return s and [x["parent"] for x in s.values()].count("server") == 2
+            wait_until(two_direct_clients_again, 60, "two direct clients again")
+            before = counts(survivors)
+            wait_until(lambda: received_more(survivors, before, 4), 20, "4 more blocks everywhere")
+        finally:
+            victim.kill()
+        for proc in survivors:
+            assert_continuous(proc, long_film)
