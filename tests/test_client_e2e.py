@@ -60,9 +60,9 @@ def counts(procs):
     return {p.ip: status(p).get("blocks_received", 0) for p in procs}
 
 
-def start_tree(cluster, n, *extra, max_children=2, max_clients=1):
+def start_tree(cluster, n, *extra, max_children=2, max_clients=1, channels=2):
     """A server and ``n`` clients started one after the other, each awaited in place."""
-    server = cluster.start_server(max_clients=max_clients, period=PERIOD, channels=2)
+    server = cluster.start_server(max_clients=max_clients, period=PERIOD, channels=channels)
     clients = []
     for _ in range(n):
         proc = cluster.start_client(server, *extra, max_children=max_children, period=PERIOD)
@@ -502,15 +502,8 @@ def test_the_slot_of_a_frozen_direct_client_is_taken_back_and_nobody_loses_a_blo
     misses more blocks than a 6-block film has.)
     """
     with Cluster(tmp_path, long_film) as cluster:
-        server = cluster.start_server(max_clients=2, period=PERIOD, channels=1)
-        clients = []
-        for _ in range(4):
-            proc = cluster.start_client(server, "--balance-margin", "0", max_children=1,
-                                        period=PERIOD)
-            wait_until(lambda: status(proc).get("state") in ("direct", "attached"), 20,
-                       f"{proc.ip} to find a place")
-            clients.append(proc)
-        wait_until(lambda: receiving(clients, 2), 20, "every client to receive")
+        server, clients = start_tree(cluster, 4, "--balance-margin", "0", max_children=1,
+                                     max_clients=2, channels=1)
         statuses = tree_of(clients)
         victim = next(p for p in clients
                       if statuses[p.ip]["parent"] == "server" and statuses[p.ip]["children"])
