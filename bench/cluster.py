@@ -3,7 +3,10 @@
 One launcher serves the end-to-end tests, the demo and the benchmark, so that
 every process any of them starts is tracked by process id and stopped on exit.
 Each process gets its own address of 127.0.0.0/8 (see PROTOCOL.md): the server
-identifies clients by IP alone.
+identifies clients by IP alone. Each process of this module (a test session,
+a benchmark, the demo) also picks ports of its own (:func:`session_ports`), so
+that a relaytv server or client the user runs on the stock ports (6060, 9091,
+9092 on all addresses) neither takes a cluster's traffic nor blocks its binds.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +45,51 @@ _ADDRESSES = _loopback_addresses()
 def next_address() -> str:
     """A loopback address no earlier call of this process handed out."""
     return next(_ADDRESSES)
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The three ports of one cluster: the server's requests, the clients' push
+    and peer ports (the same on every client, as the protocols want)."""
+
+    server: int
+    push: int
+    peer: int
+
+
+#: Where :func:`session_ports` looks: below Linux's ephemeral range (32768-60999),
+#: so that no outgoing connection of the machine holds one of them.
+PORT_RANGE = range(20000, 32000, 3)
+STOCK_PORTS = Ports(6060, 9091, 9092)
+
+
+def _free_on_all_addresses(port: int) -> bool:
+    """True when nothing listens on ``port`` at any address (a wildcard bind would fail)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports() -> Ports:
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    for _ in range(200):
+        base = rng.choice(PORT_RANGE)
+        if all(_free_on_all_addresses(base + i) for i in range(3)):
+            return Ports(base, base + 1, base + 2)
+    raise OSError(f"no three free ports in {PORT_RANGE.start}-{PORT_RANGE.stop}")
+
+
+_SESSION_PORTS: list[Ports] = []
+
+
+def session_ports() -> Ports:
+    """The ports of every cluster of this process, chosen once at random among free ones."""
+    if not _SESSION_PORTS:
+        _SESSION_PORTS.append(_pick_ports())
+    return _SESSION_PORTS[0]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float,
@@ -116,20 +165,25 @@ class Cluster:
 
     def __init__(self, workdir: Path, films: Path | None = None,
                  python: str = sys.executable, code: Path | None = None,
-                 prefix: Callable[[str], list[str]] | None = None):
+                 prefix: Callable[[str], list[str]] | None = None,
+                 ports: Ports | None = None):
         """``code``: the folder the processes run from (``-m server``, ``-m client``);
         the repository by default, or e.g. an export of one commit.
 
         ``prefix``: given a process's address, the argv put before its command,
         e.g. ``["ip", "netns", "exec", NS]`` to run it on another host
         (:mod:`bench.netns`). The prefix must exec the command, so that the
-        process id stays the command's own (kill, freeze and stop use it)."""
+        process id stays the command's own (kill, freeze and stop use it).
+
+        ``ports``: the server, push and peer ports of every process started
+        (default: :func:`session_ports`)."""
         self.code = Path(code) if code else REPO
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.films = Path(films) if films else REPO / "filme"
         self.python = python
         self.prefix = prefix
+        self.ports = ports or session_ports()
         self.procs: list[Proc] = []
 
     def spawn(self, name: str, ip: str, argv: list[str],
@@ -148,11 +202,12 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, *extra: str, ip: str | None = None, port: int = 6060,
+    def start_server(self, *extra: str, ip: str | None = None, port: int | None = None,
                      channels: int | None = None, max_clients: int = 2,
                      period: float = 2.0, name: str = "server") -> Proc:
         ip = ip or next_address()
-        argv = [self.python, "-m", "server", "--host", ip, "--port", str(port),
+        argv = [self.python, "-m", "server", "--host", ip,
+                "--port", str(port or self.ports.server), "--push-port", str(self.ports.push),
                 "--films", str(self.films), "--max-clients", str(max_clients),
                 "--period", str(period), "--log-level", "INFO"]
         if channels is not None:
@@ -161,13 +216,15 @@ class Cluster:
 
     def start_client(self, server: Proc, *extra: str, max_children: int = 2,
                      ip: str | None = None, channel: int = 0, period: float = 2.0,
-                     name: str | None = None, port: int = 6060,
+                     name: str | None = None, port: int | None = None,
                      stdin=subprocess.DEVNULL) -> Proc:
         ip = ip or next_address()
         name = name or f"client-{ip}"
         store = self.workdir / "stores" / ip
         argv = [self.python, "-m", "client", "--max-children", str(max_children),
-                "--server", f"{server.ip}:{port}", "--channel", str(channel),
+                "--server", f"{server.ip}:{port or self.ports.server}",
+                "--push-port", str(self.ports.push), "--peer-port", str(self.ports.peer),
+                "--channel", str(channel),
                 "--ip", ip, "--store", str(store), "--period", str(period),
                 "--no-player", "--no-menu", "--log-level", "INFO"]
         for wanted, default in (("--menu", "--no-menu"), ("--player", "--no-player")):

@@ -20,7 +20,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.cluster import REPO, Cluster, wait_until
+from bench.cluster import REPO, STOCK_PORTS, Cluster, wait_until
 
 log = logging.getLogger("demo")
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="relaytv-demo-"))
     screen = bool(os.environ.get("DISPLAY"))
     try:
-        with Cluster(workdir, args.films) as cluster:
+        with Cluster(workdir, args.films, ports=STOCK_PORTS) as cluster:
             server = cluster.start_server(max_clients=args.server_slots, period=args.period)
             log.info("server on %s:6060 (logs in %s)", server.ip, workdir)
             clients = []

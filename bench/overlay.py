@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-upload-mbit", type=float, default=0.0, metavar="MBIT",
                    help="with --netns: the server host's upload cap; 0: no cap")
     p.add_argument("--client-server-port", type=int, default=None, metavar="PORT",
-                   help="the server port given to the clients (default: the server's, 6060); "
+                   help="the server port given to the clients (default: the server's); "
                         "a wrong one simulates misconfigured clients")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     return p
@@ -317,7 +317,7 @@ class Scenario:
         self.epochs.append(metrics.Epoch(time.time() - 0.01, number))
 
     def start_client(self, c: ClientRun) -> None:
-        port = self.args.client_server_port or 6060
+        port = self.args.client_server_port or self.cluster.ports.server
         ip = netns.client_address(c.index) if self.topology else None
         extra = list(self.args.client_arg)
         if self.args.catch_up:

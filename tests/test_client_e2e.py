@@ -14,10 +14,11 @@ import socket
 import struct
 import subprocess
 
-from bench.cluster import Cluster, wait_until
+from bench.cluster import Cluster, session_ports, wait_until
 from client.peerproto import block_digest
 
 PERIOD = 0.5
+PEER_PORT = session_ports().peer   # every cluster's clients listen there
 
 
 def film_index(films, name="canal0"):
@@ -147,12 +148,12 @@ def test_killed_relay_children_rejoin_with_their_subtree_and_lose_nothing(cluste
     by_ip = {p.ip: p for p in clients}
     for ip in orphans:
         assert isinstance(after[ip]["parent"], dict) or after[ip]["parent"] == "server"
-        assert after[ip]["parent"] != {"ip": victim.ip, "port": 9092}
+        assert after[ip]["parent"] != {"ip": victim.ip, "port": PEER_PORT}
         assert after[ip]["rejoins"] >= 1
         for below in grandchildren[ip]:
             # The orphan's subtree moved with it: its children never lost their parent
             # (they may climb to a shallower place later on, which is another matter).
-            assert f"parent {ip}:9092 lost" not in by_ip[below].log_text()
+            assert f"parent {ip}:{PEER_PORT} lost" not in by_ip[below].log_text()
     assert all(len(s["children"]) <= 2 for s in after.values())
     for proc in survivors:
         assert_continuous(proc, films)
@@ -198,7 +199,7 @@ def test_hostile_peer_input_is_refused_and_the_client_keeps_receiving(cluster, f
     attacker_ip = "127.0.0.250"
 
     def send(payload: bytes, close: bool = True):
-        with socket.create_connection((target.ip, 9092), timeout=3,
+        with socket.create_connection((target.ip, PEER_PORT), timeout=3,
                                       source_address=(attacker_ip, 0)) as sock:
             sock.sendall(payload)
             if close:
@@ -213,7 +214,7 @@ def test_hostile_peer_input_is_refused_and_the_client_keeps_receiving(cluster, f
     send(struct.pack(">BI", 1, 100) + b"{")                # stops mid-frame
     send(struct.pack(">BI", 1, 2) + b"[]")                 # not an object
     hello = json.dumps({"proto": "relaytv", "version": 1, "kind": "join", "ip": "127.0.0.9",
-                        "port": 9092, "channel": 0}).encode()
+                        "port": PEER_PORT, "channel": 0}).encode()
     send(struct.pack(">BI", 1, len(hello)) + hello)        # claims another address
     before = counts(clients)
     wait_until(lambda: received_more(clients, before, 3), 20, "clients to keep receiving")
@@ -233,8 +234,8 @@ def test_menu_through_standard_input(cluster, films):
     proc.popen.stdin.close()
     assert proc.popen.wait(timeout=15) == 0
     out = proc.log_text()
-    assert f"receiving from: server {server.ip}:6060" in out
-    assert f"this client:    {proc.ip}:9092 at depth 1" in out
+    assert f"receiving from: server {server.ip}:{session_ports().server}" in out
+    assert f"this client:    {proc.ip}:{PEER_PORT} at depth 1" in out
     assert "sending to:     nobody" in out
     assert "file(s) waiting in" in out and ".mkv" in out
     assert "unknown command: bogus" in out
@@ -269,8 +270,8 @@ def test_a_child_that_stops_reading_is_dropped_and_its_siblings_lose_nothing(clu
     parent = clients[0]
     stuck_ip = "127.0.0.252"
     hello = json.dumps({"proto": "relaytv", "version": 1, "kind": "join", "ip": stuck_ip,
-                        "port": 9092, "channel": 0, "max_children": 0}).encode()
-    with socket.create_connection((parent.ip, 9092), timeout=5, source_address=(stuck_ip, 0)) as stuck:
+                        "port": PEER_PORT, "channel": 0, "max_children": 0}).encode()
+    with socket.create_connection((parent.ip, PEER_PORT), timeout=5, source_address=(stuck_ip, 0)) as stuck:
         stuck.sendall(struct.pack(">BI", 1, len(hello)) + hello)  # joins, then never reads
         wait_until(lambda: stuck_ip in {c["ip"] for c in status(parent).get("children", [])}, 10,
                    "the stuck child to be accepted")
@@ -278,7 +279,7 @@ def test_a_child_that_stops_reading_is_dropped_and_its_siblings_lose_nothing(clu
         wait_until(lambda: stuck_ip not in {c["ip"] for c in status(parent).get("children", [])},
                    20, "the stuck child to be dropped")
         wait_until(lambda: received_more(clients, before, 4), 20, "the others to keep receiving")
-    assert f"child {stuck_ip}:9092 gone" in parent.log_text()
+    assert f"child {stuck_ip}:{PEER_PORT} gone" in parent.log_text()
     for proc in clients:
         assert_continuous(proc, films)
 
@@ -286,7 +287,8 @@ def test_a_child_that_stops_reading_is_dropped_and_its_siblings_lose_nothing(clu
 def test_missing_max_children_is_asked_once(cluster, films):
     server = cluster.start_server(max_clients=1, period=PERIOD)
     ip = "127.0.0.251"
-    argv = [cluster.python, "-m", "client", "--server", f"{server.ip}:6060", "--ip", ip,
+    argv = [cluster.python, "-m", "client", "--server", f"{server.ip}:{cluster.ports.server}", "--ip", ip,
+            "--push-port", str(cluster.ports.push), "--peer-port", str(PEER_PORT),
             "--store", str(cluster.workdir / "asked"), "--no-player", "--no-menu",
             "--period", str(PERIOD)]
     proc = cluster.spawn("asked", ip, argv, stdin=subprocess.PIPE)
@@ -314,7 +316,7 @@ def test_frozen_relay_is_detected_by_silence_and_its_children_lose_nothing(clust
         victim.thaw()
     for proc in orphans:
         assert "lost: silent" in proc.log_text(), f"{proc.ip} did not detect the silence"
-        assert status(proc)["parent"] != {"ip": victim.ip, "port": 9092}
+        assert status(proc)["parent"] != {"ip": victim.ip, "port": PEER_PORT}
     for proc in survivors:
         assert_continuous(proc, films)
 
@@ -368,7 +370,7 @@ def chain_with_newcomer(cluster, *newcomer_args):
 def repair_sources(proc):
     """The sources named in the newcomer's 'repair done' line, with their block counts."""
     line = next(l for l in proc.log_text().splitlines() if "repair done" in l)
-    return line, {ip: int(n) for ip, n in re.findall(r"'([\d.]+):9092': (\d+)", line)}
+    return line, {ip: int(n) for ip, n in re.findall(rf"'([\d.]+):{PEER_PORT}': (\d+)", line)}
 
 
 def test_catch_up_fills_a_newcomer_s_buffer_from_several_peers(cluster, films):
@@ -392,7 +394,7 @@ def test_repair_completes_from_the_others_when_a_source_dies_mid_way(cluster, fi
     middle.kill()
     wait_until(lambda: "repair done" in newcomer.log_text(), 30, "the repair to finish")
     line, sources = repair_sources(newcomer)
-    assert f"repair source {middle.ip}:9092 failed" in newcomer.log_text()
+    assert f"repair source {middle.ip}:{PEER_PORT} failed" in newcomer.log_text()
     assert sum(sources.values()) == 6 and "0 lost" in line, line
     assert sources.get(middle.ip, 0) < 2, "the killed source cannot have served its whole part"
     survivors = [root, last, newcomer]
@@ -480,7 +482,7 @@ def test_a_rejoiner_whose_new_parent_cannot_place_it_fetches_the_gap_further_up(
         wait_until(lambda: receiving([child], 3), 20, "the child to receive")
         child.freeze()
         try:
-            wait_until(lambda: f"child {child.ip}:9092 gone" in relay.log_text(), 20,
+            wait_until(lambda: f"child {child.ip}:{PEER_PORT} gone" in relay.log_text(), 20,
                        "the relay to drop its frozen child")
             before = counts([relay])
             wait_until(lambda: received_more([relay], before, 3), 20, "3 more blocks at the relay")
