@@ -4,11 +4,13 @@ Everything that decides lives in pure modules: :mod:`server.protocol` (what
 bytes mean), :mod:`server.channel` (membership, failure rule, schedule) and
 :mod:`server.films` (which files to send). This module only moves bytes:
 
-* the listener (main thread) accepts request connections and hands each to a
-  handler thread; at most :data:`MAX_HANDLERS` run at once, a connection past
-  that is closed at once;
-* a handler reads one request (at most 1,024 bytes, within
-  :data:`REQUEST_TIMEOUT`), answers it and closes;
+* the listener (main thread) accepts request connections and reads each one's
+  request in its selector (at most 1,024 bytes, within :data:`REQUEST_TIMEOUT`;
+  :mod:`server.intake` bounds how many are read at once, per address and in
+  all), so that idle connections hold no thread;
+* a complete, valid request goes to a handler thread, which answers it and
+  closes; at most :data:`MAX_HANDLERS` run at once, a request past that is
+  closed at once;
 * one thread per channel sends a block every period on an absolute schedule,
   to all the channel's clients in parallel through a small pool of sender
   threads, every send bounded by the end of the period.
@@ -41,6 +43,7 @@ from typing import Callable
 from server import protocol
 from server.channel import Channel, Outcome, Registry, Schedule, Slot
 from server.films import Film, FilmError, assign_films, find_films
+from server.intake import Finished, Intake
 
 log = logging.getLogger("server")
 
@@ -51,7 +54,7 @@ DEFAULT_FILMS = REPO / "filme"
 REQUEST_TIMEOUT = 2.0
 #: Connecting to a push port and sending a join answer: at most this long.
 ANSWER_TIMEOUT = 1.0
-#: Request handlers running at once; connections past this are closed at once.
+#: Request handlers running at once; requests past this are closed at once.
 MAX_HANDLERS = 32
 #: Sender threads per channel at most (fewer when --max-clients is smaller).
 MAX_SENDERS = 16
@@ -330,6 +333,7 @@ class ChannelServer:
         self.schedule: Schedule | None = None
         self.senders = [ChannelSender(i, film, self) for i, film in enumerate(self.films)]
         self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
+        self._intake = Intake(REQUEST_TIMEOUT)       # owned by the listener (serve)
         self._handlers: set[threading.Thread] = set()
         self._handlers_lock = threading.Lock()
         self._counters = {"requests": 0, "bad_requests": 0, "refused_connections": 0}
@@ -368,15 +372,30 @@ class ChannelServer:
             pass
 
     def serve(self) -> None:
-        """Accept request connections until :meth:`request_stop`."""
+        """Accept request connections and read their requests until :meth:`request_stop`.
+
+        Requests are read here, in the selector (:mod:`server.intake`); only a
+        complete, valid request takes a handler thread.
+        """
         assert self._listener is not None, "bind() first"
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
-            while not self.stopping.is_set():
-                for key, _ in selector.select(timeout=1.0):
-                    if key.fileobj is self._listener:
-                        self._accept()
+            try:
+                while not self.stopping.is_set():
+                    deadline = self._intake.next_deadline()
+                    timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
+                    for key, _ in selector.select(timeout=timeout):
+                        if key.fileobj is self._listener:
+                            self._accept(selector)
+                        elif key.fileobj is not self._wake_r:
+                            self._read_some(selector, key.fileobj, key.data)
+                    for finished in self._intake.expired(self.clock()):
+                        self._finish_reading(selector, finished)
+            finally:
+                for finished in self._intake.drain():
+                    selector.unregister(finished.key)
+                    finished.key.close()
 
     def close(self) -> None:
         """Stop everything started and join every thread (after :meth:`serve` returned)."""
@@ -410,7 +429,7 @@ class ChannelServer:
         with self._handlers_lock:
             self._counters[name] += 1
 
-    def _accept(self) -> None:
+    def _accept(self, selector: selectors.BaseSelector) -> None:
         while True:
             try:
                 conn, peer = self._listener.accept()
@@ -419,32 +438,90 @@ class ChannelServer:
             except OSError as exc:
                 log.warning("accept failed: %s", _describe(exc))
                 return
-            if not self._slots.acquire(blocking=False):
+            conn.setblocking(False)
+            for evicted in self._intake.add(conn, peer[0], self.clock()):
                 self._count_up("refused_connections")
-                log.warning("%s:%d: too many requests in progress (%d); connection closed",
-                            peer[0], peer[1], MAX_HANDLERS)
-                _abort(conn)
-                continue
-            thread = threading.Thread(target=self._handle, args=(conn, peer),
-                                      name=f"request-{peer[0]}:{peer[1]}")
-            with self._handlers_lock:
-                self._handlers.add(thread)
-            try:
-                thread.start()
-            except RuntimeError as exc:   # cannot start a thread: drop this one request
-                with self._handlers_lock:
-                    self._handlers.discard(thread)
-                self._slots.release()
-                log.error("%s:%d: cannot start a handler (%s); connection closed",
-                          peer[0], peer[1], exc)
-                _abort(conn)
+                log.warning("%s: too many connections without a request yet (at most %d "
+                            "per address, %d in all); the oldest is closed", evicted.ip,
+                            self._intake.max_per_address, self._intake.max_reading)
+                selector.unregister(evicted.key)
+                _abort(evicted.key)
+            selector.register(conn, selectors.EVENT_READ, peer)
 
-    def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    def _read_some(self, selector: selectors.BaseSelector, conn: socket.socket,
+                   peer: tuple[str, int]) -> None:
+        try:
+            chunk = conn.recv(self._intake.room(conn))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._count_up("requests")
+            self._count_up("bad_requests")
+            log.warning("%s:%d: reading the request failed: %s", peer[0], peer[1],
+                        _describe(exc))
+            self._intake.received(conn, b"")
+            selector.unregister(conn)
+            conn.close()
+            return
+        finished = self._intake.received(conn, chunk)
+        if finished is not None:
+            self._finish_reading(selector, finished)
+
+    def _finish_reading(self, selector: selectors.BaseSelector, finished: Finished) -> None:
+        """A connection's request is in (or will never be): answer it in a handler, or drop it."""
+        conn: socket.socket = finished.key
+        peer = selector.unregister(conn).data
+        self._count_up("requests")
+        request = self._parse(peer, finished)
+        if request is None:
+            conn.close()
+            return
+        if not self._slots.acquire(blocking=False):
+            self._count_up("refused_connections")
+            log.warning("%s:%d: too many requests in progress (%d); connection closed",
+                        peer[0], peer[1], MAX_HANDLERS)
+            _abort(conn)
+            return
+        conn.setblocking(True)
+        thread = threading.Thread(target=self._handle, args=(conn, peer, request),
+                                  name=f"request-{peer[0]}:{peer[1]}")
+        with self._handlers_lock:
+            self._handlers.add(thread)
+        try:
+            thread.start()
+        except RuntimeError as exc:   # cannot start a thread: drop this one request
+            with self._handlers_lock:
+                self._handlers.discard(thread)
+            self._slots.release()
+            log.error("%s:%d: cannot start a handler (%s); connection closed",
+                      peer[0], peer[1], exc)
+            _abort(conn)
+
+    def _parse(self, peer: tuple[str, int], finished: Finished) -> protocol.Request | None:
+        """The request read, or None (logged and counted) when there is none to act on."""
+        if finished.why == "timeout" and not finished.data:
+            self._count_up("bad_requests")
+            log.warning("%s:%d: no request within %.1f s; connection closed",
+                        peer[0], peer[1], REQUEST_TIMEOUT)
+            return None
+        try:
+            return protocol.parse_request(finished.data, len(self.films))
+        except protocol.BadRequest as exc:
+            self._count_up("bad_requests")
+            log.warning("%s:%d: bad request: %s", peer[0], peer[1], exc)
+            return None
+
+    def _handle(self, conn: socket.socket, peer: tuple[str, int],
+                request: protocol.Request) -> None:
         try:
             if not self.sockets.add(conn):
                 return
             try:
-                self._serve_request(conn, peer)
+                self._dispatch[request.code](conn, peer[0], request.channel)
+            except OSError as exc:
+                if not self.stopping.is_set():
+                    log.warning("%s:%d: answering %s%d failed: %s", peer[0], peer[1],
+                                request.code, request.channel, _describe(exc))
             finally:
                 self.sockets.discard(conn)
         except Exception:
@@ -454,53 +531,6 @@ class ChannelServer:
             with self._handlers_lock:
                 self._handlers.discard(threading.current_thread())
             self._slots.release()
-
-    def _read_request(self, conn: socket.socket) -> tuple[bytes, str]:
-        """Read until a whole request is in, end of stream, 1,024 bytes or the timeout.
-
-        Returns the bytes and why reading stopped (``complete``, ``eof``, ``timeout``).
-        """
-        deadline = self.clock() + REQUEST_TIMEOUT
-        data = b""
-        while not protocol.request_complete(data):
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                return data, "timeout"
-            conn.settimeout(remaining)
-            try:
-                chunk = conn.recv(protocol.MAX_REQUEST - len(data))
-            except TimeoutError:
-                return data, "timeout"
-            if not chunk:
-                return data, "eof"
-            data += chunk
-        return data, "complete"
-
-    def _serve_request(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        self._count_up("requests")
-        try:
-            data, why = self._read_request(conn)
-        except OSError as exc:
-            if self.stopping.is_set():
-                return
-            self._count_up("bad_requests")
-            log.warning("%s:%d: reading the request failed: %s", peer[0], peer[1],
-                        _describe(exc))
-            return
-        if self.stopping.is_set():
-            return          # woken by the stop: not the peer's fault
-        if why == "timeout" and not data:
-            self._count_up("bad_requests")
-            log.warning("%s:%d: no request within %.1f s; connection closed",
-                        peer[0], peer[1], REQUEST_TIMEOUT)
-            return
-        try:
-            request = protocol.parse_request(data, len(self.films))
-        except protocol.BadRequest as exc:
-            self._count_up("bad_requests")
-            log.warning("%s:%d: bad request: %s", peer[0], peer[1], exc)
-            return
-        self._dispatch[request.code](conn, peer[0], request.channel)
 
     def _join(self, conn: socket.socket, ip: str, channel: int) -> None:
         result = self.registry.join(ip, channel)
