@@ -10,6 +10,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from typing import Callable
 
 from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message,
@@ -60,8 +61,39 @@ def read_message(sock: socket.socket, decoder: FrameDecoder) -> Message:
         decoder.feed(sock.recv(RECV_CHUNK))
 
 
+def read_message_by(sock: socket.socket, decoder: FrameDecoder, deadline: float,
+                    chunk: int = RECV_CHUNK, clock: Callable[[], float] = time.monotonic) -> Message:
+    """One whole message before ``deadline`` (a ``clock()`` time) or ``socket.timeout``.
+
+    The bound is on the whole read, not on each ``recv``: a peer that sends
+    one byte a second is cut at the deadline all the same.
+    """
+    while True:
+        message = decoder.next_message()
+        if message is not None:
+            return message
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise socket.timeout("deadline passed before a whole message came")
+        sock.settimeout(remaining)
+        decoder.feed(sock.recv(chunk))
+
+
+def addresses_of(host: str) -> frozenset[str]:
+    """The IPv4 addresses of ``host`` (itself when it is one: no look-up then)."""
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM,
+                                   flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        try:
+            infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+        except socket.gaierror:
+            return frozenset()
+    return frozenset(info[4][0] for info in infos)
+
+
 class StockServer:
-    """Requests to the channel server, as PROTOCOL.md describes them.
+    """Requests to the channel server, as the stock protocol (docs/report/protocol.rst) has them.
 
     The join answer does not come back on the request connection but on the
     client's push port; :meth:`join` therefore takes the queue into which the

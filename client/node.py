@@ -22,17 +22,19 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import struct
 import threading
 import time
 
-from client import tree
+from client import strangers, tree
 from client.fetcher import RepairJob
 from client.joining import Joining
-from client.links import ChildLink, ParentLink, StockServer, listen_on, read_message
+from client.links import (ChildLink, ParentLink, StockServer, addresses_of, listen_on,
+                          read_message, read_message_by)
 from client.model import SERVER, Config, Counters, Rejoin, State
 from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
-                              FrameDecoder, Hello, Info, Keepalive, Move, PathUpdate,
-                              MAX_WANT, PeerProtocolError, Redirect, Reject, Report, Swap,
+                              FrameDecoder, HEADER, Hello, Info, Keepalive, Move, PathUpdate,
+                              MAX_BLOCK, MAX_CONTROL, MAX_WANT, PeerProtocolError, Redirect, Reject, Report, Swap,
                               SwapAnswer, encode)
 from client.repair import RepairPlan
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
@@ -43,8 +45,6 @@ __all__ = ["Node", "Config", "State", "SERVER"]
 
 log = logging.getLogger(__name__)
 
-MAX_PUSH = 64 * 1024 * 1024
-MAX_PEER_HANDLERS = 64
 PUSH_BACKLOG = 2
 PEER_BACKLOG = 16
 
@@ -65,7 +65,12 @@ class Node(Joining, Upkeep):
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._handlers: set[threading.Thread] = set()
-        self._handler_slots = threading.BoundedSemaphore(MAX_PEER_HANDLERS)
+        # Each port its own bounded pool: no stranger on one can cost the other (client.strangers).
+        self._push_gate = strangers.Gate("push", strangers.MAX_PUSH_HANDLERS)
+        self._peer_gate = strangers.Gate("peer", strangers.MAX_PEER_HANDLERS,
+                                         strangers.MAX_HANDSHAKES_PER_ADDRESS)
+        self._blame = strangers.BlameLog(log)
+        self._server_ips = addresses_of(config.server_host)
 
         self.state = State.JOINING
         self.parent: str | Addr | None = None
@@ -157,13 +162,19 @@ class Node(Joining, Upkeep):
                 conn, (peer_ip, _) = self._push_sock.accept()
             except OSError:
                 break
-            self._spawn_handler(self._handle_push, conn, peer_ip)
+            if not strangers.push_allowed(self._server_ips, peer_ip):
+                self._blame.report(strangers.VIOLATION, peer_ip,
+                                   "pushes come from the channel server "
+                                   f"({self.config.server_host}) only: connection ignored")
+                _abort(conn)
+                continue
+            self._spawn_handler(self._handle_push, conn, peer_ip, self._push_gate)
 
-    def _handle_push(self, conn: socket.socket, peer_ip: str) -> None:
+    def _handle_push(self, conn: socket.socket, peer_ip: str, ticket: strangers.Ticket) -> None:
         data = bytearray()
         try:
             conn.settimeout(5.0)
-            while len(data) <= MAX_PUSH:
+            while len(data) <= MAX_BLOCK:
                 chunk = conn.recv(1024 * 1024)
                 if not chunk:
                     break
@@ -171,8 +182,11 @@ class Node(Joining, Upkeep):
         except OSError as exc:
             log.warning("push connection from %s failed after %d bytes: %s", peer_ip, len(data), exc)
             return
-        if len(data) > MAX_PUSH:
-            log.warning("push from %s exceeds %d bytes: ignored", peer_ip, MAX_PUSH)
+        if len(data) > MAX_BLOCK:
+            self._blame.report(strangers.LIMIT, peer_ip, "a push larger than "
+                               f"{MAX_BLOCK >> 20} MiB, the largest block relaytv stores and "
+                               "relays: refused")
+            self._write_status()
         elif bytes(data) in (stock.JOINED, stock.FULL):
             self._join_answers.put(bytes(data))
         elif data.startswith(stock.EBML_MAGIC):
@@ -337,44 +351,59 @@ class Node(Joining, Upkeep):
                 conn, (peer_ip, _) = self._peer_sock.accept()
             except OSError:
                 break
-            self._spawn_handler(self._handle_peer, conn, peer_ip)
+            self._spawn_handler(self._handle_peer, conn, peer_ip, self._peer_gate)
 
-    def _spawn_handler(self, target, conn: socket.socket, peer_ip: str) -> None:
-        if not self._handler_slots.acquire(blocking=False):
-            log.warning("too many connections: refusing one from %s", peer_ip)
-            conn.close()
+    def _spawn_handler(self, target, conn: socket.socket, peer_ip: str,
+                       gate: strangers.Gate) -> None:
+        ticket = gate.admit(peer_ip)
+        if isinstance(ticket, str):
+            self._blame.report(strangers.LIMIT, peer_ip, f"{ticket}: connection refused")
+            _abort(conn)
             return
 
         def run():
             try:
-                target(conn, peer_ip)
+                target(conn, peer_ip, ticket)
             except Exception:
                 log.exception("handler for %s failed", peer_ip)
             finally:
                 conn.close()
-                self._handler_slots.release()
+                ticket.close()
                 self._handlers.discard(threading.current_thread())
 
-        thread = threading.Thread(target=run, name=f"handler-{peer_ip}")
+        thread = threading.Thread(target=run, name=f"handler-{gate.name}-{peer_ip}")
         self._handlers.add(thread)
         thread.start()
 
-    def _handle_peer(self, conn: socket.socket, peer_ip: str) -> None:
-        decoder = FrameDecoder()
-        conn.settimeout(3.0)
+    def _handle_peer(self, conn: socket.socket, peer_ip: str, ticket: strangers.Ticket) -> None:
+        # A stranger sends control frames only: no block is ever buffered for it.
+        decoder = FrameDecoder(max_frame=MAX_CONTROL)
+        deadline = time.monotonic() + strangers.HANDSHAKE_DEADLINE
         try:
-            hello = read_message(conn, decoder)
+            hello = read_message_by(conn, decoder, deadline, chunk=HEADER.size + MAX_CONTROL)
             if not isinstance(hello, Hello):
                 raise PeerProtocolError(f"expected Hello, got {type(hello).__name__}")
-            if hello.addr.ip != peer_ip:
-                raise PeerProtocolError(f"Hello claims {hello.addr.ip} but comes from {peer_ip}")
-        except (PeerProtocolError, EOFError, OSError) as exc:
-            log.warning("bad peer connection from %s: %s", peer_ip, exc)
+        except socket.timeout:
+            self._blame.report(strangers.LIMIT, peer_ip, "no Hello within "
+                               f"{strangers.HANDSHAKE_DEADLINE:.0f} s: connection cut")
             return
+        except PeerProtocolError as exc:
+            self._blame.report(strangers.VIOLATION, peer_ip, f"{exc}: connection closed")
+            return
+        except (EOFError, OSError) as exc:
+            self._blame.report(strangers.VIOLATION, peer_ip, f"no Hello ({exc})")
+            return
+        finally:
+            ticket.handshake_done()
+        if hello.addr.ip != peer_ip:
+            self._blame.report(strangers.LIE, peer_ip, f"Hello claims {hello.addr.ip}: "
+                               "connection closed")
+            return
+        conn.settimeout(3.0)
         if hello.kind == "probe":
             conn.sendall(encode(self._info(hello)))
         elif hello.kind == "join":
-            self._handle_join(conn, decoder, hello)
+            self._handle_join(conn, decoder, hello, ticket)
         else:
             self._serve_fetch(conn, hello)
 
@@ -404,9 +433,15 @@ class Node(Joining, Upkeep):
         return Info(view.attached, view.depth, view.free, view.sent, tree.free_places(view),
                     after, tuple(b.digest for b in missed[-MAX_WANT:]))
 
-    def _handle_join(self, conn: socket.socket, decoder: FrameDecoder, hello: Hello) -> None:
+    def _handle_join(self, conn: socket.socket, decoder: FrameDecoder, hello: Hello,
+                     ticket: strangers.Ticket) -> None:
         with self._deliver_lock, self._lock:
-            decision = tree.decide_join(self._relay_view(), hello)
+            clash = strangers.identity_clash(self.children, hello.addr)
+            if clash is not None:
+                decision = tree.RejectJoin(f"{clash} is already a child here: one client "
+                                           "per address")
+            else:
+                decision = tree.decide_join(self._relay_view(), hello)
             if isinstance(decision, tree.AcceptJoin):
                 child = self._adopt(conn, hello)
         if isinstance(decision, tree.RedirectJoin):
@@ -414,9 +449,14 @@ class Node(Joining, Upkeep):
             conn.sendall(encode(Redirect(decision.candidates)))
             return
         if isinstance(decision, tree.RejectJoin):
-            log.info("refusing %s: %s", hello.addr, decision.reason)
+            if clash is not None:
+                self._blame.report(strangers.LIMIT, hello.addr.ip, f"a second identity "
+                                   f"{hello.addr}: {decision.reason}")
+            else:
+                log.info("refusing %s: %s", hello.addr, decision.reason)
             conn.sendall(encode(Reject(decision.reason)))
             return
+        ticket.give_back_slot()     # children are bounded by max_children, not by the pool
         child.start()
         self._read_child(conn, decoder, child)
 
@@ -660,6 +700,7 @@ class Node(Joining, Upkeep):
                 "climbs": self.counters.climbs,
                 "last_block_at": self.counters.last_block_at,
                 "members": [str(a) for a in tree.members_below(self._relay_view())],
+                "refusals": dict(self._blame.counts),   # strangers refused, by blame
             }
 
     def stats(self) -> dict:
@@ -685,6 +726,15 @@ class Node(Joining, Upkeep):
 
 #: How long (in periods) an orphan of a direct client keeps asking the server for its slot.
 SLOT_WATCH_PERIODS = 12
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with a reset, at once (a refused stranger gets no orderly goodbye)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
 
 
 def _close_listener(sock: socket.socket) -> None:

@@ -29,12 +29,14 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+from server import protocol as stock
+
 PROTOCOL = "relaytv"
 VERSION = 1
 HEADER = struct.Struct(">BI")
 BLOCK_HEADER = struct.Struct(">Q16s")
 MAX_CONTROL = 64 * 1024
-MAX_BLOCK = 32 * 1024 * 1024
+MAX_BLOCK = stock.MAX_BLOCK    # one bound for a block, pushed or relayed
 MAX_LIST = 64
 MAX_MEMBERS = 1024
 MAX_WANT = 256
@@ -618,9 +620,13 @@ class FrameDecoder:
     received chunk.
     """
 
-    def __init__(self):
+    def __init__(self, max_frame: int | None = None):
+        """``max_frame``: refuse any frame whose payload is longer, e.g.
+        :data:`MAX_CONTROL` on a connection whose peer may not send blocks (a
+        stranger before and after its Hello), so that no block is buffered for it."""
         self._buffer = bytearray()
         self._closed = False
+        self._max_frame = max_frame
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -635,6 +641,9 @@ class FrameDecoder:
         """
         if len(self._buffer) >= HEADER.size:
             kind, length = HEADER.unpack_from(self._buffer)
+            if self._max_frame is not None and length > self._max_frame:
+                raise PeerProtocolError(f"frame of {length} bytes where at most "
+                                        f"{self._max_frame} are allowed")
             if kind == Block.TYPE:
                 if not BLOCK_HEADER.size <= length <= BLOCK_HEADER.size + MAX_BLOCK:
                     raise PeerProtocolError(f"block frame of {length} bytes is out of bounds")

@@ -2,7 +2,7 @@
 
 Nothing here touches a socket (the h11 style, see STYLE.md): the server and the
 client read and write the bytes; this module says what they mean. The wire
-behaviour is the stock server's, described in PROTOCOL.md.
+behaviour is the stock server's, described in docs/report/protocol.rst.
 
 Requests (client -> server, one per TCP connection)::
 
@@ -54,6 +54,9 @@ REQUEST_LENGTH = 3
 MAX_CHANNELS = 10
 #: Longest list answer :func:`parse_client_list` accepts (about 3,500 addresses).
 MAX_LIST_ANSWER = 64 * 1024
+#: Largest block relaytv handles, pushed by the server or relayed between
+#: clients (the stock protocol sets no bound; a client refuses a larger push).
+MAX_BLOCK = 32 * 1024 * 1024
 #: Longest count answer :func:`parse_count` accepts.
 MAX_COUNT_ANSWER = 20
 
@@ -61,7 +64,7 @@ _DIGITS = frozenset("0123456789")
 
 
 class ProtocolError(ValueError):
-    """Bytes that do not follow PROTOCOL.md. Base of the errors below."""
+    """Bytes that do not follow the stock protocol. Base of the errors below."""
 
 
 class BadRequest(ProtocolError):
@@ -81,7 +84,7 @@ class BadRequest(ProtocolError):
 
 
 class BadAnswer(ProtocolError):
-    """A server answer (list, count, join) that is not what PROTOCOL.md allows."""
+    """A server answer (list, count, join) that the stock protocol does not allow."""
 
 
 @dataclass(frozen=True)
