@@ -1,1 +1,1 @@
-"""The channel server: broadcasts films cut into blocks to the clients of each channel (PROTOCOL.md)."""
+"""The channel server: broadcasts films cut into blocks to the clients of each channel (the stock protocol, docs/report/protocol.rst)."""

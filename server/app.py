@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m server" if script in ("", "__main__.py", "-c") else script,
         description="relaytv channel server: broadcasts films cut into blocks "
                     "(NAME_00000.mkv, ...) to the clients of each channel, "
-                    "with the stock server's wire protocol (PROTOCOL.md).",
+                    "with the stock server's wire protocol, described in "
+                    "docs/report/protocol.rst (section 'The stock protocol').",
         epilog="Ctrl-C or SIGTERM stops it; --stats then receives the statistics.")
     parser.add_argument("--host", default="",
                         help="address to listen on (default: all interfaces)")
