@@ -315,6 +315,24 @@ class ChannelSender:
                       self.number, block, len(data), len(targets))
 
 
+def _warn_of_oversized_blocks(films: list[Film]) -> None:
+    """Say at start which blocks relaytv clients will refuse: the stock protocol
+    sends them all the same, so the server does too."""
+    for film in {f.name: f for f in films}.values():
+        oversized = [path for path in film.blocks if _size(path) > protocol.MAX_BLOCK]
+        if oversized:
+            log.warning("film %s: %d block(s) larger than %d MiB (e.g. %s), which relaytv "
+                        "clients refuse; cut the film into shorter blocks", film.name,
+                        len(oversized), protocol.MAX_BLOCK >> 20, oversized[0].name)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 # ---------------------------------------------------------------- server
 
 class ChannelServer:
@@ -326,6 +344,7 @@ class ChannelServer:
         self.clock = clock
         channels = config.channels or max(1, min(len(films), protocol.MAX_CHANNELS))
         self.films = assign_films(films, channels)
+        _warn_of_oversized_blocks(self.films)
         self.registry = Registry(Channel(i, config.max_clients, film.name)
                                  for i, film in enumerate(self.films))
         self.source = config.host if config.host not in ("", "0.0.0.0") else None

@@ -570,3 +570,18 @@ def test_idle_connections_do_not_starve_a_valid_request(cluster, clients, same_a
         for sock in held:
             sock.close()
     assert server.alive and "Traceback" not in server.log_text()
+
+
+def test_blocks_larger_than_relaytv_carries_are_named_at_start(tmp_path):
+    """Issue 11, item 18: one block limit; the server says which blocks clients refuse."""
+    from server.protocol import MAX_BLOCK
+    folder = tmp_path / "films"
+    folder.mkdir()
+    (folder / "huge_00000.mkv").write_bytes(EBML_MAGIC + b"\0" * 100)
+    with open(folder / "huge_00001.mkv", "wb") as f:
+        f.write(EBML_MAGIC)
+        f.truncate(MAX_BLOCK + 1)                          # sparse: no 32 MiB written
+    with Cluster(tmp_path, folder) as cluster:
+        server = start(cluster)
+        assert log_lines(server, "huge", "larger than 32 MiB", "huge_00001.mkv")
+        assert not log_lines(server, "huge_00000.mkv")
