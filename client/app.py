@@ -14,6 +14,7 @@ from pathlib import Path
 
 from client.menu import Menu
 from client.node import Config, Node
+from client.store import StoreLimit, parse_store_limit
 from player.launch import start_player, stop_player
 
 log = logging.getLogger("client")
@@ -70,11 +71,41 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "so that it leaves room for live relaying on a thin uplink (0: no cap)")
     p.add_argument("--stats", type=Path, help="write statistics as JSON here on exit "
                                               "(default <store>/stats.json)")
-    p.add_argument("--no-player", action="store_true", help="do not start the player")
+    p.add_argument("--no-player", action="store_true",
+                   help="do not start the player (a relay without a screen): only the blocks of "
+                        "the recent --window stay on disk, older ones are removed")
+    p.add_argument("--store-limit", metavar="NMB|Nmin",
+                   help="bound of the blocks on disk: N megabytes (200MB) or the blocks of the "
+                        "last N minutes (10min); past it the oldest go, played or not "
+                        f"(default: the --window with --no-player, {PLAYER_STORE_LIMIT} with the player)")
+    p.add_argument("--max-behind", type=float, default=8.0, metavar="SECONDS",
+                   help="the player stays within this many seconds of live: it plays faster "
+                        "(up to 1.4x) when more is waiting, and skips ahead past 3 times it; "
+                        "0 turns this off (default 8)")
     p.add_argument("--no-menu", action="store_true",
                    help="no interactive menu: run until SIGTERM or Ctrl-C")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_behind < 0:
+        p.error(f"--max-behind must be 0 or more, not {args.max_behind:g}")
+    try:
+        args.store_limit = store_limit(args)
+    except ValueError as exc:
+        p.error(f"--store-limit: {exc}")
+    return args
+
+
+#: The store limit of a client with a player, when --store-limit is not given.
+PLAYER_STORE_LIMIT = "10min"
+
+
+def store_limit(args: argparse.Namespace) -> StoreLimit:
+    """The bound of the store: --store-limit, else the window (no player) or PLAYER_STORE_LIMIT."""
+    if args.store_limit:
+        return parse_store_limit(args.store_limit, args.period)
+    if args.no_player:
+        return StoreLimit(blocks=int(args.window / args.period) + 1)
+    return parse_store_limit(PLAYER_STORE_LIMIT, args.period)
 
 
 def ask_max_children(stdin=sys.stdin, stdout=sys.stdout) -> int:
@@ -119,7 +150,8 @@ def main(argv=None) -> int:
                     max_children=args.max_children, store=store, push_port=args.push_port,
                     peer_port=args.peer_port, period=args.period, window_seconds=args.window,
                     catch_up_seconds=args.catch_up, balance_blocks=args.balance_margin,
-                    repair_rate=args.repair_rate)
+                    repair_rate=args.repair_rate, store_limit=args.store_limit,
+                    player=not args.no_player)
     node = Node(config)
     try:
         node.start()
@@ -130,7 +162,8 @@ def main(argv=None) -> int:
     player = None
     if not args.no_player:
         with open(store / "player.log", "ab") as player_log:
-            player = start_player(store, log=player_log)
+            player = start_player(store, log=player_log, max_behind=args.max_behind,
+                                  played_log=store / "played.jsonl")
         log.info("player started (pid %d)%s, log in %s", player.pid,
                  "" if os.environ.get("DISPLAY") else ", headless (no DISPLAY)", store / "player.log")
 

@@ -22,6 +22,17 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _behind_line(s: dict) -> str:
+    """``behind live: 3.2 s at 1.12x`` from the snapshot's player fields."""
+    player = s.get("player")
+    if player is None or s.get("behind_live_s") is None:
+        return "behind live: - (no player)"
+    line = f"behind live: {s['behind_live_s']:.1f} s at {s['play_rate']:.2f}x"
+    if player["stale"]:
+        line += f" (the player has said nothing for {player['age_s']:.0f} s)"
+    return line
+
+
 class Menu(cmd.Cmd):
     """relaytv client. Type help or ? to list commands."""
 
@@ -71,13 +82,17 @@ class Menu(cmd.Cmd):
         self._say(f"{len(waiting)} file(s) waiting in {self.node.store.folder}")
 
     def do_status(self, arg: str) -> None:
-        """status: role, channel, blocks, bytes in and out, rejoins."""
+        """status: role, channel, blocks, bytes in and out, rejoins, seconds behind live."""
         s = self.node.snapshot()
         role = {"direct": "direct client of the server", "attached": "relayed by a peer"}.get(
             s["state"], s["state"])
         self._say(f"state: {role}; channel {s['channel']}; depth {s['depth']}")
         self._say(f"blocks received: {s['blocks_received']} ({_size(s['bytes_received'])}); "
                   f"sent: {_size(s['bytes_sent'])}; rejoins: {s['rejoins']}")
+        self._say(_behind_line(s))
+        if s["store"]["disk_refusing"]:
+            self._say(f"store: not storing ({s['store']['disk_refusing']}), "
+                      f"{s['store']['blocks_not_stored']} block(s) not stored; relaying goes on")
 
     def do_tree(self, arg: str) -> None:
         """tree: this client's subtree (its children and everyone below them)."""

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.store import StoreLimit
+
 
 class State(enum.Enum):
     """Where a client stands in the tree (the client state diagram of the report)."""
@@ -40,6 +42,8 @@ class Config:
     catch_up_seconds: float = 0.0
     balance_blocks: float = 8.0
     repair_rate: float = 0.0        # kB/s spent answering other clients' repairs; 0: no cap
+    store_limit: StoreLimit | None = None  # bound of the blocks on disk (client.store)
+    player: bool = True             # a player plays (and deletes) the stored blocks
 
     @property
     def swap_cooldown(self) -> float:

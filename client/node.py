@@ -37,6 +37,7 @@ from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop,
                               MAX_BLOCK, MAX_CONTROL, MAX_WANT, PeerProtocolError, Redirect, Reject, Report, Swap,
                               SwapAnswer, encode)
 from client.repair import RepairPlan
+from client.behind import PlayerWatch
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
 from client.upkeep import SwapOffer, Upkeep
 from server import protocol as stock
@@ -55,7 +56,8 @@ class Node(Joining, Upkeep):
     def __init__(self, config: Config):
         self.config = config
         self.me = Addr(config.ip, config.peer_port)
-        self.store = BlockStore(config.store)
+        self.store = BlockStore(config.store, config.store_limit, quiet_limit=not config.player)
+        self.player_watch = PlayerWatch(config.store)
         self.window = RecentWindow(int(config.window_seconds / config.period) + 1)
         self.server = StockServer(config.server_host, config.server_port, config.ip)
         self._lock = threading.RLock()
@@ -238,7 +240,7 @@ class Node(Joining, Upkeep):
             children = list(self.children.values())
         stored_at = time.time()
         self._last_block = time.monotonic()
-        self.store.write(block.data)
+        self.store.write(block.data, block.seq)  # a refusal (full disk) is said once; relay goes on
         self.window.append(Stored(block, stored_at))
         for child in children:
             child.enqueue(block)
@@ -701,6 +703,8 @@ class Node(Joining, Upkeep):
                 "last_block_at": self.counters.last_block_at,
                 "members": [str(a) for a in tree.members_below(self._relay_view())],
                 "refusals": dict(self._blame.counts),   # strangers refused, by blame
+                **self.player_watch.snapshot(),
+                "store": self.store.status(),
             }
 
     def stats(self) -> dict:
@@ -712,7 +716,8 @@ class Node(Joining, Upkeep):
                                              "climbs")},
                     "blocks_relayed": self.counters.blocks_relayed,
                     "bytes_sent_to": dict(self.counters.bytes_sent_to),
-                    "rejoins": [r.to_json() for r in self.rejoins[1:]]}
+                    "rejoins": [r.to_json() for r in self.rejoins[1:]],
+                    "behind_live": self.player_watch.stats(), "store": snap["store"]}
 
     def _write_status(self) -> None:
         with self._lock:

@@ -14,11 +14,15 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from player.errors import PlayerError
+from player.live import LiveEdge
 from player.loop import PlayerLoop
 from player.machine import PlayerMachine
+from player.noise import StderrFilter
 from player.queue import check_store, waiting_blocks
+from player.report import PlayedLog
 
 log = logging.getLogger("player")
 
@@ -44,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, default=5.0, metavar="S",
                    help="skip a block that makes no progress for S seconds "
                         "(default: %(default)s)")
+    p.add_argument("--max-behind", type=_non_negative_float, default=8.0, metavar="SECONDS",
+                   help="stay within this many seconds of live (the blocks waiting, by their "
+                        "real durations): play faster, up to --max-rate, when more are "
+                        "waiting; skip ahead, deleting the skipped blocks, past 3 times it; "
+                        "0 turns the live edge off (every block at 1.0x; off with --keep) "
+                        "(default: %(default)s)")
+    p.add_argument("--max-rate", type=float, default=1.4, metavar="RATE",
+                   help="fastest play rate when behind live, sound pitch kept "
+                        "(default: %(default)s)")
+    p.add_argument("--played-log", type=Path, metavar="FILE",
+                   help="append one JSON line per block played or skipped and per rate "
+                        "change to FILE (kept under 1 MiB: the older part goes to FILE.1)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="default: %(default)s; DEBUG logs every gap between blocks")
@@ -54,6 +70,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 
@@ -84,24 +107,39 @@ def list_blocks(directory: str) -> int:
 
 def play(args: argparse.Namespace) -> int:
     # Imported here so that --list and the store checks work without libvlc.
-    from player.vlc_output import VlcOutput, vlc_options
+    from player.vlc_output import VlcOutput, sound_device_present, vlc_options
 
     store = check_store(args.dir, writable=not args.keep)
+    sound = args.headless or bool(args.aout) or sound_device_present()
     options = vlc_options(headless=args.headless, vout=args.vout, aout=args.aout,
-                          display=os.environ.get("DISPLAY"))
+                          display=os.environ.get("DISPLAY"), sound=sound)
+    if not sound:
+        log.info("no sound device (no /dev/snd PCM, no PulseAudio or PipeWire server): "
+                 "playing without sound (--aout dummy)")
+    try:
+        live = None if args.keep or not args.max_behind else LiveEdge(
+            max_behind=args.max_behind, max_rate=args.max_rate)
+    except ValueError as e:
+        raise PlayerError(str(e)) from None
     machine = PlayerMachine(buffer=args.buffer, keep=args.keep,
-                            stall_timeout=args.stall_timeout)
+                            stall_timeout=args.stall_timeout, live=live)
+    played_log = PlayedLog(args.played_log) if args.played_log else None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     output = None
+    noise = StderrFilter()
+    noise.start()
     try:
         output = VlcOutput(options)
-        log.info("playing the blocks of %s (buffer %d, %s)", store, args.buffer,
-                 " ".join(options))
-        PlayerLoop(store, machine, output, stop=stop).run()
+        log.info("playing the blocks of %s (buffer %d, %s; %s)", store, args.buffer,
+                 " ".join(options),
+                 f"within {live.max_behind:g} s of live, up to {live.max_rate:g}x"
+                 if live else "live edge off")
+        PlayerLoop(store, machine, output, stop=stop, played_log=played_log).run()
     finally:
         if output is not None:
             output.close()
+        noise.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

@@ -23,11 +23,20 @@ SCRIPT = Path(__file__).resolve().parent / "player.py"
 
 def player_command(store: str | os.PathLike, *, headless: bool | None = None, buffer: int = 2,
                    keep: bool = False, log_level: str = "INFO",
+                   max_behind: float | None = None, played_log: str | os.PathLike | None = None,
                    extra: Sequence[str] = (), python: str = sys.executable) -> list[str]:
-    """The argv that plays ``store``. ``headless=None``: headless when there is no DISPLAY."""
+    """The argv that plays ``store``. ``headless=None``: headless when there is no DISPLAY.
+
+    ``max_behind``: the live edge's target in seconds (0: off; None: the player's
+    default); ``played_log``: where the played-blocks log goes (None: nowhere).
+    """
     if headless is None:
         headless = not os.environ.get("DISPLAY")
     argv = [python, str(SCRIPT), str(store), "--buffer", str(buffer), "--log-level", log_level]
+    if max_behind is not None:
+        argv += ["--max-behind", f"{max_behind:g}"]
+    if played_log is not None:
+        argv += ["--played-log", str(played_log)]
     if headless:
         argv.append("--headless")
     if keep:

@@ -7,6 +7,7 @@ is made by the thread that owns the :class:`VlcOutput` (the player's loop).
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from pathlib import Path
@@ -36,24 +37,49 @@ def import_vlc():
     return vlc
 
 
+def sound_device_present(environ: dict | None = None, dev_snd: Path = Path("/dev/snd")) -> bool:
+    """Whether audio has somewhere to go: an ALSA PCM device or a PulseAudio/PipeWire server.
+
+    Without one, libvlc's ALSA output tries again for every block and the ALSA
+    library writes a dozen lines each time (hundreds of thousands an hour).
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        if any(p.name.startswith("pcm") for p in dev_snd.iterdir()):
+            return True
+    except OSError:
+        pass
+    if environ.get("PULSE_SERVER"):
+        return True
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    return bool(runtime) and any((Path(runtime) / sub).exists()
+                                 for sub in ("pulse/native", "pipewire-0"))
+
+
 def vlc_options(*, headless: bool, vout: str | None = None, aout: str | None = None,
-                display: str | None = None) -> list[str]:
+                display: str | None = None, sound: bool = True) -> list[str]:
     """The libvlc options for the given CLI choices.
 
     ``--headless`` means ``--vout=dummy --aout=dummy`` (explicit ``vout`` /
     ``aout`` win). With a window and no explicit ``vout``, a DISPLAY is needed
     and the X11 output without hardware decoding is used (the lightest and
-    smoothest one under Xvfb, see TOOLCHAIN.md).
+    smoothest one under Xvfb, see TOOLCHAIN.md). ``sound``: a sound device
+    exists (:func:`sound_device_present`); without one and without an explicit
+    ``aout`` the audio goes to the null output.
     """
     options = ["--no-video-title-show", "--quiet"]
     if headless:
         vout = vout or "dummy"
         aout = aout or "dummy"
-    elif vout is None:
+    elif not aout and not sound:
+        aout = "dummy"
+    if vout is None and not headless:
         if not display:
             raise NoDisplay("no DISPLAY to open a window on: set DISPLAY or use --headless")
         vout = "xcb_x11"
-        options.append("--avcodec-hw=none")
+    # Hardware decoding buys nothing on 2-second blocks, and probing it writes a
+    # VDPAU warning per block on machines without it.
+    options.append("--avcodec-hw=none")
     options.append(f"--vout={vout}")
     if aout:
         options.append(f"--aout={aout}")
@@ -102,6 +128,10 @@ class VlcOutput:
         self._player.set_media(media)
         media.release()  # the player holds its own reference
         return self._player.play() == 0
+
+    def set_rate(self, rate: float) -> None:
+        """Play faster or slower from now on (kept across blocks; VLC keeps the pitch)."""
+        self._player.set_rate(rate)
 
     def position_ms(self) -> int:
         """The play position of the current block in ms (-1 when none)."""

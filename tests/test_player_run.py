@@ -187,7 +187,8 @@ def test_plays_present_and_arriving_blocks_in_order_deleting_each_after_its_end(
     deletions_follow_ends(run)
     # The block on screen was on disk every time we looked (at least 3 blocks seen).
     assert len(watch.seen) >= 3 and all(watch.seen.values()), watch.seen
-    assert sorted(p.name for p in store.iterdir()) == [".canal0_09999.mkv.part", "status.json"]
+    assert sorted(p.name for p in store.iterdir()) == [".canal0_09999.mkv.part", "player.json",
+                                                       "status.json"]
 
     count, median_ms, max_ms = gap_figures(run)
     print(f"gaps: count={count} median={median_ms} ms max={max_ms} ms")
