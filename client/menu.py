@@ -27,9 +27,11 @@ class Menu(cmd.Cmd):
 
     prompt = "relaytv> "
 
-    def __init__(self, node: Node, log_file: Path | None = None, **kwargs):
+    def __init__(self, node: Node, log_file: Path | None = None, web_url: str | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.node = node
+        self.web_url = web_url
         self.log_file = log_file
         self.intro = (f"relaytv client {node.config.ip}, channel {node.config.channel}, "
                       f"up to {node.config.max_children} children. Type help for commands.")
@@ -78,6 +80,7 @@ class Menu(cmd.Cmd):
         self._say(f"state: {role}; channel {s['channel']}; depth {s['depth']}")
         self._say(f"blocks received: {s['blocks_received']} ({_size(s['bytes_received'])}); "
                   f"sent: {_size(s['bytes_sent'])}; rejoins: {s['rejoins']}")
+        self._say(f"web view: {self.web_url or 'off (--http-port 0)'}")
 
     def do_tree(self, arg: str) -> None:
         """tree: this client's subtree (its children and everyone below them)."""
