@@ -44,6 +44,7 @@ MAX_CONNECTIONS = 64
 MAX_EVENT_STREAMS = 16
 HEAD_DEADLINE = 5.0
 SEND_STALL = 10.0
+DRAIN_TIME = 2.0
 MAX_OUTBUF = 1024 * 1024
 SEND_BUFFER = 64 * 1024
 #: The tree is gathered while a page is open or /api/tree was asked this recently.
@@ -63,7 +64,7 @@ class _Conn:
     opened: float
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
-    phase: str = "head"          # head -> wait (remux) -> send, or head -> events
+    phase: str = "head"          # head -> [wait (remux)] -> send -> drain, or head -> events
     progress: float = 0.0        # last time the peer took bytes
     close_when_sent: bool = True
 
@@ -94,7 +95,7 @@ class WebView:
         self._stalled = False
         self._event_id = 0
         self._tree_lock = threading.Lock()
-        self._tree: dict = {"nodes": [], "updated_at": None, "complete": False}
+        self._tree: dict | None = None
         self._tree_asked = -VIEWER_GRACE
         self.counters = {"requests": 0, "refused": 0, "dropped_idle": 0, "dropped_slow": 0,
                          "evicted": 0, "events_sent": 0, "tree_query_bytes": 0,
@@ -203,7 +204,7 @@ class WebView:
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
     def _evict_one(self) -> bool:
-        waiting = [c for c in self._conns.values() if c.phase == "head"]
+        waiting = [c for c in self._conns.values() if c.phase in ("head", "drain")]
         if not waiting:
             return False
         self.counters["evicted"] += 1
@@ -213,7 +214,7 @@ class WebView:
     def _service(self, conn: _Conn, mask: int) -> None:
         if mask & selectors.EVENT_READ:
             try:
-                data = conn.sock.recv(4096)
+                data = conn.sock.recv(65536 if conn.phase == "drain" else 4096)
             except (BlockingIOError, InterruptedError):
                 data = None
             except OSError:
@@ -266,8 +267,14 @@ class WebView:
             conn.progress = self._clock()
         wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
         if not conn.outbuf and conn.close_when_sent and conn.phase == "send":
-            self._close(conn)
-            return
+            # Half-close and read what the peer still sends: closing with unread bytes
+            # would reset the connection and could destroy the answer before it is read.
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close(conn)
+                return
+            conn.phase, conn.opened = "drain", self._clock()
         self._selector.modify(conn.sock, wanted, conn)
 
     def _close(self, conn: _Conn) -> None:
@@ -287,6 +294,8 @@ class WebView:
         for conn in list(self._conns.values()):
             if conn.phase == "head" and now - conn.opened > HEAD_DEADLINE:
                 self.counters["dropped_idle"] += 1
+                self._close(conn)
+            elif conn.phase == "drain" and now - conn.opened > DRAIN_TIME:
                 self._close(conn)
             elif conn.outbuf and (now - conn.progress > SEND_STALL or len(conn.outbuf) > MAX_OUTBUF):
                 self.counters["dropped_slow"] += 1
@@ -457,12 +466,15 @@ class WebView:
         return list(answer.nodes)
 
     def tree(self) -> dict:
+        """The latest whole tree gathered; until there is one, this client's own subtree."""
         with self._tree_lock:
-            tree = dict(self._tree)
-        if not tree["nodes"]:   # nothing gathered yet: this client's own subtree
-            own = self.node.subtree.subtree(self.node.snapshot())
-            tree["nodes"] = [n.to_json() for n in own]
-        return tree
+            tree = self._tree
+        if tree is not None:
+            return tree
+        me = self.node.snapshot()
+        return {"channel": me["channel"], "self": f"{me['ip']}:{me['peer_port']}",
+                "updated_at": None, "complete": False, "direct_clients": [],
+                "nodes": [n.to_json() for n in self.node.subtree.subtree(me)]}
 
     def stats(self) -> dict:
         with self._feed_lock:
