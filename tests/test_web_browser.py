@@ -8,9 +8,11 @@ The screenshot is kept in test-artifacts/web-page.png.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -75,7 +77,8 @@ def playback(driver) -> dict:
         "const v = document.getElementById('video'); const q = v.getVideoPlaybackQuality();"
         "return {t: v.currentTime, dropped: q.droppedVideoFrames, total: q.totalVideoFrames,"
         " shown: window.relaytv.shown.slice(), mimes: window.relaytv.mimes.slice(),"
-        " errors: window.relaytv.errors, lags: window.relaytv.lags.slice()};")
+        " errors: window.relaytv.errors, lags: window.relaytv.lags.slice(),"
+        " stalls: window.relaytv.stalls.slice()};")
 
 
 def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, messy_film, browser):
@@ -111,6 +114,7 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         old_parent = parent_of(viewer)
         killed = next(c for c in clients if f"{c.ip}:9092" == old_parent)
         before_kill = playback(browser)
+        killed_wall = time.time()
         killed.kill()
         killed_at = time.monotonic()
         new_parent = wait_until(lambda: (p := parent_of(viewer)) not in (old_parent, None) and p,
@@ -123,6 +127,42 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         after = wait_until(lambda: (p := playback(browser))["t"] >= before_kill["t"] + 6 and p,
                            40, "playback going on after the repair")
         assert after["dropped"] <= max(5, after["total"] // 20), after
+        # No halt longer than the gap the client itself saw between two blocks.
+        gap = client_gap_after(viewer, killed_wall - PERIOD)
+        assert longest_stall_after(after, killed_wall - PERIOD) <= gap + 0.5, (after["stalls"], gap)
         print(f"\nrepair {rejoined_at - killed_at:.2f} s, page showed the new parent "
               f"{shown_at - rejoined_at:.2f} s later; lags {after['lags'][-8:]}")
         browser.save_screenshot(str(ARTIFACTS / "web-page-after-repair.png"))
+
+
+def longest_stall_after(page: dict, since: float) -> float:
+    return max((seconds for began, seconds in page["stalls"] if began + seconds >= since), default=0.0)
+
+
+def client_gap_after(proc, since: float) -> float:
+    """The longest time between two blocks the client stored after ``since`` (Unix time)."""
+    with urllib.request.urlopen(f"http://{proc.ip}:{CLUSTER_HTTP_PORT}/api/blocks", timeout=10) as a:
+        times = [b["stored_at"] for b in json.loads(a.read())["blocks"]]
+    return max((b - a for a, b in zip(times, times[1:]) if b >= since), default=0.0)
+
+
+def test_page_keeps_playing_across_swaps(cluster, browser):
+    server = cluster.start_server(max_clients=1, period=2.0)
+    first = cluster.start_client(server, "--balance-margin", "2", max_children=2, period=2.0)
+    wait_until(lambda: (Cluster.status_of(first) or {}).get("state") == "direct", 30, "direct")
+    others = [cluster.start_client(server, "--balance-margin", "2", max_children=2, period=2.0)
+              for _ in range(2)]
+    wait_until(lambda: all((Cluster.status_of(c) or {}).get("blocks_received", 0) >= 1
+                           for c in others), 30, "children receiving")
+    browser.get(f"http://{first.ip}:{CLUSTER_HTTP_PORT}/")
+    wait_until(lambda: playback(browser)["t"] > 0.5, 40, "playback starting")
+    swapped_at = wait_until(lambda: Cluster.status_of(first)["swaps"] >= 1 and time.time(), 60,
+                            "the watched client swapping places with a child")
+    before = playback(browser)
+    after = wait_until(lambda: (p := playback(browser))["t"] >= before["t"] + 6 and p, 40,
+                       "playback going on after the swap")
+    assert after["errors"] == 0 and after["dropped"] <= max(5, after["total"] // 20), after
+    gap = client_gap_after(first, swapped_at - 4)
+    assert longest_stall_after(after, swapped_at - 4) <= gap + 0.5, (after["stalls"], gap)
+    logged = browser.execute_script("return document.getElementById('events').textContent")
+    assert "swapped places" in logged or "parent changed" in logged

@@ -205,6 +205,7 @@ def test_bad_http_is_refused_and_good_requests_still_answer(tree):
         for _ in range(200):
             idle.append(socket.create_connection((proc.ip, CLUSTER_HTTP_PORT), timeout=5))
         assert status_line(raw_request(proc, b"GET /api/status HTTP/1.1\r\n\r\n")) == 200
+        assert get_json(proc, "/api/stats")["web"]["evicted"] >= 200 - 64  # oldest idle made room
     finally:
         for sock in idle:
             sock.close()
@@ -237,3 +238,15 @@ def test_http_port_zero_turns_the_web_view_off(tree):
     with pytest.raises((ConnectionRefusedError, urllib.error.URLError)):
         urllib.request.urlopen(url(quiet, "/api/status"), timeout=5)
     quiet.stop()
+
+
+def test_the_url_is_printed_at_start_and_by_the_menu_s_status(tree):
+    cluster, clients = tree
+    server = next(p for p in cluster.procs if p.name == "server")
+    proc = cluster.start_client(server, "--menu", max_children=0, period=PERIOD,
+                                stdin=subprocess.PIPE)
+    wait_until(lambda: (Cluster.status_of(proc) or {}).get("blocks_received", 0) >= 1, 30, "blocks")
+    proc.popen.stdin.write(b"status\nquit\n")
+    proc.popen.stdin.close()
+    assert proc.popen.wait(timeout=15) == 0
+    assert proc.log_text().count(url(proc, "/")) == 2

@@ -6,7 +6,8 @@ const $ = (id) => document.getElementById(id);
 const video = $("video");
 
 // What the page measured, for people (the facts panel) and for tests (window.relaytv).
-const stats = { appended: 0, skipped: 0, errors: 0, lags: [], shown: [], mimes: [] };
+const stats = { appended: 0, skipped: 0, errors: 0, lags: [], shown: [], mimes: [],
+                stalls: [] };   // stalls: [wall time it began, seconds] of each halt over 0.5 s
 window.relaytv = stats;
 
 function size(n) {
@@ -96,8 +97,22 @@ async function trim() {
   }
 }
 
+let lastTime = 0, lastMove = null;
+function noteStall(t) {
+  const now = Date.now() / 1000;
+  if (t !== lastTime) {
+    if (lastMove !== null && now - lastMove > 0.5) {
+      stats.stalls.push([lastMove, Math.round((now - lastMove) * 1000) / 1000]);
+      if (stats.stalls.length > 100) stats.stalls.shift();
+    }
+    lastTime = t;
+    lastMove = now;
+  }
+}
+
 function watchPlayhead() {
   const t = video.currentTime;
+  if (t > 0) noteStall(t);
   const ranges = video.buffered;
   // Jump the small holes between blocks (audio and video of a block rarely end together).
   for (let i = 0; i < ranges.length; i++) {
