@@ -41,6 +41,9 @@ def _loopback_addresses():
 
 _ADDRESSES = _loopback_addresses()
 
+#: The web view's port on every client a Cluster starts (each on its own address).
+CLUSTER_HTTP_PORT = 18090
+
 
 def next_address() -> str:
     """A loopback address no earlier call of this process handed out."""
@@ -227,6 +230,8 @@ class Cluster:
                 "--channel", str(channel),
                 "--ip", ip, "--store", str(store), "--period", str(period),
                 "--no-player", "--no-menu", "--log-level", "INFO"]
+        if not any(a.startswith("--http-port") for a in extra):
+            argv += ["--http-port", str(CLUSTER_HTTP_PORT)]  # never a user's 8090
         for wanted, default in (("--menu", "--no-menu"), ("--player", "--no-player")):
             if wanted in extra:
                 extra = tuple(a for a in extra if a != wanted)

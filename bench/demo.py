@@ -20,7 +20,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.cluster import REPO, STOCK_PORTS, Cluster, wait_until
+from bench.cluster import CLUSTER_HTTP_PORT, REPO, STOCK_PORTS, Cluster, wait_until
 
 log = logging.getLogger("demo")
 
@@ -95,6 +95,9 @@ def main(argv=None) -> int:
                 if stop.is_set():
                     break
             log.info("all started; Ctrl-C stops everything")
+            if clients:
+                print(f"-- watch in a browser: http://{clients[-1].ip}:{CLUSTER_HTTP_PORT}/ "
+                      f"(every client serves its page on port {CLUSTER_HTTP_PORT})", flush=True)
             deadline = None if args.duration is None else args.duration
             waited = 0.0
             while not stop.wait(5.0):

@@ -15,6 +15,7 @@ from pathlib import Path
 from client.menu import Menu
 from client.node import Config, Node
 from client.store import StoreLimit, parse_store_limit
+from client.web import WebView
 from player.launch import start_player, stop_player
 
 log = logging.getLogger("client")
@@ -69,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repair-rate", type=float, default=0.0, metavar="KB/S",
                    help="cap on the upload spent answering other clients' repair fetches, "
                         "so that it leaves room for live relaying on a thin uplink (0: no cap)")
+    p.add_argument("--http-port", type=_non_negative, default=8090,
+                   help="port of the web view (page, HLS, JSON API) on this client's address; "
+                        "0 turns it off (8090)")
     p.add_argument("--stats", type=Path, help="write statistics as JSON here on exit "
                                               "(default <store>/stats.json)")
     p.add_argument("--no-player", action="store_true",
@@ -159,6 +163,17 @@ def main(argv=None) -> int:
         print(f"client: cannot listen on {ip} ports {args.push_port}/{args.peer_port}: {exc}",
               file=sys.stderr)
         return 1
+    web = None
+    if args.http_port:
+        web = WebView(node, ip, args.http_port)
+        try:
+            web.start()
+        except OSError as exc:
+            node.stop()
+            print(f"client: cannot serve the web view on {ip}:{args.http_port}: {exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"relaytv client {ip}: watch in a browser at {web.url}", flush=True)
     player = None
     if not args.no_player:
         with open(store / "player.log", "ab") as player_log:
@@ -180,12 +195,14 @@ def main(argv=None) -> int:
         if args.no_menu:
             stop.wait()
         else:
-            Menu(node, log_file).cmdloop()
+            Menu(node, log_file, web_url=web.url if web else None).cmdloop()
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if web is not None:
+            web.stop()
         node.stop()
         if player is not None:
             stop_player(player)

@@ -38,9 +38,11 @@ class Menu(cmd.Cmd):
 
     prompt = "relaytv> "
 
-    def __init__(self, node: Node, log_file: Path | None = None, **kwargs):
+    def __init__(self, node: Node, log_file: Path | None = None, web_url: str | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.node = node
+        self.web_url = web_url
         self.log_file = log_file
         self.intro = (f"relaytv client {node.config.ip}, channel {node.config.channel}, "
                       f"up to {node.config.max_children} children. Type help for commands.")
@@ -93,6 +95,7 @@ class Menu(cmd.Cmd):
         if s["store"]["disk_refusing"]:
             self._say(f"store: not storing ({s['store']['disk_refusing']}), "
                       f"{s['store']['blocks_not_stored']} block(s) not stored; relaying goes on")
+        self._say(f"web view: {self.web_url or 'off (--http-port 0)'}")
 
     def do_tree(self, arg: str) -> None:
         """tree: this client's subtree (its children and everyone below them)."""

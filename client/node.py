@@ -34,11 +34,12 @@ from client.links import (ChildLink, ParentLink, StockServer, addresses_of, list
 from client.model import SERVER, Config, Counters, Rejoin, State
 from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
                               FrameDecoder, HEADER, Hello, Info, Keepalive, Move, PathUpdate,
-                              MAX_BLOCK, MAX_CONTROL, MAX_WANT, PeerProtocolError, Redirect, Reject, Report, Swap,
-                              SwapAnswer, encode)
+                              MAX_BLOCK, MAX_CONTROL, MAX_WANT, PeerProtocolError, Redirect,
+                              Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, encode)
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
+from client.treeview import SubtreeLedger
 from client.upkeep import SwapOffer, Upkeep
 from server import protocol as stock
 
@@ -105,6 +106,10 @@ class Node(Joining, Upkeep):
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
+        self.subtree = SubtreeLedger(config.period)     # the web view's tree (client.treeview)
+        #: Called as ``watch("block", Stored)`` after each stored block and
+        #: ``watch("status", None)`` after each change of status; must not block.
+        self.watchers: list = []
 
     # -- life cycle --------------------------------------------------------
 
@@ -244,6 +249,8 @@ class Node(Joining, Upkeep):
         self.window.append(Stored(block, stored_at))
         for child in children:
             child.enqueue(block)
+        for watch in self.watchers:
+            watch("block", Stored(block, stored_at))
         # Only now: moves made then must follow the relay.
         self._events.put(("stored", None, block.digest))
         with self._lock:
@@ -383,6 +390,9 @@ class Node(Joining, Upkeep):
         deadline = time.monotonic() + strangers.HANDSHAKE_DEADLINE
         try:
             hello = read_message_by(conn, decoder, deadline, chunk=HEADER.size + MAX_CONTROL)
+            if isinstance(hello, TreeQuery):
+                conn.sendall(encode(TreeAnswer(tuple(self.subtree.subtree(self.snapshot())))))
+                return
             if not isinstance(hello, Hello):
                 raise PeerProtocolError(f"expected Hello, got {type(hello).__name__}")
         except socket.timeout:
@@ -497,6 +507,8 @@ class Node(Joining, Upkeep):
                             self.child_views[child.addr] = tree.ChildView(
                                 child.addr, message.free, message.sent, message.subtree, message.members,
                                 message.max_children, message.children, reported=True)
+                            if message.nodes:
+                                self.subtree.child_reported(child.addr, message.nodes)
                 elif isinstance(message, Bye):
                     reason = "left"
                     if message.successor is not None:
@@ -524,6 +536,7 @@ class Node(Joining, Upkeep):
                 return
             del self.children[child.addr]
             self.child_views.pop(child.addr, None)
+            self.subtree.child_gone(child.addr)
             self._children_changed_at = time.monotonic()
             key = str(child.addr)
             self._sent_before[key] = self._sent_before.get(key, 0) + child.bytes_sent
@@ -669,7 +682,8 @@ class Node(Joining, Upkeep):
             view = self._relay_view()
         if link is not None:
             link.send(Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
-                             view.max_children, tuple(view.children)))
+                             view.max_children, tuple(view.children),
+                             self.subtree.for_report(self.snapshot())))
 
     # -- what the menu and tools read -----------------------------------------
 
@@ -727,6 +741,8 @@ class Node(Joining, Upkeep):
             self.counters.bytes_sent_to = sent_to
             self.counters.bytes_sent = sum(sent_to.values()) + self.counters.bytes_served
             write_json_atomically(self.config.store / "status.json", self.snapshot())
+        for watch in self.watchers:
+            watch("status", None)
 
 
 #: How long (in periods) an orphan of a direct client keeps asking the server for its slot.

@@ -400,7 +400,9 @@ class Report:
 
     ``subtree`` holds the free places known below the child, best first, so
     that a full relay can redirect a joiner straight to a free slot;
-    ``members`` lists every descendant (for loop checks and the ``tree`` view).
+    ``members`` lists every descendant (for loop checks and the ``tree`` view);
+    ``nodes``, once a period, the web view's summary of the child's whole
+    subtree (:mod:`client.treeview`; absent from the other reports).
     """
 
     TYPE: ClassVar[int] = 11
@@ -410,6 +412,7 @@ class Report:
     members: tuple[Addr, ...] = ()
     max_children: int = 0
     children: tuple[Addr, ...] = ()
+    nodes: tuple = ()
 
     def __post_init__(self):
         _check_int(self.free, "free", 0, 1000)
@@ -421,13 +424,16 @@ class Report:
                 "subtree": [c.to_json() for c in self.subtree],
                 "members": [asdict(a) for a in self.members],
                 "max_children": self.max_children,
-                "children": [asdict(a) for a in self.children]}
+                "children": [asdict(a) for a in self.children],
+                **({"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {})}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Report":
+        from client.treeview import wire_nodes
         return cls(obj.get("free"), obj.get("sent"), _candidates(obj.get("subtree", [])),
                    _addrs(obj.get("members", []), "members", MAX_MEMBERS),
-                   obj.get("max_children", 0), _addrs(obj.get("children", []), "children"))
+                   obj.get("max_children", 0), _addrs(obj.get("children", []), "children"),
+                   wire_nodes(obj.get("nodes", [])))
 
 
 @dataclass(frozen=True)
@@ -573,11 +579,45 @@ class SwapAnswer:
         return cls(obj.get("accept"))
 
 
+@dataclass(frozen=True)
+class TreeQuery:
+    """First (and only) frame of a connection that asks a client for its subtree (the web view)."""
+
+    TYPE: ClassVar[int] = 20
+    channel: int
+
+    def __post_init__(self):
+        _check_int(self.channel, "channel", 0, 9)
+
+    def to_json(self) -> dict:
+        return {"channel": self.channel}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TreeQuery":
+        return cls(obj.get("channel"))
+
+
+@dataclass(frozen=True)
+class TreeAnswer:
+    """Answer to a :class:`TreeQuery`: the nodes of the receiver's subtree, itself first."""
+
+    TYPE: ClassVar[int] = 21
+    nodes: tuple = ()
+
+    def to_json(self) -> dict:
+        return {"nodes": [n.to_wire() for n in self.nodes]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TreeAnswer":
+        from client.treeview import wire_nodes
+        return cls(wire_nodes(obj.get("nodes", [])))
+
+
 Message = (Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye
-           | Report | Info | Advice | FetchEnd | Swap | SwapAnswer)
+           | Report | Info | Advice | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
                                             Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap,
-                                            SwapAnswer)}
+                                            SwapAnswer, TreeQuery, TreeAnswer)}
 
 
 def encode(message: Message) -> bytes:

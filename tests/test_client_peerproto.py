@@ -17,7 +17,9 @@ from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, 
                               MAX_CONTROL, MAX_LIST, MAX_WANT, PROTOCOL, VERSION, Accept, Addr, Advice,
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
-                              Report, Swap, SwapAnswer, block_digest, encode)
+                              Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, block_digest,
+                              encode)
+from client.treeview import TreeNode
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
 MEMBERS_BOUND = getattr(peerproto, "MAX_MEMBERS", MAX_LIST)
@@ -104,6 +106,11 @@ MESSAGES = [
     SwapAnswer(True),
     SwapAnswer(False),
     Hello("join", addr(1), 0, moved_by=addr(22)),
+    TreeQuery(3),
+    TreeAnswer(),
+    TreeAnswer((TreeNode(addr(23), None, True, 1, 2, 2, 10, 20, 5, 0, "full"),
+                TreeNode(addr(24), addr(23), False, 2, 0, 0, 0, 20, 0, 1, "leaf"))),
+    Report(0, 0, nodes=(TreeNode(addr(24), addr(23), False, 2, 0, 0, 0, 20, 0, 1, "stalled"),)),
 ]
 
 
@@ -138,7 +145,7 @@ def test_round_trip_one_byte_at_a_time(message):
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
     assert covered == set(JSON_MESSAGES.values()) | {Block}
-    assert {cls.TYPE for cls in covered} == set(range(1, 17))
+    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21}  # 20-29: the web view
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
     assert Block.TYPE not in JSON_MESSAGES
 

@@ -1,0 +1,168 @@
+"""The page in headless Chromium: the channel plays through Media Source Extensions, the tree is
+drawn with every client under its right parent, and both survive the viewer's parent being killed.
+
+The film is made here with ffmpeg to be as messy as real ones: blocks of
+2.1-2.9 s whose H.264 profile and frame size change from block to block.
+The screenshot is kept in test-artifacts/web-page.png.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from bench.cluster import CLUSTER_HTTP_PORT, Cluster, wait_until
+from tests.conftest import ARTIFACTS
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+
+PERIOD = 2.5
+#: (seconds, frame size, H.264 profile) of each block of the messy film.
+BLOCKS = [(2.4, "320x180", "high"), (2.8, "480x270", "main"), (2.2, "320x180", "baseline"),
+          (2.9, "640x360", "high"), (2.1, "480x270", "main"), (2.6, "320x180", "high"),
+          (2.3, "640x360", "baseline"), (2.7, "320x180", "main")]
+
+
+@pytest.fixture(scope="module")
+def messy_film(tmp_path_factory):
+    out = tmp_path_factory.mktemp("messy")
+    for i, (seconds, size, profile) in enumerate(BLOCKS):
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi",
+             "-i", f"testsrc2=size={size}:rate=25", "-f", "lavfi",
+             "-i", f"sine=frequency={300 + 60 * i}:beep_factor=4", "-t", str(seconds),
+             "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+             "-profile:v", profile, "-pix_fmt", "yuv420p", "-g", "1000", "-bf", "0",
+             "-c:a", "aac", "-ac", "2", "-f", "matroska", str(out / f"canal0_{i:05d}.mkv")],
+            check=True, timeout=60)
+    return out
+
+
+@pytest.fixture
+def browser():
+    if not shutil.which("chromedriver") or not shutil.which("chromium"):
+        pytest.fail("chromium and chromium-driver are required (scripts/ensure-system.sh)")
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=1400,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def parent_of(proc) -> str:
+    p = Cluster.status_of(proc)["parent"]
+    return p if p in ("server", None) else f"{p['ip']}:{p['port']}"
+
+
+def drawn_parents(driver) -> dict:
+    return driver.execute_script(
+        "const out = {}; for (const g of document.querySelectorAll('#tree g.node[data-parent]'))"
+        " out[g.dataset.addr] = g.dataset.parent; return out;")
+
+
+def playback(driver) -> dict:
+    return driver.execute_script(
+        "const v = document.getElementById('video'); const q = v.getVideoPlaybackQuality();"
+        "return {t: v.currentTime, dropped: q.droppedVideoFrames, total: q.totalVideoFrames,"
+        " shown: window.relaytv.shown.slice(), mimes: window.relaytv.mimes.slice(),"
+        " errors: window.relaytv.errors, lags: window.relaytv.lags.slice(),"
+        " stalls: window.relaytv.stalls.slice()};")
+
+
+def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, messy_film, browser):
+    with Cluster(tmp_path, messy_film) as cluster:
+        server = cluster.start_server(max_clients=1, period=PERIOD)
+        clients = []
+        for _ in range(6):
+            clients.append(cluster.start_client(server, "--balance-margin", "0",
+                                                max_children=2, period=PERIOD))
+            wait_until(lambda: (Cluster.status_of(clients[-1]) or {}).get("blocks_received", 0) >= 1,
+                       40, "a client receiving")
+        viewer = wait_until(lambda: next((c for c in clients if Cluster.status_of(c)["depth"] >= 3),
+                                         None), 40, "a client at depth 3")
+        url = f"http://{viewer.ip}:{CLUSTER_HTTP_PORT}/"
+        browser.get(url)
+
+        start = wait_until(lambda: (p := playback(browser))["t"] > 0.5 and p, 40, "playback starting")
+        played = wait_until(lambda: (p := playback(browser))["t"] >= start["t"] + 8
+                            and len(set(p["shown"]) - set(start["shown"][:-1])) >= 4 and p,
+                            60, "8 s of playback across 4 blocks")
+        assert played["dropped"] <= max(5, played["total"] // 20), played
+        assert played["errors"] == 0, played
+        assert len(set(played["mimes"])) >= 2, played  # the profile changed: changeType() worked
+
+        def tree_agrees():
+            want = {f"{c.ip}:9092": parent_of(c) for c in clients if c.alive}
+            return drawn_parents(browser) == want
+
+        wait_until(tree_agrees, 30, "the page's tree showing every client under its parent")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "web-page.png"))
+
+        old_parent = parent_of(viewer)
+        killed = next(c for c in clients if f"{c.ip}:9092" == old_parent)
+        before_kill = playback(browser)
+        killed_wall = time.time()
+        killed.kill()
+        killed_at = time.monotonic()
+        new_parent = wait_until(lambda: (p := parent_of(viewer)) not in (old_parent, None) and p,
+                                30, "the viewer under a new parent")
+        rejoined_at = time.monotonic()
+        wait_until(lambda: drawn_parents(browser).get(f"{viewer.ip}:9092") == new_parent
+                   and old_parent not in drawn_parents(browser), 10 * PERIOD,
+                   "the page showing the new parent and no dead one")
+        shown_at = time.monotonic()
+        after = wait_until(lambda: (p := playback(browser))["t"] >= before_kill["t"] + 6 and p,
+                           40, "playback going on after the repair")
+        assert after["dropped"] <= max(5, after["total"] // 20), after
+        # No halt longer than the gap the client itself saw between two blocks.
+        gap = client_gap_after(viewer, killed_wall - PERIOD)
+        assert longest_stall_after(after, killed_wall - PERIOD) <= gap + 0.5, (after["stalls"], gap)
+        print(f"\nrepair {rejoined_at - killed_at:.2f} s, page showed the new parent "
+              f"{shown_at - rejoined_at:.2f} s later; lags {after['lags'][-8:]}")
+        browser.save_screenshot(str(ARTIFACTS / "web-page-after-repair.png"))
+
+
+def longest_stall_after(page: dict, since: float) -> float:
+    return max((seconds for began, seconds in page["stalls"] if began + seconds >= since), default=0.0)
+
+
+def client_gap_after(proc, since: float) -> float:
+    """The longest time between two blocks the client stored after ``since`` (Unix time)."""
+    with urllib.request.urlopen(f"http://{proc.ip}:{CLUSTER_HTTP_PORT}/api/blocks", timeout=10) as a:
+        times = [b["stored_at"] for b in json.loads(a.read())["blocks"]]
+    return max((b - a for a, b in zip(times, times[1:]) if b >= since), default=0.0)
+
+
+def test_page_keeps_playing_across_swaps(cluster, browser):
+    server = cluster.start_server(max_clients=1, period=2.0)
+    first = cluster.start_client(server, "--balance-margin", "2", max_children=2, period=2.0)
+    wait_until(lambda: (Cluster.status_of(first) or {}).get("state") == "direct", 30, "direct")
+    others = [cluster.start_client(server, "--balance-margin", "2", max_children=2, period=2.0)
+              for _ in range(2)]
+    wait_until(lambda: all((Cluster.status_of(c) or {}).get("blocks_received", 0) >= 1
+                           for c in others), 30, "children receiving")
+    browser.get(f"http://{first.ip}:{CLUSTER_HTTP_PORT}/")
+    wait_until(lambda: playback(browser)["t"] > 0.5, 40, "playback starting")
+    swapped_at = wait_until(lambda: Cluster.status_of(first)["swaps"] >= 1 and time.time(), 60,
+                            "the watched client swapping places with a child")
+    before = playback(browser)
+    after = wait_until(lambda: (p := playback(browser))["t"] >= before["t"] + 6 and p, 40,
+                       "playback going on after the swap")
+    assert after["errors"] == 0 and after["dropped"] <= max(5, after["total"] // 20), after
+    gap = client_gap_after(first, swapped_at - 4)
+    assert longest_stall_after(after, swapped_at - 4) <= gap + 0.5, (after["stalls"], gap)
+    logged = browser.execute_script("return document.getElementById('events').textContent")
+    assert "swapped places" in logged or "parent changed" in logged
