@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from client.libraryapp import add_library_arguments, get_once, start_library, stop_library
 from client.menu import Menu
 from client.node import Config, Node
 from player.launch import start_player, stop_player
@@ -74,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-menu", action="store_true",
                    help="no interactive menu: run until SIGTERM or Ctrl-C")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_library_arguments(p)
     return p.parse_args(argv)
 
 
@@ -103,6 +105,8 @@ def own_address(server: tuple[str, int]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.get:
+        return get_once(args, own_address)  # the film library's one-shot download, no channel
     if args.max_children is None:
         args.max_children = ask_max_children()
     host, port = args.server
@@ -127,6 +131,7 @@ def main(argv=None) -> int:
         print(f"client: cannot listen on {ip} ports {args.push_port}/{args.peer_port}: {exc}",
               file=sys.stderr)
         return 1
+    library = start_library(args, node)
     player = None
     if not args.no_player:
         with open(store / "player.log", "ab") as player_log:
@@ -147,13 +152,14 @@ def main(argv=None) -> int:
         if args.no_menu:
             stop.wait()
         else:
-            Menu(node, log_file).cmdloop()
+            Menu(node, log_file, library=library).cmdloop()
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         node.stop()
+        stop_library(library)
         if player is not None:
             stop_player(player)
         stats_file = args.stats or store / "stats.json"

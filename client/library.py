@@ -223,16 +223,55 @@ def _read_fragment(path: Path, index: int, size: int) -> bytes:
         return f.read(size)
 
 
-def load_fetched(folder: Path) -> Item | None:
-    """A downloaded or replicated version: ``folder/manifest.json`` and the blocks present."""
-    try:
-        manifest = Manifest.parse(json.loads((folder / "manifest.json").read_text()))
-    except (OSError, ValueError) as exc:
-        log.warning("library: %s is not a library folder: %s", folder, exc)
-        return None
-    have = {i for i in range(len(manifest)) if (folder / manifest.block_file(i)).is_file()}
-    return Item(manifest, have, lambda i: (folder / manifest.block_file(i)).read_bytes(), folder,
-                "download" if len(have) == len(manifest) else "replica")
+# -- the layout of a download folder ---------------------------------------------
+#
+# A film's blocks are written as NAME_00000.mkv... (as separa.py writes them, so
+# the folder can be shared or played); a file's fragments go to a hidden part
+# folder until the file is whole, then the file is NAME. A hidden manifest per
+# version lets a restarted client resume and offer what it holds.
+
+def manifest_path(folder: Path, manifest: Manifest) -> Path:
+    return folder / f".{manifest.name}.{manifest.version}.manifest.json"
+
+
+def part_folder(folder: Path, manifest: Manifest) -> Path:
+    return folder / f".{manifest.name}.{manifest.version}.part"
+
+
+def block_path(folder: Path, manifest: Manifest, index: int) -> Path:
+    if manifest.kind == "film":
+        return folder / manifest.block_file(index)
+    return part_folder(folder, manifest) / manifest.block_file(index)
+
+
+def whole_file(folder: Path, manifest: Manifest) -> Path | None:
+    """The assembled file of a ``file`` item, when it is there and has the right size."""
+    path = folder / manifest.name
+    if manifest.kind == "file" and path.is_file() and path.stat().st_size == manifest.size:
+        return path
+    return None
+
+
+def load_fetched(folder: Path) -> list[Item]:
+    """The versions downloaded (or partly replicated) into ``folder``, from their manifests."""
+    items = []
+    for record in sorted(Path(folder).glob(".*.manifest.json")):
+        try:
+            manifest = Manifest.parse(json.loads(record.read_text()))
+        except (OSError, ValueError) as exc:
+            log.warning("library: %s is not a manifest: %s", record, exc)
+            continue
+        whole = whole_file(folder, manifest)
+        if whole is not None:
+            have = set(range(len(manifest)))
+            read = (lambda i, path=whole, size=manifest.block_size: _read_fragment(path, i, size))
+        else:
+            have = {i for i in range(len(manifest)) if block_path(folder, manifest, i).is_file()}
+            read = (lambda i, m=manifest: block_path(folder, m, i).read_bytes())
+        if have:
+            items.append(Item(manifest, have, read, Path(folder),
+                              "download" if len(have) == len(manifest) else "replica"))
+    return items
 
 
 class Library:
@@ -252,11 +291,7 @@ class Library:
         """Read the shared folder and the library folder (at start)."""
         items = scan_share(self.share, self.fragment) if self.share else []
         if self.folder.is_dir():
-            for sub in sorted(self.folder.iterdir()):
-                if sub.is_dir() and not sub.name.startswith("."):
-                    item = load_fetched(sub)
-                    if item is not None and item.have:
-                        items.append(item)
+            items += load_fetched(self.folder)
         with self._lock:
             for item in items:
                 self._items.setdefault(item.version, item)
@@ -276,9 +311,6 @@ class Library:
     def items(self) -> list[Item]:
         with self._lock:
             return list(self._items.values())
-
-    def fetched_folder(self, version: str) -> Path:
-        return self.folder / version
 
     def registration(self, ip: str, port: int) -> dict:
         with self._lock:

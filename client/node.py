@@ -28,10 +28,11 @@ import time
 from client import tree
 from client.fetcher import RepairJob
 from client.joining import Joining
+from client.library import serve_fetch
 from client.links import ChildLink, ParentLink, StockServer, listen_on, read_message
 from client.model import SERVER, Config, Counters, Rejoin, State
 from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
-                              FrameDecoder, Hello, Info, Keepalive, Move, PathUpdate,
+                              FrameDecoder, Hello, Info, Keepalive, LibraryFetch, Move, PathUpdate,
                               MAX_WANT, PeerProtocolError, Redirect, Reject, Report, Swap,
                               SwapAnswer, encode)
 from client.repair import RepairPlan
@@ -98,6 +99,7 @@ class Node(Joining, Upkeep):
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
+        self.library = None  # a client.library.Library when this client offers films
 
     # -- life cycle --------------------------------------------------------
 
@@ -364,14 +366,16 @@ class Node(Joining, Upkeep):
         conn.settimeout(3.0)
         try:
             hello = read_message(conn, decoder)
-            if not isinstance(hello, Hello):
+            if not isinstance(hello, (Hello, LibraryFetch)):
                 raise PeerProtocolError(f"expected Hello, got {type(hello).__name__}")
             if hello.addr.ip != peer_ip:
                 raise PeerProtocolError(f"Hello claims {hello.addr.ip} but comes from {peer_ip}")
         except (PeerProtocolError, EOFError, OSError) as exc:
             log.warning("bad peer connection from %s: %s", peer_ip, exc)
             return
-        if hello.kind == "probe":
+        if isinstance(hello, LibraryFetch):
+            serve_fetch(conn, hello, self.library, self._send_paced)  # the film library
+        elif hello.kind == "probe":
             conn.sendall(encode(self._info(hello)))
         elif hello.kind == "join":
             self._handle_join(conn, decoder, hello)
