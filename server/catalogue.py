@@ -116,4 +116,5 @@ def _connect_postgres(url: str):
     try:
         return psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:
-        raise CatalogueError(f"cannot connect to {url}: {exc}") from None
+        where = url.rpartition("@")[2]  # the URL without its credentials
+        raise CatalogueError(f"cannot connect to PostgreSQL at {where}: {exc}") from None

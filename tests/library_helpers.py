@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
 
 import pytest
@@ -13,6 +16,7 @@ from bench.cluster import Cluster, Proc, next_address, wait_until
 from client.library import TrackerClient, TrackerError
 
 TRACKER_PORT = 6061
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def start_tracker(cluster: Cluster, db: str | Path, *extra: str, ip: str | None = None,
@@ -95,7 +99,49 @@ def random_bytes(size: int) -> bytes:
     return os.urandom(size)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster in a temporary folder, for the whole session.
+
+    Runs as the ``postgres`` user when the tests run as root (PostgreSQL
+    refuses root); yields a function that makes a fresh database and
+    returns its URL.
+    """
+    if not PG_BIN.is_dir():
+        pytest.fail(f"PostgreSQL is not installed ({PG_BIN}): scripts/ensure-system.sh installs it")
+    folder = Path(tempfile.mkdtemp(prefix="relaytv-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    ip = next_address()
+    data = folder / "data"
+    subprocess.run(as_user + [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "relaytv",
+                              "-N"], check=True, capture_output=True, timeout=120)
+    subprocess.run(as_user + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w",
+                              "-o", f"-k {folder} -c listen_addresses={ip} -p 5432 -c fsync=off",
+                              "start"], check=True, capture_output=True, timeout=120)
+    import psycopg
+    count = [0]
+
+    def database() -> str:
+        count[0] += 1
+        name = f"t{count[0]}"
+        with psycopg.connect(f"postgresql://relaytv@{ip}:5432/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://relaytv@{ip}:5432/{name}"
+
+    try:
+        yield database
+    finally:
+        subprocess.run(as_user + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
+                                  "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def catalogue(request, tmp_path) -> str:
-    """Where a test's tracker keeps its catalogue: an SQLite file."""
+    """Where a test's tracker keeps its catalogue: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres")()
     return str(tmp_path / "catalogue.db")

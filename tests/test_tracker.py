@@ -11,9 +11,9 @@ import socket
 
 from bench.cluster import wait_until
 from tests.library_helpers import (TRACKER_PORT, EventRecorder, Peer, catalogue, file_manifest,
-                                   random_bytes, start_tracker)
+                                   postgres, random_bytes, start_tracker)
 
-__all__ = ["catalogue"]  # the fixture, imported
+__all__ = ["catalogue", "postgres"]  # the fixtures, imported
 
 
 def test_register_search_versions_and_events(cluster, catalogue):
@@ -165,3 +165,14 @@ def test_events_resume_after_last_event_id(cluster, catalogue):
     seen = [next(stream) for _ in range(2)]
     assert [e["id"] for e in seen] == [2, 3]
     assert json.dumps(seen)  # plain JSON objects
+
+
+def test_two_trackers_serve_one_postgresql_catalogue(cluster, postgres):
+    url = postgres()
+    one, two = start_tracker(cluster, url), start_tracker(cluster, url, name="tracker-two")
+    peer = Peer(one.ip)
+    manifest = file_manifest("shared catalogue.bin", random_bytes(3000))
+    assert peer.register(manifest)[0] == 200
+    found = Peer(two.ip).api.search("catalogue")
+    assert [f["name"] for f in found] == ["shared catalogue.bin"]
+    assert Peer(two.ip).api.film(found[0]["version"])["manifest"] == manifest
