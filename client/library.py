@@ -4,8 +4,8 @@
 * :class:`Library`: the items this client offers. ``--share DIR`` offers
   block sets ``NAME_00000.mkv...`` as films and any other file as a file cut
   into fixed-size fragments; downloads and replicas live in the library
-  folder (``<store>/library``), one folder per version with its
-  ``manifest.json``.
+  folder (``<store>/library/NAME`` for a download, ``<store>/library/VERSION``
+  for a replica), each with the hidden manifest of its version.
 * :func:`serve_fetch`: the answer to a :class:`~client.peerproto.LibraryFetch`
   on the peer port, bounded in concurrent uploads and paced like repairs.
 * :class:`LibraryAgent`: one thread that registers the holdings, heartbeats,
@@ -290,8 +290,9 @@ class Library:
     def scan(self) -> None:
         """Read the shared folder and the library folder (at start)."""
         items = scan_share(self.share, self.fragment) if self.share else []
-        if self.folder.is_dir():
-            items += load_fetched(self.folder)
+        if self.folder.is_dir():  # one folder per download or replica
+            for sub in sorted(p for p in self.folder.iterdir() if p.is_dir()):
+                items += load_fetched(sub)
         with self._lock:
             for item in items:
                 self._items.setdefault(item.version, item)
@@ -317,6 +318,15 @@ class Library:
             films = [{"manifest": i.manifest.to_json(), "have": ranges(i.have)}
                      for i in self._items.values() if i.have]
         return {"ip": ip, "port": port, "space": self.space, "films": films}
+
+    def folder_of(self, name: str) -> Path | None:
+        """The folder of a complete film called ``name`` (for the player)."""
+        with self._lock:
+            for item in self._items.values():
+                if item.manifest.name == name and item.manifest.kind == "film" \
+                        and len(item.have) == len(item.manifest):
+                    return item.where
+        return None
 
     def describe(self) -> list[dict]:
         with self._lock:

@@ -15,6 +15,7 @@ from pathlib import Path
 from client.download import Download, DownloadError, Result, offer_download, run_get
 from client.library import Library, LibraryAgent, TrackerClient, TrackerError, read_task
 from client.peerproto import Addr
+from player.launch import start_player, stop_player
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class LibraryService:
         self._lock = threading.Lock()
         self._downloads: dict[str, tuple[Download, threading.Thread]] = {}
         self.results: dict[str, Result | str] = {}
+        self._player = None
 
     def start_agent(self) -> None:
         with self._lock:
@@ -99,8 +101,9 @@ class LibraryService:
         with self._lock:
             if wanted in self._downloads and self._downloads[wanted][1].is_alive():
                 return
-            download = Download(self.tracker, self.me, self.library.folder, wanted,
-                                stall_after=self.stall_after, me=self.me)
+            name, _, version = wanted.partition("@")
+            download = Download(self.tracker, self.me, self.library.folder / (name or version),
+                                wanted, stall_after=self.stall_after, me=self.me)
             thread = threading.Thread(target=self._run, args=(wanted, download),
                                       name=f"download-{wanted}")
             self._downloads[wanted] = (download, thread)
@@ -131,12 +134,24 @@ class LibraryService:
         version, blocks = parsed
         log.info("library: replicating %d block(s) of %s", len(blocks), version)
         try:
-            result = Download(self.tracker, self.me, self.library.folder, f"@{version}",
+            result = Download(self.tracker, self.me, self.library.folder / version, f"@{version}",
                               blocks=set(blocks), stall_after=self.stall_after, me=self.me).run()
         except (DownloadError, TrackerError) as exc:
             log.warning("library: replication of %s failed: %s", version, exc)
             return
         offer_download(self.library, result)
+
+    def play(self, name: str) -> str:
+        """Play a complete film of the library in its own player, keeping its blocks."""
+        folder = self.library.folder_of(name)
+        if folder is None:
+            return f"no complete film {name!r} here (get it first)"
+        with self._lock:
+            if self._player is not None:
+                stop_player(self._player)
+            with open(self.library.folder / "player.log", "ab") as log_file:
+                self._player = start_player(folder, keep=True, log=log_file)
+        return f"playing {name} from {folder} (pid {self._player.pid})"
 
     def downloads(self) -> dict[str, str]:
         """Each menu download and where it stands."""
@@ -163,6 +178,8 @@ class LibraryService:
             thread.join(timeout=10)
         if self._agent_started:
             self.agent.stop()
+        if self._player is not None:
+            stop_player(self._player)
 
 
 def start_library(args: argparse.Namespace, node) -> LibraryService:

@@ -140,6 +140,10 @@ class Menu(cmd.Cmd):
         self.library.get(arg.strip())
         self._say(f"getting {arg.strip()} into {self.library.library.folder} (`library` shows it)")
 
+    def do_play(self, arg: str) -> None:
+        """play NAME: play a downloaded film in its own player, keeping its blocks."""
+        self._say(self.library.play(arg.strip()))
+
     def do_library(self, arg: str) -> None:
         """library: what this client holds and offers, and its downloads."""
         for item in self.library.library.describe():

@@ -238,3 +238,23 @@ def test_replication_brings_a_film_back_to_r_holders(cluster, tmp_path, long_fil
         got = cluster.store_of(spare) / "library"
         if (got / f"{FILM}_00000.mkv").exists():
             assert _same_blocks(long_film, got)
+
+
+def test_menu_search_get_library_and_the_downloader_becomes_a_holder(cluster, tmp_path, long_film):
+    lib = Library(cluster, tmp_path)
+    lib.peer(share=_copy(long_film, tmp_path / "share"))
+    lib.holders_of(FILM, 1)
+    viewer = lib.cluster.start_client(lib.server, "--menu", "--tracker",
+                                      f"{lib.tracker.ip}:{TRACKER_PORT}", stdin=subprocess.PIPE)
+    viewer.popen.stdin.write(b"search CANAL\nget canal0\n")
+    viewer.popen.stdin.flush()
+    film = lib.holders_of(FILM, 2)
+    assert f"{viewer.ip}:9092" in {f"{h['ip']}:{h['port']}" for h in film["holders"]}
+    assert _same_blocks(long_film, cluster.store_of(viewer) / "library" / FILM)
+    viewer.popen.stdin.write(b"library\nquit\n")
+    viewer.popen.stdin.close()
+    assert viewer.popen.wait(timeout=30) == 0
+    out = viewer.log_text()
+    assert f"{FILM}@{film['version']}  film, 30 blocks" in out and "1 found" in out
+    assert f"{FILM}@{film['version']}  film, 30/30 blocks (download)" in out
+    assert f"download {FILM}: complete in" in out
