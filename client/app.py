@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from client.libraryapp import add_library_arguments, get_once, start_library, stop_library
 from client.menu import Menu
 from client.node import Config, Node
 from client.store import StoreLimit, parse_store_limit
@@ -89,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-menu", action="store_true",
                    help="no interactive menu: run until SIGTERM or Ctrl-C")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_library_arguments(p)
     args = p.parse_args(argv)
     if args.max_behind < 0:
         p.error(f"--max-behind must be 0 or more, not {args.max_behind:g}")
@@ -138,6 +140,8 @@ def own_address(server: tuple[str, int]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.get:
+        return get_once(args, own_address)  # the film library's one-shot download, no channel
     if args.max_children is None:
         args.max_children = ask_max_children()
     host, port = args.server
@@ -174,6 +178,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 1
         print(f"relaytv client {ip}: watch in a browser at {web.url}", flush=True)
+    library = start_library(args, node)
     player = None
     if not args.no_player:
         with open(store / "player.log", "ab") as player_log:
@@ -195,7 +200,7 @@ def main(argv=None) -> int:
         if args.no_menu:
             stop.wait()
         else:
-            Menu(node, log_file, web_url=web.url if web else None).cmdloop()
+            Menu(node, log_file, web_url=web.url if web else None, library=library).cmdloop()
     except KeyboardInterrupt:
         pass
     finally:
@@ -204,6 +209,7 @@ def main(argv=None) -> int:
         if web is not None:
             web.stop()
         node.stop()
+        stop_library(library)
         if player is not None:
             stop_player(player)
         stats_file = args.stats or store / "stats.json"

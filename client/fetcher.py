@@ -46,6 +46,7 @@ class RepairJob:
         self._fetchers: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._drive, name="repair")
         self.fetched_from: dict[str, int] = {}
+        self.failures: dict[str, str] = {}  # source: why it stopped serving
 
     def start(self) -> None:
         self._thread.start()
@@ -83,15 +84,18 @@ class RepairJob:
                 if kind == "progress":
                     self.plan.progressed(source, now)
                 elif kind == "block":
-                    self.plan.received(source, payload.digest, payload, now)
+                    key, block = payload
+                    self.plan.received(source, key, block, now)
                     self.fetched_from[str(source)] = self.fetched_from.get(str(source), 0) + 1
                 elif kind == "end":
                     self._launch(self.plan.lacked(source, payload, now))
                 elif kind == "failed":
                     log.warning("repair source %s failed: %s", source, payload)
+                    self.failures.setdefault(str(source), payload)
                     self._launch(self.plan.failed(source, now))
             for source in self.plan.stalled(now):
                 log.warning("repair source %s stalled: the others take over its part", source)
+                self.failures.setdefault(str(source), f"stalled for {self.plan.stall_after:.1f} s")
                 self._close(source)
                 self._launch(self.plan.failed(source, now))
             if now - started > self._deadline:
@@ -119,7 +123,7 @@ class RepairJob:
         wanted = set(digests)
         try:
             sock.settimeout(self.plan.stall_after * 2)
-            sock.sendall(encode(Hello("fetch", self.own, self.channel, want=tuple(digests))))
+            sock.sendall(self._request(digests))
             while True:
                 message = decoder.next_message()
                 if message is None:
@@ -128,13 +132,11 @@ class RepairJob:
                     decoder.feed(chunk)
                     if chunk:
                         self._reports.put(("progress", source, None))
-                elif isinstance(message, Block) and message.digest in wanted:
-                    self._reports.put(("block", source, message))
-                elif isinstance(message, FetchEnd):
-                    self._reports.put(("end", source, list(message.missing)))
+                    continue
+                kind, payload = self._answer(source, message, wanted)
+                self._reports.put((kind, source, payload))
+                if kind == "end":
                     return
-                else:
-                    raise PeerProtocolError(f"unexpected {type(message).__name__} in a fetch answer")
         except (OSError, EOFError, PeerProtocolError) as exc:
             self._reports.put(("failed", source, str(exc)))
         finally:
@@ -143,6 +145,19 @@ class RepairJob:
                 if sock in open_sockets:
                     open_sockets.remove(sock)
             sock.close()
+
+    def _request(self, keys: list) -> bytes:
+        """The frame that asks a source for ``keys`` (a repair asks by block identity)."""
+        return encode(Hello("fetch", self.own, self.channel, want=tuple(keys)))
+
+    def _answer(self, source: Addr, message, wanted: set) -> tuple[str, object]:
+        """One message of a source's answer as a report: ``("block", (key, block))`` or
+        ``("end", keys it lacked)``; anything else breaks the protocol."""
+        if isinstance(message, Block) and message.digest in wanted:
+            return "block", (message.digest, message)
+        if isinstance(message, FetchEnd):
+            return "end", list(message.missing)
+        raise PeerProtocolError(f"unexpected {type(message).__name__} in a fetch answer")
 
     def _close(self, source: Addr) -> None:
         with self._lock:

@@ -39,11 +39,12 @@ class Menu(cmd.Cmd):
     prompt = "relaytv> "
 
     def __init__(self, node: Node, log_file: Path | None = None, web_url: str | None = None,
-                 **kwargs):
+                 library=None, **kwargs):
         super().__init__(**kwargs)
         self.node = node
         self.web_url = web_url
         self.log_file = log_file
+        self.library = library  # a client.libraryapp.LibraryService
         self.intro = (f"relaytv client {node.config.ip}, channel {node.config.channel}, "
                       f"up to {node.config.max_children} children. Type help for commands.")
 
@@ -134,6 +135,44 @@ class Menu(cmd.Cmd):
                     self._say(line.rstrip("\n"))
         except OSError as exc:
             self._say(f"cannot read {self.log_file}: {exc}")
+
+    def do_search(self, arg: str) -> None:
+        """search WORD: films and files of the library whose name contains WORD."""
+        from client.library import TrackerError
+        try:
+            found = self.library.search(arg.strip())
+        except TrackerError as exc:
+            self._say(str(exc))
+            return
+        for film in found:
+            self._say(f"{film['name']}@{film['version']}  {film['kind']}, {film['blocks']} blocks, "
+                      f"{_size(film['size'])}, {len(film['holders'])} holder(s), "
+                      f"every block on at least {min(film['replication'], default=0)}")
+        self._say(f"{len(found)} found")
+
+    def do_get(self, arg: str) -> None:
+        """get NAME[@VERSION]: download from up to 3 holders at once (in the background)."""
+        if not arg.strip():
+            self._say("usage: get NAME[@VERSION]")
+            return
+        self.library.get(arg.strip())
+        self._say(f"getting {arg.strip()} into {self.library.library.folder} (`library` shows it)")
+
+    def do_play(self, arg: str) -> None:
+        """play NAME: play a downloaded film in its own player, keeping its blocks."""
+        self._say(self.library.play(arg.strip()))
+
+    def do_library(self, arg: str) -> None:
+        """library: what this client holds and offers, and its downloads."""
+        for item in self.library.library.describe():
+            self._say(f"{item['name']}@{item['version']}  {item['kind']}, {item['held']}/"
+                      f"{item['blocks']} blocks ({item['origin']}), {item['served']} served")
+        for wanted, state in self.library.downloads().items():
+            self._say(f"download {wanted}: {state}")
+        agent = self.library.agent.state
+        self._say(f"tracker {self.library.tracker}: "
+                  + ("registered" if agent.registered else "not registered")
+                  + (f" ({agent.last_error})" if agent.last_error else ""))
 
     def do_quit(self, arg: str) -> bool:
         """quit: leave the channel and exit."""

@@ -29,13 +29,15 @@ import time
 from client import strangers, tree
 from client.fetcher import RepairJob
 from client.joining import Joining
+from client.library import serve_fetch
 from client.links import (ChildLink, ParentLink, StockServer, addresses_of, listen_on,
                           read_message, read_message_by)
 from client.model import SERVER, Config, Counters, Rejoin, State
 from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
-                              FrameDecoder, HEADER, Hello, Info, Keepalive, Move, PathUpdate,
-                              MAX_BLOCK, MAX_CONTROL, MAX_WANT, PeerProtocolError, Redirect,
-                              Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, encode)
+                              FrameDecoder, HEADER, Hello, Info, Keepalive, LibraryFetch, Move,
+                              PathUpdate, MAX_BLOCK, MAX_CONTROL, MAX_WANT, PeerProtocolError,
+                              Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
+                              encode)
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
@@ -110,6 +112,7 @@ class Node(Joining, Upkeep):
         #: Called as ``watch("block", Stored)`` after each stored block and
         #: ``watch("status", None)`` after each change of status; must not block.
         self.watchers: list = []
+        self.library = None  # a client.library.Library when this client offers films
 
     # -- life cycle --------------------------------------------------------
 
@@ -393,7 +396,7 @@ class Node(Joining, Upkeep):
             if isinstance(hello, TreeQuery):
                 conn.sendall(encode(TreeAnswer(tuple(self.subtree.subtree(self.snapshot())))))
                 return
-            if not isinstance(hello, Hello):
+            if not isinstance(hello, (Hello, LibraryFetch)):
                 raise PeerProtocolError(f"expected Hello, got {type(hello).__name__}")
         except socket.timeout:
             self._blame.report(strangers.LIMIT, peer_ip, "no Hello within "
@@ -408,11 +411,13 @@ class Node(Joining, Upkeep):
         finally:
             ticket.handshake_done()
         if hello.addr.ip != peer_ip:
-            self._blame.report(strangers.LIE, peer_ip, f"Hello claims {hello.addr.ip}: "
-                               "connection closed")
+            self._blame.report(strangers.LIE, peer_ip, f"{type(hello).__name__} claims "
+                               f"{hello.addr.ip}: connection closed")
             return
         conn.settimeout(3.0)
-        if hello.kind == "probe":
+        if isinstance(hello, LibraryFetch):
+            serve_fetch(conn, hello, self.library, self._send_paced)  # the film library
+        elif hello.kind == "probe":
             conn.sendall(encode(self._info(hello)))
         elif hello.kind == "join":
             self._handle_join(conn, decoder, hello, ticket)

@@ -40,6 +40,8 @@ MAX_BLOCK = stock.MAX_BLOCK    # one bound for a block, pushed or relayed
 MAX_LIST = 64
 MAX_MEMBERS = 1024
 MAX_WANT = 256
+MAX_LIBRARY_WANT = 10_000
+MAX_LIBRARY_INDEX = 9_999
 DIGEST_SIZE = 16
 
 
@@ -613,11 +615,73 @@ class TreeAnswer:
         return cls(wire_nodes(obj.get("nodes", [])))
 
 
+
+@dataclass(frozen=True)
+class LibraryFetch:
+    """First frame of a library download connection: send me these blocks of a film.
+
+    ``film`` is the version (manifest hash) the tracker gave; ``blocks``
+    the indices wanted, in the order wanted. The answer is one
+    :class:`Block` per block held (``seq`` the index), then a
+    :class:`LibraryEnd`, or a :class:`Reject` when the film is not offered
+    or an index is out of range.
+    """
+
+    TYPE: ClassVar[int] = 30
+    addr: Addr
+    film: str
+    blocks: tuple[int, ...]
+    proto: str = PROTOCOL
+    version: int = VERSION
+
+    def __post_init__(self):
+        if self.proto != PROTOCOL:
+            raise PeerProtocolError(f"not a {PROTOCOL} peer: {self.proto!r}")
+        if self.version != VERSION:
+            raise PeerProtocolError(f"unsupported protocol version {self.version!r}")
+        if (not isinstance(self.film, str) or len(self.film) != 16
+                or any(c not in "0123456789abcdef" for c in self.film)):
+            raise PeerProtocolError(f"bad film version {self.film!r}")
+        for index in _check_list(list(self.blocks), "blocks", MAX_LIBRARY_WANT):
+            _check_int(index, "block index", 0, MAX_LIBRARY_INDEX)
+
+    def to_json(self) -> dict:
+        return {"proto": self.proto, "version": self.version, "ip": self.addr.ip,
+                "port": self.addr.port, "film": self.film, "blocks": list(self.blocks)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "LibraryFetch":
+        blocks = _check_list(obj.get("blocks"), "blocks", MAX_LIBRARY_WANT)
+        return cls(Addr.parse(obj), obj.get("film"), tuple(blocks), obj.get("proto"),
+                   obj.get("version"))
+
+
+@dataclass(frozen=True)
+class LibraryEnd:
+    """Closes an answer to a :class:`LibraryFetch`: the wanted blocks this peer lacks."""
+
+    TYPE: ClassVar[int] = 31
+    missing: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for index in _check_list(list(self.missing), "missing", MAX_LIBRARY_WANT):
+            _check_int(index, "block index", 0, MAX_LIBRARY_INDEX)
+
+    def to_json(self) -> dict:
+        return {"missing": list(self.missing)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "LibraryEnd":
+        return cls(tuple(_check_list(obj.get("missing", []), "missing", MAX_LIBRARY_WANT)))
+
+
 Message = (Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye
-           | Report | Info | Advice | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer)
+           | Report | Info | Advice | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer
+           | LibraryFetch | LibraryEnd)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
                                             Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap,
-                                            SwapAnswer, TreeQuery, TreeAnswer)}
+                                            SwapAnswer, TreeQuery, TreeAnswer, LibraryFetch,
+                                            LibraryEnd)}
 
 
 def encode(message: Message) -> bytes:

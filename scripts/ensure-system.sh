@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(ffmpeg libvlc5 vlc-plugin-base vlc-plugin-video-output xvfb xauth
-          fonts-dejavu-core doxygen graphviz iproute2 chromium chromium-driver)
+          fonts-dejavu-core doxygen graphviz iproute2 chromium chromium-driver postgresql)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 
 missing=()

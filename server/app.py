@@ -44,6 +44,7 @@ from server import protocol
 from server.channel import Channel, Outcome, Registry, Schedule, Slot
 from server.films import Film, FilmError, assign_films, find_films
 from server.intake import Finished, Intake
+from server.tracker import add_beside_server_arguments, start_beside_server, stop_beside_server
 
 log = logging.getLogger("server")
 
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging level (default: %(default)s)")
+    add_beside_server_arguments(parser)
     return parser
 
 
@@ -618,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     server = ChannelServer(config, films)
+    tracker = None  # the library tracker beside the channels (server/tracker.py)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -638,11 +641,13 @@ def main(argv: list[str] | None = None) -> int:
                  len(server.films),
                  ", ".join(f"{i}={f.name} ({len(f)} blocks)" for i, f in enumerate(server.films)),
                  config.max_clients, config.period, config.push_port)
+        tracker = start_beside_server(build_parser().parse_args(argv), host)
         server.start_channels()
         server.serve()
         log.info("stopping")
     finally:
         server.close()
+        stop_beside_server(tracker)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if config.stats is not None:
