@@ -18,7 +18,7 @@ from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, 
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
                               Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, block_digest,
-                              encode)
+                              encode, LibraryEnd, LibraryFetch)
 from client.treeview import TreeNode
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
@@ -111,6 +111,9 @@ MESSAGES = [
     TreeAnswer((TreeNode(addr(23), None, True, 1, 2, 2, 10, 20, 5, 0, "full"),
                 TreeNode(addr(24), addr(23), False, 2, 0, 0, 0, 20, 0, 1, "leaf"))),
     Report(0, 0, nodes=(TreeNode(addr(24), addr(23), False, 2, 0, 0, 0, 20, 0, 1, "stalled"),)),
+    LibraryFetch(addr(25), "0123456789abcdef", (0, 1, 29)),
+    LibraryEnd((3,)),
+    LibraryEnd(),
 ]
 
 
@@ -145,7 +148,7 @@ def test_round_trip_one_byte_at_a_time(message):
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
     assert covered == set(JSON_MESSAGES.values()) | {Block}
-    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21}  # 20-29: the web view
+    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21, 30, 31}  # 20-29: the web view, 30-39: the library
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
     assert Block.TYPE not in JSON_MESSAGES
 
