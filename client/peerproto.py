@@ -39,6 +39,9 @@ MAX_LIST = 64
 MAX_MEMBERS = 1024
 MAX_WANT = 256
 DIGEST_SIZE = 16
+#: The most children a client may take: what a Report's ``children`` and a
+#: Redirect's candidate list can carry (``--max-children`` is refused above it).
+MAX_CHILDREN = MAX_LIST
 
 
 class PeerProtocolError(ValueError):
@@ -116,7 +119,7 @@ class Candidate:
 
     def __post_init__(self):
         _check_int(self.depth, "depth", 1, 1000)
-        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.free, "free", 0, MAX_CHILDREN)
         _check_int(self.sent, "sent", 0, 2**63)
 
     def to_json(self) -> dict:
@@ -191,7 +194,7 @@ class Hello:
         if self.kind not in ("join", "probe", "fetch"):
             raise PeerProtocolError(f"unknown hello kind {self.kind!r}")
         _check_int(self.channel, "channel", 0, 9)
-        _check_int(self.max_children, "max_children", 0, 1000)
+        _check_int(self.max_children, "max_children", 0, MAX_CHILDREN)
         _check_int(self.catch_up, "catch_up", 0, MAX_WANT)
         _check_int(self.have_seq, "have_seq", 0, 2**64 - 1)
 
@@ -398,7 +401,9 @@ class Report:
 
     ``subtree`` holds the free places known below the child, best first, so
     that a full relay can redirect a joiner straight to a free slot;
-    ``members`` lists every descendant (for loop checks and the ``tree`` view).
+    ``members`` lists every descendant (for loop checks and the ``tree`` view);
+    ``parents`` gives, for each member, the index of its parent among the
+    members (-1: the reporting child itself), so the whole subtree can be drawn.
     """
 
     TYPE: ClassVar[int] = 11
@@ -408,24 +413,31 @@ class Report:
     members: tuple[Addr, ...] = ()
     max_children: int = 0
     children: tuple[Addr, ...] = ()
+    parents: tuple[int, ...] = ()
 
     def __post_init__(self):
-        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.free, "free", 0, MAX_CHILDREN)
         _check_int(self.sent, "sent", 0, 2**63)
-        _check_int(self.max_children, "max_children", 0, 1000)
+        _check_int(self.max_children, "max_children", 0, MAX_CHILDREN)
+        if self.parents and len(self.parents) != len(self.members):
+            raise PeerProtocolError("bad parents: not one per member")
+        for index in self.parents:
+            _check_int(index, "parent index", -1, len(self.members) - 1)
 
     def to_json(self) -> dict:
         return {"free": self.free, "sent": self.sent,
                 "subtree": [c.to_json() for c in self.subtree],
                 "members": [asdict(a) for a in self.members],
                 "max_children": self.max_children,
-                "children": [asdict(a) for a in self.children]}
+                "children": [asdict(a) for a in self.children],
+                "parents": list(self.parents)}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Report":
         return cls(obj.get("free"), obj.get("sent"), _candidates(obj.get("subtree", [])),
                    _addrs(obj.get("members", []), "members", MAX_MEMBERS),
-                   obj.get("max_children", 0), _addrs(obj.get("children", []), "children"))
+                   obj.get("max_children", 0), _addrs(obj.get("children", []), "children"),
+                   tuple(_check_list(obj.get("parents", []), "parents", MAX_MEMBERS)))
 
 
 @dataclass(frozen=True)
@@ -451,7 +463,7 @@ class Info:
         if not isinstance(self.attached, bool):
             raise PeerProtocolError("bad attached flag")
         _check_int(self.depth, "depth", 1, 1000)
-        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.free, "free", 0, MAX_CHILDREN)
         _check_int(self.sent, "sent", 0, 2**63)
 
     def to_json(self) -> dict:
