@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 
 class State(enum.Enum):
@@ -16,6 +17,7 @@ class State(enum.Enum):
     ORPHANED = "orphaned"    # lost its parent, looking for a new one; children stay
     LEAVING = "leaving"
     IDLE = "idle"            # left the channel on the user's request, still running
+    FAILED = "failed"        # a core thread failed: the client stops with an error
     STOPPED = "stopped"
 
 
@@ -40,6 +42,8 @@ class Config:
     catch_up_seconds: float = 0.0
     balance_blocks: float = 8.0
     repair_rate: float = 0.0        # kB/s spent answering other clients' repairs; 0: no cap
+    #: The folder of each channel's blocks (the default store/<ip>/channel<N>); None: ``store`` always.
+    store_of_channel: Callable[[int], Path] | None = None
 
     @property
     def swap_cooldown(self) -> float:
