@@ -51,9 +51,11 @@ def check_own_ip(value: str) -> str | None:
     tells (no packet is sent).
     """
     try:
-        ipaddress.IPv4Address(value)
+        address = ipaddress.IPv4Address(value)
     except ValueError:
         return f"--ip {value!r} is not an IPv4 address (e.g. 127.0.0.2)"
+    if address.is_unspecified or address.is_multicast:
+        return f"--ip {value}: not one machine's address (other clients must reach it there)"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((value, 0))

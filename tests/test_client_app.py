@@ -81,7 +81,7 @@ def test_the_start_up_prompt_refuses_past_the_limit_and_asks_again(cluster):
 
 # -- item 4: an --ip the client cannot use ----------------------------------
 
-@pytest.mark.parametrize("ip", ["notanip", "localhost", "192.0.2.1"])
+@pytest.mark.parametrize("ip", ["notanip", "localhost", "192.0.2.1", "0.0.0.0"])
 def test_an_unusable_ip_is_one_line_a_non_zero_exit_and_nothing_created(ip):
     """192.0.2.1 (a documentation address, RFC 5737) is on no interface of this machine."""
     store = REPO / "store" / ip
