@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -15,8 +16,10 @@ from pathlib import Path
 from client.libraryapp import add_library_arguments, get_once, start_library, stop_library
 from client.menu import Menu
 from client.node import Config, Node
+from client.peerproto import MAX_CHILDREN
 from client.store import StoreLimit, parse_store_limit
 from client.web import WebView
+from server.protocol import MAX_CHANNELS
 from player.launch import start_player, stop_player
 
 log = logging.getLogger("client")
@@ -31,27 +34,51 @@ def _server_address(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"not HOST[:PORT]: {value!r}") from None
 
 
-def _non_negative(value: str) -> int:
+def _children_limit(value: str) -> int:
+    """A ``--max-children`` the peer protocol can carry (0 to :data:`MAX_CHILDREN`)."""
     try:
         n = int(value)
-        if n < 0:
+        if not 0 <= n <= MAX_CHILDREN:
             raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a whole number from 0 to {MAX_CHILDREN}: {value!r}") from None
     return n
+
+
+def check_own_ip(value: str) -> str | None:
+    """Why ``value`` cannot be this client's address, or None when it can.
+
+    The client binds its listeners and its outgoing connections to it, so it
+    must be an IPv4 address of this machine: binding a throw-away socket
+    tells (no packet is sent).
+    """
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        return f"--ip {value!r} is not an IPv4 address (e.g. 127.0.0.2)"
+    if address.is_unspecified or address.is_multicast:
+        return f"--ip {value}: not one machine's address (other clients must reach it there)"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((value, 0))
+        except OSError as exc:
+            return f"--ip {value}: not an address of this machine ({exc.strerror})"
+    return None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="client.py",
         description="relaytv client: receive a channel, relay it to other clients, play it.")
-    p.add_argument("--max-children", type=_non_negative,
-                   help="how many other clients may receive the channel from this one "
-                        "(asked once at start when missing)")
+    p.add_argument("--max-children", type=_children_limit, metavar=f"0-{MAX_CHILDREN}",
+                   help="how many other clients may receive the channel from this one, "
+                        f"at most {MAX_CHILDREN} (asked once at start when missing)")
     p.add_argument("--server", type=_server_address, default=("127.0.0.1", 6060),
                    metavar="HOST[:PORT]", help="the channel server (default 127.0.0.1:6060)")
-    p.add_argument("--channel", type=int, default=0, choices=range(10), metavar="N",
-                   help="channel to watch (default 0)")
+    p.add_argument("--channel", type=int, default=0, choices=range(MAX_CHANNELS),
+                   metavar="N", help="channel to watch (default 0); the server says which "
+                                     "of 0-9 it has")
     p.add_argument("--ip", help="this client's address: listeners and outgoing connections bind "
                                 "to it (default: the address that reaches the server)")
     p.add_argument("--push-port", type=int, default=9091, help="port the server sends to (9091)")
@@ -123,7 +150,7 @@ def ask_max_children(stdin=sys.stdin, stdout=sys.stdout) -> int:
         if not line:
             raise SystemExit("client: --max-children is required (no answer on standard input)")
         try:
-            return _non_negative(line.strip())
+            return _children_limit(line.strip())
         except argparse.ArgumentTypeError as exc:
             stdout.write(f"{exc}\n")
 
@@ -140,13 +167,21 @@ def own_address(server: tuple[str, int]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    problem = check_own_ip(args.ip) if args.ip else None
+    if problem:
+        print(f"client: {problem}", file=sys.stderr)
+        return 2
     if args.get:
         return get_once(args, own_address)  # the film library's one-shot download, no channel
     if args.max_children is None:
         args.max_children = ask_max_children()
     host, port = args.server
     ip = args.ip or own_address(args.server)
-    store = args.store or REPO / "store" / ip / f"channel{args.channel}"
+
+    def store_of_channel(channel: int) -> Path:
+        return REPO / "store" / ip / f"channel{channel}"
+
+    store = args.store or store_of_channel(args.channel)
     store.mkdir(parents=True, exist_ok=True)
 
     log_file = None if args.no_menu else store / "client.log"
@@ -159,8 +194,13 @@ def main(argv=None) -> int:
                     peer_port=args.peer_port, period=args.period, window_seconds=args.window,
                     catch_up_seconds=args.catch_up, balance_blocks=args.balance_margin,
                     repair_rate=args.repair_rate, store_limit=args.store_limit,
-                    player=not args.no_player)
+                    player=not args.no_player,
+                    store_of_channel=None if args.store else store_of_channel)
     node = Node(config)
+    main_thread = threading.main_thread().ident
+    # A failed core thread stops the program the way SIGTERM does (a real signal to
+    # the main thread also wakes a menu blocked reading its standard input).
+    node.on_failure = lambda: signal.pthread_kill(main_thread, signal.SIGTERM)
     try:
         node.start()
     except OSError as exc:
@@ -180,12 +220,20 @@ def main(argv=None) -> int:
         print(f"relaytv client {ip}: watch in a browser at {web.url}", flush=True)
     library = start_library(args, node)
     player = None
-    if not args.no_player:
-        with open(store / "player.log", "ab") as player_log:
-            player = start_player(store, log=player_log, max_behind=args.max_behind,
-                                  played_log=store / "played.jsonl")
+
+    def play(folder: Path) -> None:
+        nonlocal player
+        if player is not None:
+            stop_player(player)
+        with open(folder / "player.log", "ab") as player_log:
+            player = start_player(folder, log=player_log, max_behind=args.max_behind,
+                                  played_log=folder / "played.jsonl")
         log.info("player started (pid %d)%s, log in %s", player.pid,
-                 "" if os.environ.get("DISPLAY") else ", headless (no DISPLAY)", store / "player.log")
+                 "" if os.environ.get("DISPLAY") else ", headless (no DISPLAY)", folder / "player.log")
+
+    if not args.no_player:
+        play(store)
+        node.on_store_moved = play  # a new channel's folder: the player follows it
 
     stop = threading.Event()
 
@@ -212,10 +260,13 @@ def main(argv=None) -> int:
         stop_library(library)
         if player is not None:
             stop_player(player)
-        stats_file = args.stats or store / "stats.json"
+        stats_file = args.stats or node.config.store / "stats.json"
         try:
             stats_file.write_text(json.dumps(node.stats(), indent=1))
         except OSError as exc:
             log.error("could not write statistics to %s: %s", stats_file, exc)
         log.info("stopped")
+    if node.failed.is_set():
+        print(f"client: stopped: {node.failure} (the traceback is in the log)", file=sys.stderr)
+        return 1
     return 0

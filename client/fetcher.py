@@ -65,6 +65,8 @@ class RepairJob:
     def _drive(self) -> None:
         try:
             self._run_plan()
+        except Exception:  # a bug here must not leave live blocks held forever
+            log.exception("repair driver failed: giving up on the rest")
         finally:
             self._close_all()
             self._on_done(self)
@@ -139,6 +141,9 @@ class RepairJob:
                     return
         except (OSError, EOFError, PeerProtocolError) as exc:
             self._reports.put(("failed", source, str(exc)))
+        except Exception as exc:  # a bug here: the others take this source's part
+            log.exception("fetch from %s failed", source)
+            self._reports.put(("failed", source, f"internal error: {exc!r}"))
         finally:
             with self._lock:
                 open_sockets = self._sockets.get(source, [])

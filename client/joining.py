@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
-from client import tree
-from client.links import ParentLink, connect_from, read_message
+from client import channels, tree
+from client.links import NoJoinAnswer, ParentLink, connect_from, read_message
 from client.model import SERVER, Rejoin, State
 from client.peerproto import (MAX_WANT, Accept, Addr, Bye, Candidate, FrameDecoder, Hello, Info,
                               Move, PeerProtocolError, Redirect, Reject, encode)
@@ -63,7 +63,11 @@ class Joining:
         with self._lock:
             self.rejoins.append(rejoin)
             self._pending_rejoin = rejoin
+            self._channel_problem = self.problem = None
         self._search_place(rejoin, server_first, seeds, exclude, backup, insist, moved_by)
+        if self._channel_problem is not None:
+            self._give_up_channel(self._channel_problem)
+            return
         with self._lock:
             if self.state in (State.DIRECT, State.ATTACHED):
                 rejoin.depth_after = self.depth
@@ -91,9 +95,11 @@ class Joining:
             return
         pause = self.config.period / 4
         while not self._stopping.is_set():
-            if not self._events.empty() and self._peek_leave():
+            if not self._events.empty() and self._peek_command():
                 return
             if server_first and self._try_server():
+                return
+            if self._channel_problem is not None:
                 return
             with self._lock:
                 members = tree.members_below(self._relay_view())
@@ -106,26 +112,67 @@ class Joining:
                 return
             if not server_first and self._try_server():
                 return
+            if self._channel_problem is not None:
+                return
             self._stopping.wait(pause)
-            pause = min(pause * 2, self.config.period)
+            # Back off further while the server is not reachable at all.
+            pause = min(pause * 2, self.config.period * (1 if self.server_reachable else 4))
             # The parent we lost may be alive after all (it dropped us for a
             # silence of ours) and, after a whole round, the only place left.
             exclude = ()
 
-    def _peek_leave(self) -> bool:
-        """True when a leave is queued (the event stays queued for the loop)."""
+    def _peek_command(self) -> bool:
+        """True when the user asked for something else (quit, leave, another channel).
+
+        The event stays queued for the loop, which acts on it once the search returns.
+        """
         with self._events.mutex:
-            return any(event[0] == "leave" for event in self._events.queue)
+            return any(event[0] in ("leave", "idle", "channel") for event in self._events.queue)
 
     def _server_call(self, call, *args):
+        """One request to the server; None when it failed (said once while the server is away)."""
         try:
-            return call(*args)
-        except (OSError, TimeoutError, stock.ProtocolError) as exc:
+            result = call(*args)
+        except NoJoinAnswer:
+            self._server_answered()
+            raise
+        except stock.ProtocolError as exc:
+            self._server_answered()
             log.warning("server %s:%d: %s", self.server.host, self.server.port, exc)
             return None
+        except OSError as exc:
+            self._server_unreachable(exc)
+            return None
+        self._server_answered()
+        return result
+
+    def _server_unreachable(self, exc: OSError) -> None:
+        with self._lock:
+            first, self.server_reachable = self.server_reachable, False
+            self.server_failures += 1
+        if first:
+            log.warning("the server %s:%d is not reachable (%s): still trying, "
+                        "quietly, with a growing pause", self.server.host, self.server.port, exc)
+        else:
+            log.debug("server %s:%d still not reachable: %s", self.server.host, self.server.port, exc)
+        self._write_status()
+
+    def _server_answered(self) -> None:
+        with self._lock:
+            back, failures = not self.server_reachable, self.server_failures
+            self.server_reachable, self.server_failures = True, 0
+        if back:
+            log.info("the server %s:%d answers again (after %d failed request(s))",
+                     self.server.host, self.server.port, failures)
+            self._write_status()
 
     def _try_server(self) -> bool:
-        if not self._server_call(self.server.join, self.config.channel, self._join_answers):
+        try:
+            joined = self._server_call(self.server.join, self.config.channel, self._join_answers)
+        except NoJoinAnswer as exc:
+            self._no_join_answer(exc)
+            return False
+        if not joined:
             return False
         with self._deliver_lock, self._lock:
             self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
@@ -142,6 +189,30 @@ class Joining:
         self._tell_children_path()
         self._write_status()
         return True
+
+    def _no_join_answer(self, exc: NoJoinAnswer) -> None:
+        """The server took our join and said nothing: is the channel one it has (``13X``)?"""
+        try:
+            problem = channels.missing_channel(self.server, self.config.channel)
+        except (OSError, stock.ProtocolError) as error:
+            problem = None
+            log.warning("server %s:%d: %s; and the count request failed: %s",
+                        self.server.host, self.server.port, exc, error)
+        if problem is None:
+            log.warning("server %s:%d: %s", self.server.host, self.server.port, exc)
+        with self._lock:
+            self._channel_problem = problem
+
+    def _give_up_channel(self, problem: str) -> None:
+        """The channel is not one the server has: leave it and wait, idle, for another."""
+        log.error("%s: leaving it", problem)
+        self._leave()
+        with self._lock:
+            self.state = State.IDLE
+            self.problem = problem
+            if self._wanted_channel == self.config.channel:
+                self._wanted_channel = None
+        self._write_status()
 
     def _listed_direct_clients(self) -> list[Addr]:
         ips = self._server_call(self.server.clients, self.config.channel) or []
@@ -294,7 +365,7 @@ class Joining:
             self.state = State.LEAVING
             was_direct = self.parent == SERVER
             link, self.parent_link, self.parent = self.parent_link, None, None
-            path = self.path
+            path, self.path, self.depth = self.path, (), 0
             children = list(self.children.values())
         self._leave_server()
         if link is not None:

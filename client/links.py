@@ -15,6 +15,7 @@ from typing import Callable
 
 from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message,
                               PeerProtocolError, encode)
+from client.supervise import checkpoint
 from server import protocol as stock
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,14 @@ def addresses_of(host: str) -> frozenset[str]:
     return frozenset(info[4][0] for info in infos)
 
 
+class NoJoinAnswer(stock.ProtocolError):
+    """The server took a join request but sent no answer to the push port.
+
+    The stock server does that for a channel it does not have (its handler
+    crashes); :meth:`StockServer.count` tells that case from a slow server.
+    """
+
+
 class StockServer:
     """Requests to the channel server, as the stock protocol (docs/report/protocol.rst) has them.
 
@@ -124,10 +133,30 @@ class StockServer:
         try:
             return stock.parse_join_answer(answers.get(timeout=self.timeout))
         except queue.Empty:
-            raise TimeoutError("the server did not answer the join request") from None
+            raise NoJoinAnswer("the server did not answer the join request") from None
 
     def clients(self, channel: int) -> list[str]:
         return stock.parse_client_list(self._request(stock.LIST, channel, stock.MAX_LIST_ANSWER))
+
+    def count(self, channel: int) -> int | None:
+        """``13X``: how many direct clients ``channel`` has; None when the server has no such channel.
+
+        Both our server and the stock one close a request for a channel they
+        do not have without a word, and answer a count for every other
+        one. OSError: the server is not reachable.
+        """
+        with connect_from(self.own_ip, self.host, self.port, self.timeout) as sock:
+            sock.sendall(stock.encode_request(stock.COUNT, channel))
+            data = bytearray()
+            try:
+                while len(data) <= stock.MAX_COUNT_ANSWER:
+                    chunk = sock.recv(stock.MAX_COUNT_ANSWER + 1 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass  # reset or silence after the request: what came is the answer
+        return stock.parse_count(bytes(data)) if data.strip() else None
 
     def leave(self, channel: int) -> None:
         self._request(stock.LEAVE, channel)
@@ -159,6 +188,7 @@ class ParentLink:
         try:
             while not self._closed.is_set():
                 self._on_message(self, read_message(self.sock, self._decoder))
+                checkpoint("parent-link")
         except socket.timeout:
             reason = "silent"
         except EOFError:
@@ -167,6 +197,9 @@ class ParentLink:
             reason = f"protocol error: {exc}"
         except OSError as exc:
             reason = f"connection error: {exc}"
+        except Exception as exc:  # a bug here must not leave a client that never rejoins
+            log.exception("reader of the link to %s failed", self.addr)
+            reason = f"internal error: {exc!r}"
         if not self._closed.is_set():
             self._on_lost(self, reason)
 
@@ -256,6 +289,9 @@ class ChildLink:
                     break
         except OSError as exc:
             reason = f"send failed: {exc}"
+        except Exception as exc:  # a bug here must not leave a child that holds a slot
+            log.exception("sender to %s failed", self.addr)
+            reason = f"internal error: {exc!r}"
         self._closing.set()
         _shutdown(self.sock)
         self._on_gone(self, reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from client.store import StoreLimit
 
@@ -18,6 +19,7 @@ class State(enum.Enum):
     ORPHANED = "orphaned"    # lost its parent, looking for a new one; children stay
     LEAVING = "leaving"
     IDLE = "idle"            # left the channel on the user's request, still running
+    FAILED = "failed"        # a core thread failed: the client stops with an error
     STOPPED = "stopped"
 
 
@@ -44,6 +46,8 @@ class Config:
     repair_rate: float = 0.0        # kB/s spent answering other clients' repairs; 0: no cap
     store_limit: StoreLimit | None = None  # bound of the blocks on disk (client.store)
     player: bool = True             # a player plays (and deletes) the stored blocks
+    #: The folder of each channel's blocks (the default store/<ip>/channel<N>); None: ``store`` always.
+    store_of_channel: Callable[[int], Path] | None = None
 
     @property
     def swap_cooldown(self) -> float:

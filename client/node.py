@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 
-from client import strangers, tree
+from client import channels, strangers, tree
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
@@ -41,6 +41,7 @@ from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop,
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
+from client.supervise import checkpoint, supervised
 from client.treeview import SubtreeLedger
 from client.upkeep import SwapOffer, Upkeep
 from server import protocol as stock
@@ -113,6 +114,17 @@ class Node(Joining, Upkeep):
         #: ``watch("status", None)`` after each change of status; must not block.
         self.watchers: list = []
         self.library = None  # a client.library.Library when this client offers films
+        self._wanted_channel: int | None = config.channel  # what the user asked for; None: idle
+        self._channel_problem: str | None = None  # set by a search the server's channels end
+        self.problem: str | None = None  # why the client is idle, for the user
+        self.failure: str | None = None  # why a core thread failed
+        self.server_reachable = True
+        self.server_failures = 0  # server requests that failed in a row (connection refused...)
+        self.failed = threading.Event()
+        #: Called (from the failed thread) when a core thread fails: the program stops.
+        self.on_failure = None
+        #: Called with the new folder when a channel switch moves the store (``store_of_channel``).
+        self.on_store_moved = None
 
     # -- life cycle --------------------------------------------------------
 
@@ -132,7 +144,7 @@ class Node(Joining, Upkeep):
         for target, name in ((self._accept_loop_push, "push-listener"),
                              (self._accept_loop_peer, "peer-listener"),
                              (self._control_loop, "controller")):
-            thread = threading.Thread(target=target, name=name)
+            thread = threading.Thread(target=supervised(target, name, self._core_failed), name=name)
             thread.start()
             self._threads.append(thread)
         self._write_status()
@@ -145,6 +157,8 @@ class Node(Joining, Upkeep):
         for thread in self._threads:
             if thread.name == "controller":
                 thread.join(timeout=10)
+        if self.failed.is_set() and self.state == State.FAILED:
+            self._leave_after_failure()  # the controller is gone: it could not leave
         self._stopping.set()
         for sock in (self._push_sock, self._peer_sock):
             if sock is not None:
@@ -153,16 +167,77 @@ class Node(Joining, Upkeep):
             thread.join(timeout=5)
         for handler in list(self._handlers):
             handler.join(timeout=5)
-        self.state = State.STOPPED
+        self.state = State.FAILED if self.failed.is_set() else State.STOPPED
         self._write_status()
 
-    def switch_channel(self, channel: int) -> None:
-        """Leave the current channel (children handed over) and join ``channel``."""
-        self._events.put(("channel", None, channel))
+    def _core_failed(self, name: str, exc: BaseException) -> None:
+        """A core thread died (its traceback is logged): stop the client with an error."""
+        with self._lock:
+            self.state = State.FAILED
+            self.failure = f"internal error in the {name} thread: {exc!r}"
+        self._write_status()
+        self.failed.set()
+        if self.on_failure is not None:
+            self.on_failure()
 
-    def leave_channel(self) -> None:
-        """Leave the channel but keep running; ``switch_channel`` joins again."""
+    def _leave_after_failure(self) -> None:
+        """Tell the server, the parent and the children, though the controller is gone."""
+        try:
+            self._leave()
+        except Exception:
+            log.exception("could not leave the channel cleanly")
+
+    @property
+    def wanted_channel(self) -> int | None:
+        """The channel the user asked for last (None after ``leave``)."""
+        with self._lock:
+            return self._wanted_channel
+
+    def switch_channel(self, channel: int) -> bool:
+        """Leave the current channel (children handed over) and join ``channel``.
+
+        False when ``channel`` is already the one asked for: nothing to do.
+        """
+        with self._lock:
+            if self._wanted_channel == channel:
+                return False
+            self._wanted_channel = channel
+        self._events.put(("channel", None, channel))
+        return True
+
+    def leave_channel(self) -> bool:
+        """Leave the channel but keep running; ``switch_channel`` joins again.
+
+        False when the client has already left (or is leaving).
+        """
+        with self._lock:
+            if self._wanted_channel is None:
+                return False
+            self._wanted_channel = None
         self._events.put(("idle", None, None))
+        return True
+
+    def check_channel(self, channel: int) -> str | None:
+        """Why ``channel`` cannot be joined now, for the user; None when the server has it."""
+        return channels.why_not_join(self.server, channel)
+
+    def server_channels(self) -> int | None:
+        """How many channels the server has (0 to N-1); None when it cannot be asked now."""
+        return channels.channel_count(self.server)
+
+    def _move_store(self, channel: int) -> None:
+        """With the default store, a new channel's blocks go to its own ``channel<N>`` folder."""
+        if self.config.store_of_channel is None:
+            return  # --store named one folder for every channel
+        folder = self.config.store_of_channel(channel)
+        if folder == self.config.store:
+            return
+        with self._deliver_lock, self._lock:
+            self.store = BlockStore(folder)
+            self.config.store = folder
+        log.info("blocks of channel %d go to %s", channel, folder)
+        if self.on_store_moved is not None:
+            self.on_store_moved(folder)
 
     # -- the server's pushes -----------------------------------------------
 
@@ -511,7 +586,8 @@ class Node(Joining, Upkeep):
                         if self.children.get(child.addr) is child:
                             self.child_views[child.addr] = tree.ChildView(
                                 child.addr, message.free, message.sent, message.subtree, message.members,
-                                message.max_children, message.children, reported=True)
+                                message.max_children, message.children, reported=True,
+                                parents=message.parents)
                             if message.nodes:
                                 self.subtree.child_reported(child.addr, message.nodes)
                 elif isinstance(message, Bye):
@@ -529,6 +605,9 @@ class Node(Joining, Upkeep):
             reason = "connection closed"
         except (PeerProtocolError, OSError) as exc:
             reason = str(exc)
+        except Exception as exc:  # a bug here must not leave a child that holds a slot
+            log.exception("reader of child %s failed", child.addr)
+            reason = f"internal error: {exc!r}"
         self._forget_child(child, reason)
         child.close()
 
@@ -579,6 +658,7 @@ class Node(Joining, Upkeep):
         self._next_climb = time.monotonic() + self._climb_interval()
         self._find_place(f"joining channel {self.config.channel}", server_first=True)
         while not self._stopping.is_set():
+            checkpoint("controller")
             try:
                 kind, link, arg = self._events.get(timeout=tick)
             except queue.Empty:
@@ -628,16 +708,19 @@ class Node(Joining, Upkeep):
                 self._just_stored(arg)  # (else the controller was busy: wait for the next block)
             return
         if kind == "idle":
-            self._leave()
-            self.state = State.IDLE
+            if self.state != State.IDLE:
+                self._leave()
+                self.state = State.IDLE
             self._write_status()
             return
         if kind == "channel":
-            self._leave()
+            if self.state != State.IDLE:
+                self._leave()
             with self._lock:
                 self.config.channel = arg
                 self._seq = -1
                 self.window.clear()
+            self._move_store(arg)
             self._find_place(f"switching to channel {arg}", server_first=True)
             return
         if link is not self.parent_link or link is None:
@@ -687,7 +770,7 @@ class Node(Joining, Upkeep):
             view = self._relay_view()
         if link is not None:
             link.send(Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
-                             view.max_children, tuple(view.children),
+                             view.max_children, tuple(view.children), tree.member_parents(view),
                              self.subtree.for_report(self.snapshot())))
 
     # -- what the menu and tools read -----------------------------------------
@@ -724,6 +807,10 @@ class Node(Joining, Upkeep):
                 "refusals": dict(self._blame.counts),   # strangers refused, by blame
                 **self.player_watch.snapshot(),
                 "store": self.store.status(),
+                "tree": tree.subtree(self._relay_view()),
+                "problem": self.failure or self.problem,
+                "server_reachable": self.server_reachable,
+                "server_failures": self.server_failures,
             }
 
     def stats(self) -> dict:

@@ -43,6 +43,9 @@ MAX_WANT = 256
 MAX_LIBRARY_WANT = 10_000
 MAX_LIBRARY_INDEX = 9_999
 DIGEST_SIZE = 16
+#: The most children a client may take: what a Report's ``children`` and a
+#: Redirect's candidate list can carry (``--max-children`` is refused above it).
+MAX_CHILDREN = MAX_LIST
 
 
 class PeerProtocolError(ValueError):
@@ -120,7 +123,7 @@ class Candidate:
 
     def __post_init__(self):
         _check_int(self.depth, "depth", 1, 1000)
-        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.free, "free", 0, MAX_CHILDREN)
         _check_int(self.sent, "sent", 0, 2**63)
 
     def to_json(self) -> dict:
@@ -195,7 +198,7 @@ class Hello:
         if self.kind not in ("join", "probe", "fetch"):
             raise PeerProtocolError(f"unknown hello kind {self.kind!r}")
         _check_int(self.channel, "channel", 0, 9)
-        _check_int(self.max_children, "max_children", 0, 1000)
+        _check_int(self.max_children, "max_children", 0, MAX_CHILDREN)
         _check_int(self.catch_up, "catch_up", 0, MAX_WANT)
         _check_int(self.have_seq, "have_seq", 0, 2**64 - 1)
 
@@ -403,6 +406,8 @@ class Report:
     ``subtree`` holds the free places known below the child, best first, so
     that a full relay can redirect a joiner straight to a free slot;
     ``members`` lists every descendant (for loop checks and the ``tree`` view);
+    ``parents`` gives, for each member, the index of its parent among the
+    members (-1: the reporting child itself), so the whole subtree can be drawn;
     ``nodes``, once a period, the web view's summary of the child's whole
     subtree (:mod:`client.treeview`; absent from the other reports).
     """
@@ -414,12 +419,17 @@ class Report:
     members: tuple[Addr, ...] = ()
     max_children: int = 0
     children: tuple[Addr, ...] = ()
+    parents: tuple[int, ...] = ()
     nodes: tuple = ()
 
     def __post_init__(self):
-        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.free, "free", 0, MAX_CHILDREN)
         _check_int(self.sent, "sent", 0, 2**63)
-        _check_int(self.max_children, "max_children", 0, 1000)
+        _check_int(self.max_children, "max_children", 0, MAX_CHILDREN)
+        if self.parents and len(self.parents) != len(self.members):
+            raise PeerProtocolError("bad parents: not one per member")
+        for index in self.parents:
+            _check_int(index, "parent index", -1, len(self.members) - 1)
 
     def to_json(self) -> dict:
         return {"free": self.free, "sent": self.sent,
@@ -427,6 +437,7 @@ class Report:
                 "members": [asdict(a) for a in self.members],
                 "max_children": self.max_children,
                 "children": [asdict(a) for a in self.children],
+                "parents": list(self.parents),
                 **({"nodes": [n.to_wire() for n in self.nodes]} if self.nodes else {})}
 
     @classmethod
@@ -435,6 +446,7 @@ class Report:
         return cls(obj.get("free"), obj.get("sent"), _candidates(obj.get("subtree", [])),
                    _addrs(obj.get("members", []), "members", MAX_MEMBERS),
                    obj.get("max_children", 0), _addrs(obj.get("children", []), "children"),
+                   tuple(_check_list(obj.get("parents", []), "parents", MAX_MEMBERS)),
                    wire_nodes(obj.get("nodes", [])))
 
 
@@ -461,7 +473,7 @@ class Info:
         if not isinstance(self.attached, bool):
             raise PeerProtocolError("bad attached flag")
         _check_int(self.depth, "depth", 1, 1000)
-        _check_int(self.free, "free", 0, 1000)
+        _check_int(self.free, "free", 0, MAX_CHILDREN)
         _check_int(self.sent, "sent", 0, 2**63)
 
     def to_json(self) -> dict:

@@ -30,6 +30,7 @@ class ChildView:
     max_children: int = 0
     children: tuple[Addr, ...] = ()
     reported: bool = False
+    parents: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,35 @@ def members_below(view: RelayView) -> tuple[Addr, ...]:
     for child in view.children.values():
         out.extend(child.members)
     return tuple(out[:MAX_MEMBERS])
+
+
+def member_parents(view: RelayView) -> tuple[int, ...]:
+    """For each of :func:`members_below`, the index of its parent there (-1: the relay itself)."""
+    out = [-1] * len(view.children)
+    offset = len(view.children)
+    for index, child in enumerate(view.children.values()):
+        theirs = child.parents if len(child.parents) == len(child.members) else ()
+        out.extend(index if p < 0 else offset + p for p in theirs)
+        out.extend(index for _ in child.members[len(theirs):])  # a report without parents
+        offset += len(child.members)
+    return tuple(out[:MAX_MEMBERS])
+
+
+def subtree(view: RelayView) -> list[dict]:
+    """The relay's subtree as nested ``{"addr", "children"}`` records, children first.
+
+    Built from the parent indexes the children report; a member whose
+    parents never lead back to the relay (a report that lies) is left out.
+    """
+    members = members_below(view)
+    nodes = [{"addr": str(a), "children": []} for a in members]
+    roots: list[dict] = []
+    for index, parent in enumerate(member_parents(view)[:len(nodes)]):
+        if parent < 0:
+            roots.append(nodes[index])
+        elif parent < len(nodes) and parent != index:
+            nodes[parent]["children"].append(nodes[index])
+    return roots
 
 
 def free_places(view: RelayView, exclude: Iterable[Addr] = ()) -> tuple[Candidate, ...]:

@@ -327,11 +327,26 @@ def test_balance_rotation_lets_every_relay_capable_client_send(cluster, films):
     server, clients = start_tree(cluster, 7, "--balance-margin", "2")
     wait_until(lambda: all(status(p).get("bytes_sent", 0) > 0 for p in clients), 90,
                "every client to have relayed at some point")
-    statuses = wait_until(lambda: settled_tree(clients), 30, "a moment without a swap under way")
+    # The tree never stops rotating: a settled moment can catch a swap that is
+    # still settling a level deeper. What the rotation promises is that the tree
+    # keeps coming back to a shape within one level of the best: one slot,
+    # fan-out 2, 7 clients fit within depth 3, so a settled tree of depth <= 4.
+    seen = []
+
+    def shallow_settled_tree():
+        statuses = settled_tree(clients)
+        if statuses is not None:
+            seen.append(depth_histogram(statuses))
+            if max(s["depth"] for s in statuses.values()) <= 4:
+                return statuses
+        return None
+
+    try:
+        statuses = wait_until(shallow_settled_tree, 60, "a settled tree within depth 4")
+    except TimeoutError:
+        raise AssertionError(f"the tree stayed deeper than 4; last depths seen: {seen[-5:]}")
     assert sum(s["swaps"] for s in statuses.values()) >= 2
     assert all(len(s["children"]) <= 2 for s in statuses.values())
-    # One slot, fan-out 2: 7 clients fit within depth 3; the rotation keeps it within one more.
-    assert max(s["depth"] for s in statuses.values()) <= 4, depth_histogram(statuses)
     for proc in clients:
         assert_continuous(proc, films)
 

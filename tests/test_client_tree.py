@@ -744,3 +744,30 @@ def test_a_move_waits_for_its_phase_then_goes_on_any_block():
     assert turn.turn(False)
     assert turn.turn(True)
     assert not turn.turn(False)
+
+
+# -- member_parents and subtree: the whole subtree for the tree view ----------------------
+
+
+def test_subtree_nests_each_member_under_the_parent_its_branch_reported():
+    # ME -> 1 -> (3 -> 5), 4 ; ME -> 2
+    one = ChildView(A(1), members=(A(3), A(4), A(5)), parents=(-1, -1, 0))
+    v = view([one, ChildView(A(2))])
+    assert members_below(v) == (A(1), A(2), A(3), A(4), A(5))
+    assert tree_module.member_parents(v) == (-1, -1, 0, 0, 2)
+    assert tree_module.subtree(v) == [
+        {"addr": str(A(1)), "children": [
+            {"addr": str(A(3)), "children": [{"addr": str(A(5)), "children": []}]},
+            {"addr": str(A(4)), "children": []}]},
+        {"addr": str(A(2)), "children": []}]
+
+
+def test_members_of_a_report_without_parents_hang_under_the_child():
+    v = view([ChildView(A(1), members=(A(3), A(4)))])
+    assert tree_module.member_parents(v) == (-1, 0, 0)
+    assert [n["addr"] for n in tree_module.subtree(v)[0]["children"]] == [str(A(3)), str(A(4))]
+
+
+def test_a_lying_report_whose_parents_loop_draws_nothing_of_the_loop():
+    v = view([ChildView(A(1), members=(A(3), A(4)), parents=(1, 0))])
+    assert tree_module.subtree(v) == [{"addr": str(A(1)), "children": []}]
