@@ -46,6 +46,7 @@ if __package__ in (None, ""):           # python bench/overlay.py
 from bench import metrics                                   # noqa: E402
 from bench import netns                                     # noqa: E402
 from bench.cluster import REPO, Cluster, Proc, next_address, wait_until  # noqa: E402
+from stopsignals import StopSignals                         # noqa: E402
 
 
 def block_digest(data: bytes) -> bytes:
@@ -58,6 +59,18 @@ def block_digest(data: bytes) -> bytes:
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BUFFER_BLOCKS = 2
+
+#: Ctrl-C, a kill, the terminal closing: each stops the run the same way.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(Exception):
+    """A stop signal came: raised by normal code at a point where stopping is safe."""
+
+
+def check_stop(args) -> None:
+    if args.stop.is_set():
+        raise Interrupted
 
 
 # ------------------------------------------------------------------ options
@@ -256,10 +269,22 @@ def export_code(ref: str, folder: Path) -> str:
 
 
 def make_films(args, folder: Path, code: Path) -> Path:
-    subprocess.run([sys.executable, str(code / "separa.py"), "--sample", "--channels",
-                    str(max(args.channels, 1)), "--seconds-long", str(args.film_seconds),
-                    "--size", args.film_size, "--out", str(folder)],
-                   check=True, capture_output=True, timeout=600)
+    """Sample films cut by ``code``'s separa.py; a stop signal ends it at once."""
+    with tempfile.TemporaryFile() as errors:
+        cut = subprocess.Popen([sys.executable, str(code / "separa.py"), "--sample", "--channels",
+                                str(max(args.channels, 1)), "--seconds-long", str(args.film_seconds),
+                                "--size", args.film_size, "--out", str(folder)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        deadline = time.monotonic() + 600
+        while cut.poll() is None:
+            if args.stop.wait(0.1) or time.monotonic() > deadline:
+                cut.terminate()
+                cut.wait()
+                check_stop(args)
+                raise RuntimeError("separa.py took more than 600 s")
+        if cut.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"separa.py failed: {errors.read().decode(errors='replace')}")
     return folder
 
 
@@ -429,7 +454,8 @@ class Scenario:
             if elapsed - last_sample >= min(0.5, args.period / 2):
                 self.sample_depths()
                 last_sample = elapsed
-            time.sleep(0.02)
+            check_stop(args)
+            args.stop.wait(0.02)
         self.t_end = time.time()
 
     def stop(self) -> None:
@@ -790,13 +816,11 @@ def main(argv=None) -> int:
     if args.players:
         os.environ.pop("DISPLAY", None)  # hundreds of windows would help nobody: headless
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    args.stop = StopSignals(STOP_SIGNALS).install()
     args.topology = None
     tmp = Path(tempfile.mkdtemp(prefix="relaytv-bench-"))
     results = {"title": title_of(args), "options": {k: (str(v) if isinstance(v, Path) else v)
-                                                     for k, v in vars(args).items()}}
+                                                     for k, v in vars(args).items() if k != "stop"}}
     args.code_dir = REPO
     try:
         args.code_dir = REPO
@@ -820,7 +844,7 @@ def main(argv=None) -> int:
         if args.baseline == "star":
             results["star"] = run_one(args, tmp / "star", films, digests, star=True)
             results["comparison"] = compare(results["overlay"], results["star"])
-    except KeyboardInterrupt:
+    except Interrupted:
         print("overlay.py: interrupted; every process it started is stopped", file=sys.stderr)
         return 130
     except netns.NetnsError as e:
@@ -834,8 +858,7 @@ def main(argv=None) -> int:
             if left:
                 print(f"overlay.py: could not delete namespaces {left}; "
                       "try python -m bench.netns --cleanup", file=sys.stderr)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        args.stop.close()
         if args.keep:
             print(f"overlay.py: kept {tmp}", file=sys.stderr)
         else:

@@ -6,15 +6,15 @@ import argparse
 import json
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 from pathlib import Path
+from types import FrameType
 
 from client.menu import Menu
 from client.node import Config, Node
 from player.launch import start_player, stop_player
+from stopsignals import StopSignals
 
 log = logging.getLogger("client")
 REPO = Path(__file__).resolve().parent.parent
@@ -120,10 +120,12 @@ def main(argv=None) -> int:
                     peer_port=args.peer_port, period=args.period, window_seconds=args.window,
                     catch_up_seconds=args.catch_up, balance_blocks=args.balance_margin,
                     repair_rate=args.repair_rate)
+    signals = StopSignals(interrupt=None if args.no_menu else at_menu_prompt).install()
     node = Node(config)
     try:
         node.start()
     except OSError as exc:
+        signals.close()
         print(f"client: cannot listen on {ip} ports {args.push_port}/{args.peer_port}: {exc}",
               file=sys.stderr)
         return 1
@@ -134,25 +136,15 @@ def main(argv=None) -> int:
         log.info("player started (pid %d)%s, log in %s", player.pid,
                  "" if os.environ.get("DISPLAY") else ", headless (no DISPLAY)", store / "player.log")
 
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-        if not args.no_menu:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         if args.no_menu:
-            stop.wait()
-        else:
+            signals.wait()
+        elif not signals.is_set():
             Menu(node, log_file).cmdloop()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signals.interrupt = None         # the clean-up below is not to be cut short
         node.stop()
         if player is not None:
             stop_player(player)
@@ -161,5 +153,23 @@ def main(argv=None) -> int:
             stats_file.write_text(json.dumps(node.stats(), indent=1))
         except OSError as exc:
             log.error("could not write statistics to %s: %s", stats_file, exc)
+        signals.close()
         log.info("stopped")
     return 0
+
+
+def at_menu_prompt(frame: FrameType | None) -> bool:
+    """Where a stop signal may raise ``KeyboardInterrupt`` to end the menu.
+
+    True while the menu waits for a line (``cmdloop`` itself runs, no command);
+    False while a command runs or the menu is not up yet: asked again soon.
+    """
+    in_command = False
+    while frame is not None:
+        name = frame.f_code.co_name
+        if name == "onecmd":
+            in_command = True
+        elif name == "cmdloop":
+            return not in_command
+        frame = frame.f_back
+    return False

@@ -13,12 +13,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 
 from player.errors import PlayerError
 from player.loop import PlayerLoop
 from player.machine import PlayerMachine
 from player.queue import check_store, waiting_blocks
+from stopsignals import StopSignals
 
 log = logging.getLogger("player")
 
@@ -91,8 +91,8 @@ def play(args: argparse.Namespace) -> int:
                           display=os.environ.get("DISPLAY"))
     machine = PlayerMachine(buffer=args.buffer, keep=args.keep,
                             stall_timeout=args.stall_timeout)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
+    # The handler only sets a flag the loop polls (see stopsignals).
+    stop = StopSignals(STOP_SIGNALS).install()
     output = None
     try:
         output = VlcOutput(options)
@@ -102,6 +102,5 @@ def play(args: argparse.Namespace) -> int:
     finally:
         if output is not None:
             output.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.close()
     return 0

@@ -13,8 +13,9 @@ bytes mean), :mod:`server.channel` (membership, failure rule, schedule) and
   to all the channel's clients in parallel through a small pool of sender
   threads, every send bounded by the end of the period.
 
-Stopping (Ctrl-C, SIGTERM) wakes the listener through a socket pair, sets one
-``threading.Event`` the channel threads wait on, shuts down every socket in use
+Stopping (Ctrl-C, SIGTERM: the signal handler only writes to a pipe, see
+:mod:`stopsignals`) wakes the listener, sets one ``threading.Event`` the
+channel threads wait on, shuts down every socket in use
 so that blocked calls return, joins every thread it started, and writes the
 statistics.
 """
@@ -28,7 +29,6 @@ import json
 import logging
 import os
 import selectors
-import signal
 import socket
 import struct
 import sys
@@ -41,6 +41,7 @@ from typing import Callable
 from server import protocol
 from server.channel import Channel, Outcome, Registry, Schedule, Slot
 from server.films import Film, FilmError, assign_films, find_films
+from stopsignals import StopSignals
 
 log = logging.getLogger("server")
 
@@ -360,20 +361,26 @@ class ChannelServer:
             sender.start()
 
     def request_stop(self) -> None:
-        """Ask the server to stop; safe from a signal handler or any thread."""
+        """Ask the server to stop, from any thread (not from a signal handler:
+        ``Event.set`` takes a lock; pass :meth:`serve` a :class:`StopSignals`)."""
         self.stopping.set()
         try:
             self._wake_w.send(b"x")
         except OSError:
             pass
 
-    def serve(self) -> None:
-        """Accept request connections until :meth:`request_stop`."""
+    def serve(self, signals: StopSignals | None = None) -> None:
+        """Accept request connections until :meth:`request_stop` or a stop signal."""
         assert self._listener is not None, "bind() first"
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
+            if signals is not None:
+                selector.register(signals.fileno(), selectors.EVENT_READ)
             while not self.stopping.is_set():
+                if signals is not None and signals.is_set():
+                    self.stopping.set()
+                    break
                 for key, _ in selector.select(timeout=1.0):
                     if key.fileobj is self._listener:
                         self._accept()
@@ -568,10 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     server = ChannelServer(config, films)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, frame: server.request_stop())
+    signals = StopSignals().install()
     try:
         try:
             host, port = server.bind()
@@ -589,12 +593,11 @@ def main(argv: list[str] | None = None) -> int:
                  ", ".join(f"{i}={f.name} ({len(f)} blocks)" for i, f in enumerate(server.films)),
                  config.max_clients, config.period, config.push_port)
         server.start_channels()
-        server.serve()
+        server.serve(signals)
         log.info("stopping")
     finally:
         server.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.close()
     if config.stats is not None:
         try:
             write_stats(config.stats, server.statistics())

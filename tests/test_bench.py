@@ -14,6 +14,7 @@ import sys
 
 from bench import metrics
 from bench.cluster import REPO
+from bench.tail import FileTail
 from conftest import FIGURES
 
 
@@ -118,3 +119,36 @@ def test_clients_pointed_at_a_wrong_port_show_zero_continuity(tmp_path):
     assert run["continuity"]["max"] == 0
     assert all(c["continuity"] == 0 for c in run["per_client"])
     assert run["startup_s"]["n"] == 0
+
+
+# ------------------------------------------------------------ the demo's tail
+
+def test_the_tail_reader_hands_back_only_new_complete_lines(tmp_path):
+    log = tmp_path / "player.log"
+    tail = FileTail(log)
+    assert tail.new_lines() == []                        # no file yet
+    log.write_bytes(b"played 0000000001.mkv\nplayed 00000")
+    assert tail.new_lines() == ["played 0000000001.mkv"]
+    assert tail.new_lines() == []
+    # What was read is never read again: rewriting it changes nothing.
+    with open(log, "r+b") as f:
+        f.write(b"XXXXXXXXXXXXXXXXXXXXX")
+    with open(log, "ab") as f:
+        f.write(b"00002.mkv\nvdpau noise\n")
+    assert tail.new_lines() == ["played 0000000002.mkv", "vdpau noise"]
+    assert tail.offset == log.stat().st_size
+    # A file that shrank (rotated, truncated) is read from its start.
+    log.write_bytes(b"played 0000000009.mkv\n")
+    assert tail.new_lines() == ["played 0000000009.mkv"]
+
+
+def test_the_tail_reader_reads_at_most_max_read_per_call(tmp_path):
+    log = tmp_path / "big.log"
+    log.write_bytes(b"line\n" * 1000)                    # 5,000 bytes
+    tail = FileTail(log, max_read=1024)
+    first = tail.new_lines()
+    assert tail.offset == 1024 and len(first) == 204
+    rest = []
+    while tail.offset < 5000:
+        rest += tail.new_lines()
+    assert len(first) + len(rest) == 1000
