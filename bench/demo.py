@@ -41,7 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--films", type=Path, default=REPO / "filme", help="film blocks (filme/)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
     p.add_argument("--no-player", action="store_true", help="run no player at all")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.clients < 1:
+        p.error("--clients must be at least 1")
+    return args
 
 
 def describe_tree(clients) -> list[str]:
