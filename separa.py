@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -151,10 +152,11 @@ class Progress:
             log.info("%s: %d %%", self.label, step)
 
     def close(self) -> None:
-        """End the live line so later messages start on a fresh one."""
-        if self.live and self.shown >= 0:
+        """End the live line so later messages start on a fresh one (once)."""
+        if self.live and 0 <= self.shown <= 100:
             self.stream.write("\n")
             self.stream.flush()
+        self.shown = 101                 # ended: no more progress, no second newline
 
 
 def run_ffmpeg(args: Sequence[str], on_progress: Callable[[float], None]) -> None:
@@ -207,29 +209,27 @@ def refuse_overwrite(out: Path, names: Sequence[str], force: bool) -> None:
                               f"({name}_*.mkv): use --force to replace them")
 
 
-def warn_uneven(name: str, listing: Path, seconds: float) -> None:
-    """Warn when a block is longer than ``seconds``, or shorter but the last.
+def uneven_lengths(listing: Path, seconds: float) -> list[float]:
+    """Lengths of the blocks longer than ``seconds``, or shorter but not the last.
 
     That happens with --copy on a film whose keyframes are not every
     ``seconds``: the segment muxer can only cut on keyframes.
     """
     rows = [line.rsplit(",", 2) for line in listing.read_text().splitlines() if line]
     lengths = [float(end) - float(start) for _, start, end in rows]
-    uneven = [f"{length:.2f}" for n, length in enumerate(lengths)
-              if length > seconds + 0.1 or (length < seconds - 0.1 and n < len(lengths) - 1)]
-    if uneven:
-        log.warning("%s: %d blocks are not %g s long (e.g. %s s): the film's "
-                    "keyframes are not every %g s; cut it without --copy",
-                    name, len(uneven), seconds, uneven[0], seconds)
+    return [length for n, length in enumerate(lengths)
+            if length > seconds + 0.1 or (length < seconds - 0.1 and n < len(lengths) - 1)]
 
 
 def cut(inputs: Sequence[str], name: str, out: Path, seconds: float,
-        output_args: Sequence[str], duration: float | None, force: bool) -> list[Path]:
+        output_args: Sequence[str], duration: float | None, force: bool,
+        copy: bool = False) -> list[Path]:
     """Encode/split into a temp folder, then move the blocks into ``out``.
 
     With ``force`` the old blocks of ``name`` are replaced by the renames and
     any left over (the old film was longer) are removed only after all new
-    blocks are in place.
+    blocks are in place. With ``copy`` (split only), blocks of the wrong
+    length are refused before any reaches ``out``: only a re-encode fixes them.
     """
     refuse_overwrite(out, [name], force)
     tmp = make_tmpdir(out)
@@ -239,10 +239,20 @@ def cut(inputs: Sequence[str], name: str, out: Path, seconds: float,
         run_ffmpeg([*inputs, *output_args, *segment_args(seconds),
                     "-segment_list", str(listing), "-segment_list_type", "csv",
                     str(tmp / f"{name}_%05d.mkv")], progress)
+        progress.close()
         new = sorted(tmp.glob(f"{name}_*.mkv"))
         if not new:
             raise SeparaError(f"ffmpeg wrote no blocks for {name}")
-        warn_uneven(name, listing, seconds)
+        uneven = uneven_lengths(listing, seconds)
+        if uneven and copy:
+            raise SeparaError(
+                f"{name}: --copy would write blocks of {uneven[0]:.2f} s, not {seconds:g} s "
+                f"({len(uneven)} of {len(new)}): the film's keyframes are not every "
+                f"{seconds:g} s; cut it without --copy (re-encoding puts a keyframe at "
+                f"every block); nothing was written", 2)
+        if uneven:
+            log.warning("%s: %d blocks are not %g s long (e.g. %.2f s)",
+                        name, len(uneven), seconds, uneven[0])
         old = existing_blocks(out, name)
         refuse_overwrite(out, [name], force)  # another run may have raced us
         placed = []
@@ -261,6 +271,8 @@ def cut(inputs: Sequence[str], name: str, out: Path, seconds: float,
 def cut_film(film: Path, name: str | None, out: Path, seconds: float,
              copy: bool, force: bool) -> list[Path]:
     """Cut a film file; ``copy`` only splits (keyframes must already fit)."""
+    if film.is_dir():
+        raise SeparaError(f"input film {film} is a folder: give a film file", 2)
     if not film.is_file():
         raise SeparaError(f"input film {film} not found", 2)
     name = sanitize_name(name if name is not None else film.stem)
@@ -269,7 +281,7 @@ def cut_film(film: Path, name: str | None, out: Path, seconds: float,
     maps = ["-map", "0:V:0"] + (["-map", "0:a:0"] if has_audio else [])
     output_args = ["-c", "copy"] if copy else encode_args(seconds)
     return cut(["-i", str(film), *maps], name, out, seconds,
-               output_args, duration, force)
+               output_args, duration, force, copy)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -313,13 +325,39 @@ def sample_inputs(channel: int, size: tuple[int, int], seconds_long: float,
     return inputs + ["-t", f"{seconds_long:g}"], filters
 
 
+def blocks_of(seconds_long: float, seconds: float) -> int:
+    """How many blocks a film of ``seconds_long`` makes (the last may be shorter)."""
+    return math.ceil(round(seconds_long / seconds, 6))
+
+
+def is_complete(blocks: Sequence[Path], name: str, count: int) -> bool:
+    """Exactly blocks 0 to ``count - 1`` of ``name``, as a finished cut leaves them."""
+    return [p.name for p in blocks] == [f"{name}_{n:05d}.mkv" for n in range(count)]
+
+
 def make_samples(channels: int, seconds_long: float, size: tuple[int, int],
                  out: Path, seconds: float, force: bool) -> list[list[Path]]:
-    """Synthesize and cut one sample film per channel, encoding straight to blocks."""
+    """Synthesize and cut one sample film per channel, encoding straight to blocks.
+
+    A sample film already complete in ``out`` (every block of that length) is
+    kept, so the README's first step can run again; ``force`` makes it anew.
+    Blocks of a sample name that are not such a film are refused without ``force``.
+    """
     names = sample_names(channels)
-    refuse_overwrite(out, names, force)
+    count = blocks_of(seconds_long, seconds)
+    present = {name: existing_blocks(out, name) for name in names}
+    done = [] if force else [n for n in names if is_complete(present[n], n, count)]
+    if len(done) == len(names):
+        log.info("the sample films %s are already in %s (%d blocks each); "
+                 "--force makes them again", ", ".join(names), out, count)
+        return [present[name] for name in names]
+    refuse_overwrite(out, [n for n in names if n not in done], force)
     films = []
     for channel, name in enumerate(names):
+        if name in done:
+            log.info("%s: already in %s (%d blocks)", name, out, count)
+            films.append(present[name])
+            continue
         inputs, filters = sample_inputs(channel, size, seconds_long, seconds)
         films.append(cut(inputs, name, out, seconds, encode_args(seconds, filters),
                          seconds_long, force))

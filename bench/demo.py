@@ -4,7 +4,9 @@ The server broadcasts the films of ``filme/`` with few direct slots, so most
 clients receive the channel from other clients. One client runs the player:
 a VLC window where a screen exists (DISPLAY set), headless otherwise. Every
 few seconds the demo prints the tree as the clients' status files describe
-it. Ctrl-C (or ``--duration``) stops everything it started.
+it. Ctrl-C (or ``--duration``) stops everything it started and removes its
+temporary folder, within seconds, whether its output goes to a terminal or
+through a pipe (``make demo | tee demo.txt``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from bench.cluster import CLUSTER_HTTP_PORT, REPO, STOCK_PORTS, Cluster, wait_until
+from bench.tail import FileTail
+from stopsignals import StopSignals
 
 log = logging.getLogger("demo")
+
+#: Ctrl-C, a kill, the terminal closing: each stops the demo the same way.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PLAYED = re.compile(r"played \d{10}\.mkv")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--films", type=Path, default=REPO / "filme", help="film blocks (filme/)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
     p.add_argument("--no-player", action="store_true", help="run no player at all")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.clients < 1:
+        p.error("--clients must be at least 1")
+    return args
 
 
 def describe_tree(clients) -> list[str]:
@@ -62,6 +72,18 @@ def describe_tree(clients) -> list[str]:
     return lines
 
 
+def show(text: str, stop: StopSignals) -> None:
+    """Print ``text``; when nobody reads any more (``| tee`` ended by the same
+    Ctrl-C), stop the demo instead of dying on a broken pipe."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())      # the exit's flush goes nowhere, quietly
+        os.close(devnull)
+        stop.set()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s demo: %(message)s")
@@ -69,50 +91,54 @@ def main(argv=None) -> int:
         print(f"demo: no film blocks in {args.films}; make them with: python separa.py --sample",
               file=sys.stderr)
         return 1
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    workdir = Path(tempfile.mkdtemp(prefix="relaytv-demo-"))
-    screen = bool(os.environ.get("DISPLAY"))
-    try:
-        with Cluster(workdir, args.films, ports=STOCK_PORTS) as cluster:
-            server = cluster.start_server(max_clients=args.server_slots, period=args.period)
-            log.info("server on %s:6060 (logs in %s)", server.ip, workdir)
-            clients = []
-            for n in range(args.clients):
-                extra = ("--player",) if n == 0 and not args.no_player else ()
-                proc = cluster.start_client(server, *extra, max_children=args.max_children,
-                                            period=args.period)
-                clients.append(proc)
-                log.info("client %s started%s", proc.ip,
-                         (" with the player (" + ("VLC window" if screen else "headless, no DISPLAY") + ")")
-                         if extra else "")
-                try:
-                    wait_until(lambda: stop.is_set() or (Cluster.status_of(proc) or {}).get("state")
-                               in ("direct", "attached"), 30, f"{proc.ip} to join")
-                except TimeoutError as exc:
-                    log.warning("%s", exc)
-                if stop.is_set():
-                    break
-            log.info("all started; Ctrl-C stops everything")
-            if clients:
-                print(f"-- watch in a browser: http://{clients[-1].ip}:{CLUSTER_HTTP_PORT}/ "
-                      f"(every client serves its page on port {CLUSTER_HTTP_PORT})", flush=True)
-            deadline = None if args.duration is None else args.duration
-            waited = 0.0
-            while not stop.wait(5.0):
-                waited += 5.0
-                print("\n".join(["-- tree --", *describe_tree(clients)]), flush=True)
-                player_log = Cluster.store_of(clients[0]) / "player.log"
-                if not args.no_player and player_log.exists():
-                    played = len(re.findall(r"played \d{10}\.mkv", player_log.read_text(errors="replace")))
-                    print(f"-- player of {clients[0].ip}: {played} block(s) played and deleted", flush=True)
-                if deadline is not None and waited >= deadline:
-                    break
-            log.info("stopping")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with StopSignals(STOP_SIGNALS) as stop:
+        workdir = Path(tempfile.mkdtemp(prefix="relaytv-demo-"))
+        try:
+            run(args, workdir, stop)
+        finally:
+            log.info("removing %s", workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def run(args: argparse.Namespace, workdir: Path, stop: StopSignals) -> None:
+    """Start the server and the clients, print the tree until ``stop``, stop them all."""
+    screen = bool(os.environ.get("DISPLAY"))
+    with Cluster(workdir, args.films, ports=STOCK_PORTS) as cluster:
+        server = cluster.start_server(max_clients=args.server_slots, period=args.period)
+        log.info("server on %s:6060 (logs in %s)", server.ip, workdir)
+        clients = []
+        for n in range(args.clients):
+            extra = ("--player",) if n == 0 and not args.no_player else ()
+            proc = cluster.start_client(server, *extra, max_children=args.max_children,
+                                        period=args.period)
+            clients.append(proc)
+            log.info("client %s started%s", proc.ip,
+                     (" with the player (" + ("VLC window" if screen else "headless, no DISPLAY") + ")")
+                     if extra else "")
+            try:
+                wait_until(lambda: stop.is_set() or (Cluster.status_of(proc) or {}).get("state")
+                           in ("direct", "attached"), 30, f"{proc.ip} to join")
+            except TimeoutError as exc:
+                log.warning("%s", exc)
+            if stop.is_set():
+                break
+        if not stop.is_set():
+            log.info("all started; Ctrl-C stops everything")
+            show(f"-- watch in a browser: http://{clients[-1].ip}:{CLUSTER_HTTP_PORT}/ "
+                 f"(every client serves its page on port {CLUSTER_HTTP_PORT})", stop)
+        player_log = FileTail(Cluster.store_of(clients[0]) / "player.log")
+        played = 0
+        waited = 0.0
+        while not stop.wait(5.0):
+            waited += 5.0
+            show("\n".join(["-- tree --", *describe_tree(clients)]), stop)
+            if not args.no_player:
+                played += sum(len(PLAYED.findall(line)) for line in player_log.new_lines())
+                show(f"-- player of {clients[0].ip}: {played} block(s) played and deleted", stop)
+            if args.duration is not None and waited >= args.duration:
+                break
+        log.info("stopping")
 
 
 if __name__ == "__main__":

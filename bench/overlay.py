@@ -46,6 +46,7 @@ if __package__ in (None, ""):           # python bench/overlay.py
 from bench import metrics                                   # noqa: E402
 from bench import netns                                     # noqa: E402
 from bench.cluster import REPO, Cluster, Proc, next_address, wait_until  # noqa: E402
+from stopsignals import StopSignals                         # noqa: E402
 
 
 def block_digest(data: bytes) -> bytes:
@@ -58,6 +59,18 @@ def block_digest(data: bytes) -> bytes:
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BUFFER_BLOCKS = 2
+
+#: Ctrl-C, a kill, the terminal closing: each stops the run the same way.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(Exception):
+    """A stop signal came: raised by normal code at a point where stopping is safe."""
+
+
+def check_stop(args) -> None:
+    if args.stop.is_set():
+        raise Interrupted
 
 
 # ------------------------------------------------------------------ options
@@ -79,9 +92,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+def program_name() -> str:
+    """How the user started the benchmark, for the usage line."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None:
+        return "python bench/overlay.py"
+    name = spec.name.removesuffix(".__main__")
+    return f"python -m {name}" if name.startswith("bench") else "python -m bench"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python bench/overlay.py", description=__doc__.split("\n\n")[0],
+        prog=program_name(), description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--clients", type=int, default=10, help="relay clients (N)")
     p.add_argument("--max-children", type=_fanouts, default=[3], metavar="K[,K2,...]",
@@ -256,10 +278,22 @@ def export_code(ref: str, folder: Path) -> str:
 
 
 def make_films(args, folder: Path, code: Path) -> Path:
-    subprocess.run([sys.executable, str(code / "separa.py"), "--sample", "--channels",
-                    str(max(args.channels, 1)), "--seconds-long", str(args.film_seconds),
-                    "--size", args.film_size, "--out", str(folder)],
-                   check=True, capture_output=True, timeout=600)
+    """Sample films cut by ``code``'s separa.py; a stop signal ends it at once."""
+    with tempfile.TemporaryFile() as errors:
+        cut = subprocess.Popen([sys.executable, str(code / "separa.py"), "--sample", "--channels",
+                                str(max(args.channels, 1)), "--seconds-long", str(args.film_seconds),
+                                "--size", args.film_size, "--out", str(folder)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        deadline = time.monotonic() + 600
+        while cut.poll() is None:
+            if args.stop.wait(0.1) or time.monotonic() > deadline:
+                cut.terminate()
+                cut.wait()
+                check_stop(args)
+                raise RuntimeError("separa.py took more than 600 s")
+        if cut.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"separa.py failed: {errors.read().decode(errors='replace')}")
     return folder
 
 
@@ -429,7 +463,8 @@ class Scenario:
             if elapsed - last_sample >= min(0.5, args.period / 2):
                 self.sample_depths()
                 last_sample = elapsed
-            time.sleep(0.02)
+            check_stop(args)
+            args.stop.wait(0.02)
         self.t_end = time.time()
 
     def stop(self) -> None:
@@ -639,6 +674,21 @@ def _triple(s: dict, digits=3) -> str:
     return " / ".join(_fmt(s.get(k), digits) for k in ("min", "median", "mean"))
 
 
+#: The note under the table and in the plot: what the Jain figure means.
+JAIN_NOTE = ("Jain: Jain's fairness index of the bytes sent by the relay-capable clients "
+             "(K >= 1): 1 = all sent the same, 1/n = one sent everything")
+
+
+def depth_order(depth: str) -> int:
+    """Depths in number order; a client with no depth (not placed) last."""
+    return int(depth) if depth.lstrip("-").isdigit() else 99
+
+
+def depth_counts(histogram: dict) -> str:
+    """``{"1": 2, "2": 6}`` as ``1:2 2:6`` (depth:clients), in depth order."""
+    return " ".join(f"{d}:{histogram[d]}" for d in sorted(histogram, key=depth_order)) or "-"
+
+
 def table(results: dict) -> str:
     runs = [r for r in (results.get("overlay"), results.get("star")) if r]
     rows = [("", *[r["kind"] for r in runs])]
@@ -660,7 +710,8 @@ def table(results: dict) -> str:
         _fmt(r["repair"]["time_to_next_block_s"][k], 2) for k in ("median", "p99", "max")))
     add("blocks missed med/max", lambda r: " / ".join(
         _fmt(r["repair"]["blocks_missed"][k], 1) for k in ("median", "max")))
-    add("depths (best)", lambda r: f"{r['tree']['depth_histogram']} ({r['tree']['best_depth_histogram']})")
+    add("clients by depth (best)", lambda r: f"{depth_counts(r['tree']['depth_histogram'])} "
+        f"(best {depth_counts(r['tree']['best_depth_histogram'])})")
     add("loops / over limit", lambda r: f"{r['tree']['loops']} / {len(r['tree']['over_limit'])}")
     add("Jain (relays)", lambda r: _fmt(r["load"]["jain_index_relays"]))
     add("server MB sent", lambda r: _fmt(r["load"]["server_bytes_sent"] / 1e6, 1))
@@ -677,13 +728,25 @@ def table(results: dict) -> str:
         lines.append(f"overlay/star: server upload {_fmt(c['server_upload_overlay_over_star'])}, "
                      f"median lag {_fmt(c['median_lag_overlay_over_star'], 2)} "
                      f"(+{_fmt(c['median_lag_overlay_minus_star_s'])} s)")
+    lines.append(JAIN_NOTE)
     return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
+    fig = figure(results)
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def figure(results: dict):
+    """The four panels of :func:`plot`, as a matplotlib figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     overlay, star = results["overlay"], results.get("star")
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -695,16 +758,19 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title("continuity per surviving client (sorted)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("client")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax = axes[0][1]
     depths = overlay["tree"]["depth_histogram"]
     best = overlay["tree"]["best_depth_histogram"]
-    keys = sorted({*depths, *best}, key=lambda d: int(d) if d.lstrip("-").isdigit() else 99)
+    keys = sorted({*depths, *best}, key=depth_order)
     xs = range(len(keys))
     ax.bar([x - 0.2 for x in xs], [depths.get(k, 0) for k in keys], 0.4, label="measured (end)")
     ax.bar([x + 0.2 for x in xs], [best.get(k, 0) for k in keys], 0.4, label="best the limits allow")
     ax.set_xticks(list(xs), keys)
     ax.set_xlabel("depth")
+    ax.set_ylabel("clients")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))     # clients come whole
     ax.set_title("tree depth histogram")
     ax.legend()
     ax = axes[1][0]
@@ -721,8 +787,10 @@ def plot(results: dict, path: Path) -> None:
     ax = axes[1][1]
     sent = sorted((e["bytes_sent"] or 0) / 1e6 for e in overlay["per_client"] if e["max_children"] >= 1)
     ax.bar(range(len(sent)), sent)
-    ax.set_title(f"MB sent per relay (Jain {_fmt(overlay['load']['jain_index_relays'], 2)})")
+    ax.set_title(f"MB sent per relay (Jain's fairness index "
+                 f"{_fmt(overlay['load']['jain_index_relays'], 2)}; 1 = all equal)")
     ax.set_xlabel("relay (sorted)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     took = [t for f in overlay["repair"]["failures"] for t in
             (rep["took"] for rep in f["repairs"].values()) if t is not None]
     if took:
@@ -732,9 +800,7 @@ def plot(results: dict, path: Path) -> None:
         inset.tick_params(labelsize=7)
     fig.suptitle(results["title"], fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 # -------------------------------------------------------------------- main
@@ -790,13 +856,11 @@ def main(argv=None) -> int:
     if args.players:
         os.environ.pop("DISPLAY", None)  # hundreds of windows would help nobody: headless
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    args.stop = StopSignals(STOP_SIGNALS).install()
     args.topology = None
     tmp = Path(tempfile.mkdtemp(prefix="relaytv-bench-"))
     results = {"title": title_of(args), "options": {k: (str(v) if isinstance(v, Path) else v)
-                                                     for k, v in vars(args).items()}}
+                                                     for k, v in vars(args).items() if k != "stop"}}
     args.code_dir = REPO
     try:
         args.code_dir = REPO
@@ -820,7 +884,7 @@ def main(argv=None) -> int:
         if args.baseline == "star":
             results["star"] = run_one(args, tmp / "star", films, digests, star=True)
             results["comparison"] = compare(results["overlay"], results["star"])
-    except KeyboardInterrupt:
+    except Interrupted:
         print("overlay.py: interrupted; every process it started is stopped", file=sys.stderr)
         return 130
     except netns.NetnsError as e:
@@ -834,8 +898,7 @@ def main(argv=None) -> int:
             if left:
                 print(f"overlay.py: could not delete namespaces {left}; "
                       "try python -m bench.netns --cleanup", file=sys.stderr)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        args.stop.close()
         if args.keep:
             print(f"overlay.py: kept {tmp}", file=sys.stderr)
         else:

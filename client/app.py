@@ -7,11 +7,10 @@ import ipaddress
 import json
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 from pathlib import Path
+from types import FrameType
 
 from client.libraryapp import add_library_arguments, get_once, start_library, stop_library
 from client.menu import Menu
@@ -21,6 +20,7 @@ from client.store import StoreLimit, parse_store_limit
 from client.web import WebView
 from server.protocol import MAX_CHANNELS
 from player.launch import start_player, stop_player
+from stopsignals import StopSignals
 
 log = logging.getLogger("client")
 REPO = Path(__file__).resolve().parent.parent
@@ -196,6 +196,7 @@ def main(argv=None) -> int:
                     repair_rate=args.repair_rate, store_limit=args.store_limit,
                     player=not args.no_player,
                     store_of_channel=None if args.store else store_of_channel)
+    signals = StopSignals(interrupt=None if args.no_menu else at_menu_prompt).install()
     node = Node(config)
     main_thread = threading.main_thread().ident
     # A failed core thread stops the program the way SIGTERM does (a real signal to
@@ -204,6 +205,7 @@ def main(argv=None) -> int:
     try:
         node.start()
     except OSError as exc:
+        signals.close()
         print(f"client: cannot listen on {ip} ports {args.push_port}/{args.peer_port}: {exc}",
               file=sys.stderr)
         return 1
@@ -214,6 +216,7 @@ def main(argv=None) -> int:
             web.start()
         except OSError as exc:
             node.stop()
+            signals.close()
             print(f"client: cannot serve the web view on {ip}:{args.http_port}: {exc}",
                   file=sys.stderr)
             return 1
@@ -235,25 +238,15 @@ def main(argv=None) -> int:
         play(store)
         node.on_store_moved = play  # a new channel's folder: the player follows it
 
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-        if not args.no_menu:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         if args.no_menu:
-            stop.wait()
-        else:
+            signals.wait()
+        elif not signals.is_set():
             Menu(node, log_file, web_url=web.url if web else None, library=library).cmdloop()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signals.interrupt = None         # the clean-up below is not to be cut short
         if web is not None:
             web.stop()
         node.stop()
@@ -265,8 +258,26 @@ def main(argv=None) -> int:
             stats_file.write_text(json.dumps(node.stats(), indent=1))
         except OSError as exc:
             log.error("could not write statistics to %s: %s", stats_file, exc)
+        signals.close()
         log.info("stopped")
     if node.failed.is_set():
         print(f"client: stopped: {node.failure} (the traceback is in the log)", file=sys.stderr)
         return 1
     return 0
+
+
+def at_menu_prompt(frame: FrameType | None) -> bool:
+    """Where a stop signal may raise ``KeyboardInterrupt`` to end the menu.
+
+    True while the menu waits for a line (``cmdloop`` itself runs, no command);
+    False while a command runs or the menu is not up yet: asked again soon.
+    """
+    in_command = False
+    while frame is not None:
+        name = frame.f_code.co_name
+        if name == "onecmd":
+            in_command = True
+        elif name == "cmdloop":
+            return not in_command
+        frame = frame.f_back
+    return False

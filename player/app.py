@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from player.errors import PlayerError
@@ -23,6 +22,7 @@ from player.machine import PlayerMachine
 from player.noise import StderrFilter
 from player.queue import check_store, waiting_blocks
 from player.report import PlayedLog
+from stopsignals import StopSignals
 
 log = logging.getLogger("player")
 
@@ -124,8 +124,8 @@ def play(args: argparse.Namespace) -> int:
     machine = PlayerMachine(buffer=args.buffer, keep=args.keep,
                             stall_timeout=args.stall_timeout, live=live)
     played_log = PlayedLog(args.played_log) if args.played_log else None
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
+    # The handler only sets a flag the loop polls (see stopsignals).
+    stop = StopSignals(STOP_SIGNALS).install()
     output = None
     noise = StderrFilter()
     noise.start()
@@ -140,6 +140,5 @@ def play(args: argparse.Namespace) -> int:
         if output is not None:
             output.close()
         noise.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.close()
     return 0

@@ -71,8 +71,9 @@ class PlayerLoop:
     def request_stop(self) -> None:
         """Ask :meth:`run` to return (from any thread, not from a signal handler).
 
-        From a signal handler set :attr:`stop` only: it is seen within one poll
-        interval.
+        For signals, make :attr:`stop` a :class:`stopsignals.StopSignals` (an
+        ``Event.set()`` in a handler can deadlock): its flag is seen within one
+        poll interval.
         """
         self.stop.set()
         self.output.wake()

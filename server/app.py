@@ -15,8 +15,9 @@ bytes mean), :mod:`server.channel` (membership, failure rule, schedule) and
   to all the channel's clients in parallel through a small pool of sender
   threads, every send bounded by the end of the period.
 
-Stopping (Ctrl-C, SIGTERM) wakes the listener through a socket pair, sets one
-``threading.Event`` the channel threads wait on, shuts down every socket in use
+Stopping (Ctrl-C, SIGTERM: the signal handler only writes to a pipe, see
+:mod:`stopsignals`) wakes the listener, sets one ``threading.Event`` the
+channel threads wait on, shuts down every socket in use
 so that blocked calls return, joins every thread it started, and writes the
 statistics.
 """
@@ -30,7 +31,6 @@ import json
 import logging
 import os
 import selectors
-import signal
 import socket
 import struct
 import sys
@@ -45,6 +45,7 @@ from server.channel import Channel, Outcome, Registry, Schedule, Slot
 from server.films import Film, FilmError, assign_films, find_films
 from server.intake import Finished, Intake
 from server.tracker import add_beside_server_arguments, start_beside_server, stop_beside_server
+from stopsignals import StopSignals
 
 log = logging.getLogger("server")
 
@@ -386,15 +387,17 @@ class ChannelServer:
             sender.start()
 
     def request_stop(self) -> None:
-        """Ask the server to stop; safe from a signal handler or any thread."""
+        """Ask the server to stop, from any thread (not from a signal handler:
+        ``Event.set`` takes a lock; pass :meth:`serve` a :class:`StopSignals`)."""
         self.stopping.set()
         try:
             self._wake_w.send(b"x")
         except OSError:
             pass
 
-    def serve(self) -> None:
-        """Accept request connections and read their requests until :meth:`request_stop`.
+    def serve(self, signals: StopSignals | None = None) -> None:
+        """Accept request connections and read their requests until :meth:`request_stop`
+        or a stop signal.
 
         Requests are read here, in the selector (:mod:`server.intake`); only a
         complete, valid request takes a handler thread.
@@ -403,14 +406,21 @@ class ChannelServer:
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
+            wakers = {self._wake_r}
+            if signals is not None:
+                selector.register(signals.fileno(), selectors.EVENT_READ)
+                wakers.add(signals.fileno())
             try:
                 while not self.stopping.is_set():
+                    if signals is not None and signals.is_set():
+                        self.stopping.set()
+                        break
                     deadline = self._intake.next_deadline()
                     timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
                     for key, _ in selector.select(timeout=timeout):
                         if key.fileobj is self._listener:
                             self._accept(selector)
-                        elif key.fileobj is not self._wake_r:
+                        elif key.fileobj not in wakers:
                             self._read_some(selector, key.fileobj, key.data)
                     for finished in self._intake.expired(self.clock()):
                         self._finish_reading(selector, finished)
@@ -621,10 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     server = ChannelServer(config, films)
     tracker = None  # the library tracker beside the channels (server/tracker.py)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, frame: server.request_stop())
+    signals = StopSignals().install()
     try:
         try:
             host, port = server.bind()
@@ -643,13 +650,12 @@ def main(argv: list[str] | None = None) -> int:
                  config.max_clients, config.period, config.push_port)
         tracker = start_beside_server(build_parser().parse_args(argv), host)
         server.start_channels()
-        server.serve()
+        server.serve(signals)
         log.info("stopping")
     finally:
         server.close()
         stop_beside_server(tracker)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.close()
     if config.stats is not None:
         try:
             write_stats(config.stats, server.statistics())

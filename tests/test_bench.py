@@ -12,8 +12,11 @@ import os
 import subprocess
 import sys
 
-from bench import metrics
+import pytest
+
+from bench import metrics, overlay
 from bench.cluster import REPO
+from bench.tail import FileTail
 from conftest import FIGURES
 
 
@@ -118,3 +121,92 @@ def test_clients_pointed_at_a_wrong_port_show_zero_continuity(tmp_path):
     assert run["continuity"]["max"] == 0
     assert all(c["continuity"] == 0 for c in run["per_client"])
     assert run["startup_s"]["n"] == 0
+
+
+# ------------------------------------------------------------ the demo's tail
+
+def test_the_tail_reader_hands_back_only_new_complete_lines(tmp_path):
+    log = tmp_path / "player.log"
+    tail = FileTail(log)
+    assert tail.new_lines() == []                        # no file yet
+    log.write_bytes(b"played 0000000001.mkv\nplayed 00000")
+    assert tail.new_lines() == ["played 0000000001.mkv"]
+    assert tail.new_lines() == []
+    # What was read is never read again: rewriting it changes nothing.
+    with open(log, "r+b") as f:
+        f.write(b"XXXXXXXXXXXXXXXXXXXXX")
+    with open(log, "ab") as f:
+        f.write(b"00002.mkv\nvdpau noise\n")
+    assert tail.new_lines() == ["played 0000000002.mkv", "vdpau noise"]
+    assert tail.offset == log.stat().st_size
+    # A file that shrank (rotated, truncated) is read from its start.
+    log.write_bytes(b"played 0000000009.mkv\n")
+    assert tail.new_lines() == ["played 0000000009.mkv"]
+
+
+def test_the_tail_reader_reads_at_most_max_read_per_call(tmp_path):
+    log = tmp_path / "big.log"
+    log.write_bytes(b"line\n" * 1000)                    # 5,000 bytes
+    tail = FileTail(log, max_read=1024)
+    first = tail.new_lines()
+    assert tail.offset == 1024 and len(first) == 204
+    rest = []
+    while tail.offset < 5000:
+        rest += tail.new_lines()
+    assert len(first) + len(rest) == 1000
+
+
+# ------------------------------------------------------------ the output
+
+def summary(*values):
+    return {"min": min(values), "median": sorted(values)[len(values) // 2],
+            "mean": sum(values) / len(values), "p99": max(values), "max": max(values), "n": len(values)}
+
+
+def fake_results() -> dict:
+    """Results as the harness writes them (JSON keys are strings), for the output code."""
+    run = {
+        "kind": "overlay", "clients": 5, "survivors": 5, "server_slots": 1,
+        "continuity": summary(1.0, 0.9), "on_time_fraction": summary(1.0),
+        "startup_s": summary(2.0, 3.0), "all_receiving_after_s": 3.0,
+        "lag_s": summary(0.01, 0.02), "lag_s_by_depth": {"1": summary(0.0), "2": summary(0.01)},
+        "repair": {"failures": [], "time_to_next_block_s": summary(0.5),
+                   "blocks_missed": summary(0)},
+        "tree": {"depth_histogram": {"2": 2, "1": 1, "3": 2},
+                 "best_depth_histogram": {"1": 1, "2": 2, "3": 2}, "loops": 0, "over_limit": []},
+        "load": {"jain_index_relays": 0.93, "server_bytes_sent": 2e6},
+        "cost": {"client_cpu_s": summary(1.0), "client_peak_rss_mib": summary(30.0),
+                 "server_cpu_s": 1.0, "server_peak_rss_mib": 16.0},
+        "per_client": [{"continuity": 1.0, "fate": "alive", "bytes_sent": 1e6 * i,
+                        "max_children": 2} for i in range(5)],
+    }
+    return {"title": "N=5", "overlay": run}
+
+
+def test_the_table_prints_depths_readably_and_explains_jain():
+    lines = overlay.table(fake_results()).splitlines()
+    [depths] = [line for line in lines if line.startswith("clients by depth")]
+    assert depths.split(None, 4)[-1].strip() == "1:1 2:2 3:2 (best 1:1 2:2 3:2)"
+    assert "{" not in "\n".join(lines)
+    [note] = [line for line in lines if line.startswith("Jain:")]
+    assert "Jain's fairness index" in note and "1 = " in note
+
+
+def test_the_plot_counts_clients_in_whole_numbers_and_explains_jain():
+    fig = overlay.figure(fake_results())
+    histogram = fig.axes[1]
+    ticks = [t for t in histogram.get_yticks() if histogram.get_ylim()[0] <= t <= histogram.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert "Jain's fairness index" in fig.axes[3].get_title()
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["-m", "bench"], "python -m bench"),
+    (["-m", "bench.overlay"], "python -m bench.overlay"),
+    (["bench/overlay.py"], "python bench/overlay.py"),
+])
+def test_usage_names_the_command_as_it_was_typed(argv, usage):
+    done = subprocess.run([sys.executable, *argv, "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {usage} "), done.stdout[:200]

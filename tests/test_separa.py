@@ -177,10 +177,91 @@ def test_copy_splits_a_film_with_keyframes_every_two_seconds(sources, tmp_path):
         assert_decodes_alone(block)
 
 
-def test_copy_warns_when_keyframes_do_not_fit(sources, tmp_path):
-    result = run_separa(sources / "film7.mp4", "--copy", "--out", tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "keyframes are not every 2 s" in result.stderr
+def test_copy_refuses_a_film_with_keyframes_ten_seconds_apart(tmp_path):
+    film = tmp_path / "sparse.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25", "-t", "22",
+           "-c:v", "libx264", "-preset", "ultrafast", "-g", "250", "-keyint_min", "250",
+           "-sc_threshold", "0", "-pix_fmt", "yuv420p", str(film))
+    out = tmp_path / "out"
+    result = run_separa(film, "--copy", "--out", out)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.splitlines()[-1]        # after the progress steps
+    assert last.startswith("separa: error:") and "--copy" in last and "keyframes" in last, last
+    assert "Traceback" not in result.stderr
+    assert list(out.iterdir()) == [], "blocks of the wrong length were written"
+
+
+def test_a_folder_given_as_the_film_is_named_a_folder(tmp_path):
+    result = run_separa(tmp_path, "--out", tmp_path / "out")
+    assert_one_line_error(result, 2, "is a folder")
+
+
+def test_progress_on_a_terminal_ends_its_line_before_the_next_message(sources, tmp_path):
+    """On a terminal the progress line is rewritten with a carriage return;
+    the line the terminal shows last must not have the final message glued on."""
+    import pty
+    main, side = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(SEPARA), str(sources / "mute.mp4"),
+                             "--out", str(tmp_path)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=side)
+    os.close(side)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:                  # EIO: the terminal's other side closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    assert proc.wait(timeout=60) == 0, output
+    text = output.decode().replace("\r\n", "\n")
+    assert "\r" in text, text                     # the live progress was there
+    shown = [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line]
+    progress = [line for line in shown if line.startswith("mute:") and line.endswith("%")]
+    assert progress, shown
+    assert all(line in progress or "%" not in line for line in shown), shown
+    assert len(sorted(tmp_path.glob("mute_*.mkv"))) == 2
+
+
+def sample_run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_separa("--sample", "--channels", "2", "--seconds-long", "4", "--size", "160x90",
+                      "--out", out, *extra)
+
+
+def identities(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_sample_again_keeps_complete_films_and_exits_0(tmp_path):
+    assert sample_run(tmp_path).returncode == 0
+    before = identities(tmp_path)
+    assert len(before) == 4
+    again = sample_run(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert identities(tmp_path) == before
+
+    more = run_separa("--sample", "--channels", "3", "--seconds-long", "4", "--size", "160x90",
+                      "--out", tmp_path)
+    assert more.returncode == 0, more.stderr
+    after = identities(tmp_path)
+    assert {k: after[k] for k in before} == before              # canal0, canal1 kept
+    assert sorted(set(after) - set(before)) == ["canal2_00000.mkv", "canal2_00001.mkv"]
+
+    forced = sample_run(tmp_path, "--force")
+    assert forced.returncode == 0, forced.stderr
+    remade = identities(tmp_path)
+    assert all(remade[k] != before[k] for k in before)
+
+
+def test_sample_refuses_blocks_that_are_not_that_sample_film(tmp_path):
+    assert sample_run(tmp_path).returncode == 0
+    before = identities(tmp_path)
+    longer = run_separa("--sample", "--channels", "2", "--seconds-long", "8", "--size", "160x90",
+                        "--out", tmp_path)
+    assert_one_line_error(longer, 1, "--force")
+    assert identities(tmp_path) == before
 
 
 def test_sample_makes_distinct_channels(tmp_path):
