@@ -166,13 +166,26 @@ def test_slowloris_on_the_peer_port_costs_no_block_and_no_push(cluster, tmp_path
     print(f"\nslowloris: {len(held)} connections cut, held {held[0]:.2f}-{held[-1]:.2f} s, "
           f"median {held[len(held) // 2]:.2f} s (deadline {strangers.HANDSHAKE_DEADLINE:.0f} s), "
           f"{attack.refused_at_once} refused at once, {attack.open_at_end} open at the end")
-    assert max(attack.held) < strangers.HANDSHAKE_DEADLINE + 2.0, attack.held
+    # (a connection may wait a moment in the kernel's accept queue before its deadline starts)
+    assert max(attack.held) < strangers.HANDSHAKE_DEADLINE + 5.0, attack.held
     for proc in (direct, child):
         assert status(proc)["blocks_lost"] == 0
         got = assert_continuous(proc, films)
         print(f"slowloris: {proc.ip} stored {len(got)} blocks, none lost")
     assert server_send_failures(server, tmp_path) == 0      # no push of the server refused
     assert "Traceback" not in direct.log_text()
+
+
+def test_one_address_gets_a_few_handshakes_at_a_time(cluster, tmp_path, films):
+    server, direct, child = start_pair(cluster, tmp_path)
+    one = next_address()
+    with Slowloris((direct.ip, PORTS.peer), [one], 12, PORTS.peer) as attack:
+        # 4 are held to the deadline, the other 8 reset at once, again and again
+        wait_until(lambda: attack.refused_at_once >= 16, 10, "connections past 4 refused at once")
+    assert all(held > 1.0 for held in attack.held), attack.held
+    wait_until(lambda: refusals(direct, strangers.LIMIT) >= 16, 10, "the refusals counted")
+    for proc in (direct, child):
+        assert status(proc)["blocks_lost"] == 0
 
 
 def test_oversized_frames_before_the_handshake_keep_memory_bounded(cluster, tmp_path, films):
