@@ -193,7 +193,8 @@ def missing_blocks(proc, films: Path) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.strangers", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.strangers",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--code", metavar="REF", help="run the server and clients of this commit")
     p.add_argument("--films", type=Path, help="film folder (default: a 60 s sample film)")
     p.add_argument("--period", type=float, default=0.5)

@@ -2,7 +2,8 @@
 
 Threads, each with one job and a way to end:
 
-* push listener: the server's connections to the push port (join answers, blocks);
+* push listener: the server's connections to the push port (join answers, blocks),
+  from the server's address only (:mod:`client.strangers` bounds what strangers get);
 * peer listener: other clients' connections (join, probe), one handler each,
   which becomes the child's reader when the join is accepted;
 * controller: every decision that takes time (joining, rejoining, leaving),
@@ -32,10 +33,10 @@ from client.joining import Joining
 from client.links import (ChildLink, ParentLink, StockServer, addresses_of, listen_on,
                           read_message, read_message_by)
 from client.model import SERVER, Config, Counters, Rejoin, State
-from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
-                              FrameDecoder, HEADER, Hello, Info, Keepalive, Move, PathUpdate,
-                              MAX_BLOCK, MAX_CONTROL, MAX_WANT, PeerProtocolError, Redirect, Reject, Report, Swap,
-                              SwapAnswer, encode)
+from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_WANT, Accept, Addr, Advice,
+                              Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
+                              Keepalive, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
+                              Report, Swap, SwapAnswer, encode)
 from client.repair import RepairPlan
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
 from client.upkeep import SwapOffer, Upkeep
