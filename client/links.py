@@ -63,7 +63,8 @@ def read_message(sock: socket.socket, decoder: FrameDecoder) -> Message:
 
 
 def read_message_by(sock: socket.socket, decoder: FrameDecoder, deadline: float,
-                    chunk: int = RECV_CHUNK, clock: Callable[[], float] = time.monotonic) -> Message:
+                    chunk: int = RECV_CHUNK,
+                    clock: Callable[[], float] = time.monotonic) -> Message:
     """One whole message before ``deadline`` (a ``clock()`` time) or ``socket.timeout``.
 
     The bound is on the whole read, not on each ``recv``: a peer that sends

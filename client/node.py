@@ -2,7 +2,8 @@
 
 Threads, each with one job and a way to end:
 
-* push listener: the server's connections to the push port (join answers, blocks);
+* push listener: the server's connections to the push port (join answers, blocks),
+  from the server's address only (:mod:`client.strangers` bounds what strangers get);
 * peer listener: other clients' connections (join, probe), one handler each,
   which becomes the child's reader when the join is accepted;
 * controller: every decision that takes time (joining, rejoining, leaving),
@@ -33,9 +34,9 @@ from client.library import serve_fetch
 from client.links import (ChildLink, ParentLink, StockServer, addresses_of, listen_on,
                           read_message, read_message_by)
 from client.model import SERVER, Config, Counters, Rejoin, State
-from client.peerproto import (Accept, Addr, Advice, Block, Bye, Candidate, Drop, FetchEnd,
-                              FrameDecoder, HEADER, Hello, Info, Keepalive, LibraryFetch, Move,
-                              PathUpdate, MAX_BLOCK, MAX_CONTROL, MAX_WANT, PeerProtocolError,
+from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_WANT, Accept, Addr, Advice,
+                              Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
+                              Keepalive, LibraryFetch, Move, PathUpdate, PeerProtocolError,
                               Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
                               encode)
 from client.repair import RepairPlan

@@ -416,7 +416,8 @@ class ChannelServer:
                         self.stopping.set()
                         break
                     deadline = self._intake.next_deadline()
-                    timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - self.clock()))
+                    timeout = 1.0 if deadline is None else min(1.0, deadline - self.clock())
+                    timeout = max(0.0, timeout)
                     for key, _ in selector.select(timeout=timeout):
                         if key.fileobj is self._listener:
                             self._accept(selector)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import selectors
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import Cluster, next_address, session_ports, wait_until
+from bench.strangers import Slowloris, connect_from, flood_oversized, rss_kib
 from client import strangers
 from client.links import read_message_by
 from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, Accept, Addr, Block, FrameDecoder,
@@ -131,16 +130,6 @@ def assert_continuous(proc, films: Path) -> list[int]:
     return got
 
 
-def rss_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of a process, from /proc."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0])
-    return fields
-
-
 def refusals(proc, blame: str) -> int:
     return status(proc).get("refusals", {}).get(blame, 0)
 
@@ -164,88 +153,11 @@ def server_send_failures(server, tmp_path: Path) -> int:
     return sum(c["send_failures"] for c in stats["channels"])
 
 
-def connect_from(ip: str, target: tuple[str, int]) -> socket.socket:
-    sock = socket.socket()
-    sock.settimeout(5)
-    sock.bind((ip, 0))
-    sock.connect(target)
-    return sock
-
-
-class Slowloris:
-    """``n`` connections to ``target`` from ``addresses``, each sending one byte of a
-    Hello a second; each cut one is opened again at once. Records how long the relay
-    held each connection it cut."""
-
-    def __init__(self, target: tuple[str, int], addresses: list[str], n: int):
-        self.target, self.addresses, self.n = target, addresses, n
-        self.held: list[float] = []           # seconds from connect to the relay's close
-        self.refused_at_once = 0
-        self.open_at_end = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="slowloris")
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(10)
-
-    def _open(self, n: int, selector, conns: dict) -> None:
-        ip = self.addresses[n % len(self.addresses)]
-        hello = encode(Hello("join", Addr(ip, PORTS.peer), 0))
-        sock = connect_from(ip, self.target)
-        sock.setblocking(False)
-        conns[sock] = [n, time.monotonic(), hello, 0]
-        selector.register(sock, selectors.EVENT_READ)
-
-    def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        conns: dict[socket.socket, list] = {}
-        for n in range(self.n):
-            self._open(n, selector, conns)
-        next_byte = time.monotonic()
-        while not self._stop.is_set():
-            for key, _ in selector.select(timeout=0.05):
-                sock = key.fileobj
-                try:
-                    closed = sock.recv(4096) == b""
-                except (ConnectionResetError, BrokenPipeError):
-                    closed = True
-                except BlockingIOError:
-                    closed = False
-                if closed:
-                    n, opened, _, sent = conns.pop(sock)
-                    selector.unregister(sock)
-                    sock.close()
-                    held = time.monotonic() - opened
-                    if held < 0.2 and sent == 0:
-                        self.refused_at_once += 1
-                    else:
-                        self.held.append(held)
-                    self._open(n, selector, conns)
-            if time.monotonic() >= next_byte:
-                next_byte += 1.0
-                for sock, entry in conns.items():
-                    n, opened, hello, sent = entry
-                    try:
-                        sock.send(hello[sent:sent + 1])
-                        entry[3] = sent + 1
-                    except OSError:
-                        pass                  # cut: the selector sees it
-        self.open_at_end = len(conns)
-        for sock in conns:
-            sock.close()
-        selector.close()
-
-
 def test_slowloris_on_the_peer_port_costs_no_block_and_no_push(cluster, tmp_path, films):
     server, direct, child = start_pair(cluster, tmp_path)
     before = {p.ip: status(p)["blocks_received"] for p in (direct, child)}
     attackers = [next_address() for _ in range(16)]        # 16 addresses x 4 = 64 connections
-    with Slowloris((direct.ip, PORTS.peer), attackers, 63) as attack:
+    with Slowloris((direct.ip, PORTS.peer), attackers, 63, PORTS.peer) as attack:
         wait_until(lambda: len(attack.held) >= 63, 20, "the relay to cut every slow connection")
         wait_until(lambda: all(status(p)["blocks_received"] >= before[p.ip] + 12
                                for p in (direct, child)), 30, "six more seconds of blocks")
@@ -254,7 +166,8 @@ def test_slowloris_on_the_peer_port_costs_no_block_and_no_push(cluster, tmp_path
     print(f"\nslowloris: {len(held)} connections cut, held {held[0]:.2f}-{held[-1]:.2f} s, "
           f"median {held[len(held) // 2]:.2f} s (deadline {strangers.HANDSHAKE_DEADLINE:.0f} s), "
           f"{attack.refused_at_once} refused at once, {attack.open_at_end} open at the end")
-    assert max(attack.held) < strangers.HANDSHAKE_DEADLINE + 2.0, attack.held
+    # (a connection may wait a moment in the kernel's accept queue before its deadline starts)
+    assert max(attack.held) < strangers.HANDSHAKE_DEADLINE + 5.0, attack.held
     for proc in (direct, child):
         assert status(proc)["blocks_lost"] == 0
         got = assert_continuous(proc, films)
@@ -263,34 +176,26 @@ def test_slowloris_on_the_peer_port_costs_no_block_and_no_push(cluster, tmp_path
     assert "Traceback" not in direct.log_text()
 
 
+def test_one_address_gets_a_few_handshakes_at_a_time(cluster, tmp_path, films):
+    server, direct, child = start_pair(cluster, tmp_path)
+    one = next_address()
+    with Slowloris((direct.ip, PORTS.peer), [one], 12, PORTS.peer) as attack:
+        # 4 are held to the deadline, the other 8 reset at once, again and again
+        wait_until(lambda: attack.refused_at_once >= 16, 10, "connections past 4 refused at once")
+    assert all(held > 1.0 for held in attack.held), attack.held
+    wait_until(lambda: refusals(direct, strangers.LIMIT) >= 16, 10, "the refusals counted")
+    for proc in (direct, child):
+        assert status(proc)["blocks_lost"] == 0
+
+
 def test_oversized_frames_before_the_handshake_keep_memory_bounded(cluster, tmp_path, films):
     server, direct, child = start_pair(cluster, tmp_path)
     before = rss_kib(direct.pid)
-    attacker = next_address()
-    payload = b"\x1a" * (1 << 20)
-
-    def flood(n: int, sent: list) -> None:
-        try:
-            sock = connect_from(next_address() if n % 2 else attacker, (direct.ip, PORTS.peer))
-        except OSError:
-            return
-        with sock:
-            try:
-                sock.sendall(HEADER.pack(Block.TYPE, 16 + MAX_BLOCK))
-                for _ in range(MAX_BLOCK // len(payload)):
-                    sock.sendall(payload)
-                    sent[n] += len(payload)
-            except OSError:
-                pass                                  # cut by the relay
-
-    sent = [0] * 16
-    threads = [threading.Thread(target=flood, args=(n, sent)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    attacker = next_address()                   # half of them from one address
+    sources = [attacker if n % 2 else next_address() for n in range(16)]
+    accepted = flood_oversized((direct.ip, PORTS.peer), sources)
     after = rss_kib(direct.pid)
-    print(f"\npre-handshake blocks: 16 x 32 MiB frames; {sum(sent) >> 20} MiB got through the "
+    print(f"\npre-handshake blocks: 16 x 32 MiB frames; {accepted >> 20} MiB got through the "
           f"socket; relay RSS {before['VmRSS'] // 1024} MiB before, {after['VmRSS'] // 1024} MiB "
           f"after, peak {after['VmHWM'] // 1024} MiB (peak before {before['VmHWM'] // 1024} MiB)")
     assert after["VmHWM"] - before["VmHWM"] < 64 * 1024, (before, after)
