@@ -255,3 +255,14 @@ def test_the_filter_logs_a_library_line_once_and_keeps_the_players_own_lines(tmp
     assert result.returncode == 0, result.stderr
     assert len(lines) <= 5, lines
     assert "player: own line" in lines and lines[-1] == "after stop"
+
+
+def test_a_short_block_played_fast_counts_as_shown_even_with_no_position_reported():
+    # VLC reports its position only every quarter second or so.
+    m = PlayerMachine(buffer=1)
+    m.learn_durations({NAME(0): 0.5, NAME(1): 0.5})
+    m.on_listing([NAME(0), NAME(1)], 0.0)
+    m.on_started(0.0)
+    assert isinstance(m.on_ended(0.33, 0)[0], Finished)
+    m.on_started(0.34)
+    assert isinstance(m.on_ended(0.35, 0)[0], Skip)  # ended at once: nothing was decodable
