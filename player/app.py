@@ -124,12 +124,12 @@ def play(args: argparse.Namespace) -> int:
     machine = PlayerMachine(buffer=args.buffer, keep=args.keep,
                             stall_timeout=args.stall_timeout, live=live)
     played_log = PlayedLog(args.played_log) if args.played_log else None
+    noise = StderrFilter()
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     output = None
-    noise = StderrFilter()
-    noise.start()
     try:
+        noise.start()  # before libvlc loads the libraries that write to stderr
         output = VlcOutput(options)
         log.info("playing the blocks of %s (buffer %d, %s; %s)", store, args.buffer,
                  " ".join(options),

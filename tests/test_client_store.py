@@ -110,6 +110,7 @@ def test_store_limits_are_megabytes_or_minutes():
     assert parse_store_limit("200MB", 2.0) == StoreLimit(bytes=200_000_000)
     assert parse_store_limit("10min", 2.0) == StoreLimit(blocks=300)
     assert parse_store_limit("0.5 min", 1.0) == StoreLimit(blocks=30)
+    assert parse_store_limit("none", 2.0) is None
     for bad in ("10", "abc", "-3MB", "0MB", "5 GB"):
         with pytest.raises(ValueError):
             parse_store_limit(bad, 2.0)

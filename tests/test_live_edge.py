@@ -155,7 +155,8 @@ def test_the_players_log_stays_small_over_many_blocks_without_a_sound_card(block
 
 def test_a_client_without_a_player_keeps_only_its_recent_window_on_disk(cluster):
     server = cluster.start_server(period=1.0, max_clients=1)
-    client = cluster.start_client(server, "--window", "6", period=1.0, max_children=0)
+    client = cluster.start_client(server, "--window", "6", period=1.0, max_children=0,
+                                  keep_store=False)  # the default bound of --no-player
     bound = int(6 / 1.0) + 1
     seen = []
 
@@ -244,3 +245,31 @@ def test_a_full_disk_is_said_once_relaying_goes_on_and_storing_resumes(cluster):
     # stats.json says which blocks were not stored.
     ranges = stats["store"]["not_stored_seqs"]
     assert sum(b - a + 1 for a, b in ranges) == stats["store"]["blocks_not_stored"] >= 6
+
+
+def test_the_menus_status_says_how_far_behind_live_the_player_is(cluster):
+    server = cluster.start_server(period=2.0, max_clients=1)
+    client = cluster.start_client(server, "--menu", "--player", max_children=0,
+                                  stdin=subprocess.PIPE)
+    wait_until(lambda: status(client).get("behind_live_s") is not None, 60, "a player figure")
+    client.popen.stdin.write(b"status\n")
+    client.popen.stdin.flush()
+    line = wait_until(lambda: next((l for l in client.log_text().splitlines()
+                                    if "behind live:" in l), None), 10, "the status line")
+    seconds = float(line.split("behind live:")[1].split()[0])
+    assert 0 <= seconds <= MAX_BEHIND
+    client.popen.stdin.write(b"quit\n")
+    client.popen.stdin.close()
+    assert client.popen.wait(timeout=20) == 0
+
+
+def test_the_behind_live_benchmark_runs_and_plots(tmp_path):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    result = subprocess.run([sys.executable, "-m", "bench.behind", "--block", "2.6",
+                             "--duration", "6", "--json", str(out), "--plot", str(png)],
+                            cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = json.loads(out.read_text())
+    assert run["control"] and len(run["samples"]) >= 5
+    assert all(s["behind_live_s"] is not None for s in run["samples"])
+    assert png.stat().st_size > 1000
