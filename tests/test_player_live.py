@@ -86,8 +86,8 @@ def live_machine(**kw) -> PlayerMachine:
 def test_the_wanted_rate_rises_from_half_the_target_to_the_bound():
     edge = LiveEdge(max_behind=8.0, max_rate=1.4)
     assert edge.wanted(0.0) == edge.wanted(4.0) == 1.0
-    assert edge.wanted(5.0) == pytest.approx(1.2)
-    assert edge.wanted(6.0) == edge.wanted(50.0) == pytest.approx(1.4)
+    assert edge.wanted(4.5) == pytest.approx(1.2)
+    assert edge.wanted(5.0) == edge.wanted(50.0) == pytest.approx(1.4)
     assert not edge.hopeless(24.0) and edge.hopeless(24.1)
 
 
