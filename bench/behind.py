@@ -89,6 +89,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_xlabel("minutes")
     ax.set_ylabel("seconds behind live")
     ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     print(json.dumps(summary))
     print(json.dumps(result["behind_live_stats"]))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(json.dumps(result))
     if args.plot:
         plot([result], args.plot)
     return 0

@@ -220,7 +220,9 @@ class Cluster:
     def start_client(self, server: Proc, *extra: str, max_children: int = 2,
                      ip: str | None = None, channel: int = 0, period: float = 2.0,
                      name: str | None = None, port: int | None = None,
-                     stdin=subprocess.DEVNULL) -> Proc:
+                     stdin=subprocess.DEVNULL, keep_store: bool = True) -> Proc:
+        """``keep_store``: keep every block on disk (``--store-limit none``, before
+        ``extra``, which may set another), so that the store can be read whole."""
         ip = ip or next_address()
         name = name or f"client-{ip}"
         store = self.workdir / "stores" / ip
@@ -232,6 +234,8 @@ class Cluster:
                 "--no-player", "--no-menu", "--log-level", "INFO"]
         if not any(a.startswith("--http-port") for a in extra):
             argv += ["--http-port", str(CLUSTER_HTTP_PORT)]  # never a user's 8090
+        if keep_store:
+            argv += ["--store-limit", "none"]
         for wanted, default in (("--menu", "--no-menu"), ("--player", "--no-player")):
             if wanted in extra:
                 extra = tuple(a for a in extra if a != wanted)

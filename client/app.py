@@ -108,7 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the recent --window stay on disk, older ones are removed")
     p.add_argument("--store-limit", metavar="NMB|Nmin",
                    help="bound of the blocks on disk: N megabytes (200MB) or the blocks of the "
-                        "last N minutes (10min); past it the oldest go, played or not "
+                        "last N minutes (10min); past it the oldest go, played or not; 'none' "
+                        "keeps every block (for tests that read them all) "
                         f"(default: the --window with --no-player, {PLAYER_STORE_LIMIT} with the player)")
     p.add_argument("--max-behind", type=float, default=8.0, metavar="SECONDS",
                    help="the player stays within this many seconds of live: it plays faster "
@@ -132,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 PLAYER_STORE_LIMIT = "10min"
 
 
-def store_limit(args: argparse.Namespace) -> StoreLimit:
+def store_limit(args: argparse.Namespace) -> StoreLimit | None:
     """The bound of the store: --store-limit, else the window (no player) or PLAYER_STORE_LIMIT."""
     if args.store_limit:
         return parse_store_limit(args.store_limit, args.period)

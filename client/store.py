@@ -144,9 +144,12 @@ class StoreLimit:
 _LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mb|min)\s*$", re.IGNORECASE)
 
 
-def parse_store_limit(text: str, period: float) -> StoreLimit:
+def parse_store_limit(text: str, period: float) -> StoreLimit | None:
     """``200MB`` (megabytes of blocks) or ``10min`` (the blocks of the last 10 minutes,
-    at one block per ``period``); ValueError for anything else."""
+    at one block per ``period``); ``none``: no bound (for tests and benchmarks that
+    read every block afterwards); ValueError for anything else."""
+    if text.strip().lower() == "none":
+        return None
     match = _LIMIT.match(text)
     if not match:
         raise ValueError(f"not a store limit (say e.g. 200MB or 10min): {text!r}")

@@ -124,12 +124,12 @@ def play(args: argparse.Namespace) -> int:
     machine = PlayerMachine(buffer=args.buffer, keep=args.keep,
                             stall_timeout=args.stall_timeout, live=live)
     played_log = PlayedLog(args.played_log) if args.played_log else None
+    noise = StderrFilter()
     # The handler only sets a flag the loop polls (see stopsignals).
     stop = StopSignals(STOP_SIGNALS).install()
     output = None
-    noise = StderrFilter()
-    noise.start()
     try:
+        noise.start()  # before libvlc loads the libraries that write to stderr
         output = VlcOutput(options)
         log.info("playing the blocks of %s (buffer %d, %s; %s)", store, args.buffer,
                  " ".join(options),

@@ -6,7 +6,7 @@ at 1.0x falls behind forever. :class:`LiveEdge` turns the distance to live
 (seconds of content waiting) into a play rate:
 
 - up to half of ``max_behind``: 1.0x;
-- from there to three quarters of ``max_behind`` the wanted rate rises
+- from there to five eighths of ``max_behind`` the wanted rate rises
   linearly to ``max_rate`` (VLC keeps the pitch of the sound);
 - the rate moves towards the wanted one by at most ``slew`` per second and
   in steps of :data:`RATE_STEP`, so that it never jumps;
@@ -56,7 +56,7 @@ class LiveEdge:
     @property
     def full_speed_at(self) -> float:
         """From this distance on the wanted rate is ``max_rate``."""
-        return self.max_behind * 3 / 4
+        return self.max_behind * 5 / 8
 
     @property
     def resume_behind(self) -> float:

@@ -167,6 +167,7 @@ class PlayerMachine:
     _wait_since: float = field(default=0.0, init=False)
     _durations: dict[str, float] = field(default_factory=dict, init=False)
     _played_ms: int = field(default=0, init=False)  # VLC's position in the current block
+    _started_at: float = field(default=0.0, init=False)
 
     def __post_init__(self):
         if self.buffer < 1:
@@ -256,7 +257,7 @@ class PlayerMachine:
         """VLC started playing the current block."""
         if self.state is State.STARTING:
             self.state = State.PLAYING
-            self._last_progress = now
+            self._last_progress = self._started_at = now
         return []
 
     def on_progress(self, now: float) -> list[Action]:
@@ -274,13 +275,24 @@ class PlayerMachine:
         """
         if self.state is not State.PLAYING:
             return []
-        if played_ms <= 0:
+        if not self._decoded(now, played_ms):
             return self._fail(now, "nothing in it could be decoded")
         name = self.current
         actions: list[Action] = [Finished(name)]
         if not self.keep:
             actions.append(Delete(name))
         return actions + self._next(now)
+
+    def _decoded(self, now: float, played_ms: int) -> bool:
+        """Whether VLC showed anything of the block that just ended.
+
+        VLC reports its position only every quarter second or so: a short
+        block played fast may end with no position ever reported (and 0 at
+        the end). A block that played for half its duration counts as shown.
+        """
+        if played_ms > 0 or self._played_ms > 0:
+            return True
+        return now - self._started_at >= 0.5 * self._duration(self.current) / self.rate
 
     def on_error(self, now: float, reason: str) -> list[Action]:
         """VLC (or the driver's own check) cannot play the current block."""
@@ -335,15 +347,16 @@ class PlayerMachine:
     def _skip_ahead(self) -> list[Action]:
         """Live and hopelessly behind: drop the oldest waiting blocks, keep the newest.
 
-        What is kept adds up to at most :attr:`LiveEdge.resume_behind`
-        seconds (at least one block); the dropped blocks are deleted.
+        What is kept is the start buffer, or more blocks when they add up to
+        at most :attr:`LiveEdge.resume_behind` seconds; the dropped blocks are
+        deleted.
         """
         behind = sum(self._duration(n) for n in self._pending)
         if self.live is None or not self.live.hopeless(behind):
             return []
         kept, total = [], 0.0
         for name in reversed(self._pending):
-            if kept and total + self._duration(name) > self.live.resume_behind:
+            if len(kept) >= self.buffer and total + self._duration(name) > self.live.resume_behind:
                 break
             kept.append(name)
             total += self._duration(name)

@@ -116,3 +116,60 @@ def test_a_stop_flag_alone_is_seen_within_a_poll_interval(tmp_path):
     thread.join(timeout=2)
     assert not thread.is_alive()
     assert time.monotonic() - t0 < 0.5
+
+
+class RatedOutput(FakeOutput):
+    """A FakeOutput that records the rates it was told."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates: list[float] = []
+
+    def set_rate(self, rate: float) -> None:
+        self.rates.append(rate)
+
+
+def test_a_live_loop_speeds_up_and_says_so_in_player_json_and_the_played_log(tmp_path):
+    import json
+
+    from player.live import LiveEdge
+    from player.report import PlayedLog, read_played_log
+
+    names = [f"{i:010d}.mkv" for i in range(9)]  # no duration in the stub: 2 s each, 18 s
+    for name in names:
+        (tmp_path / name).write_bytes(MKV)
+    output = RatedOutput()
+    loop = PlayerLoop(tmp_path, PlayerMachine(buffer=2, live=LiveEdge(max_behind=8.0)), output,
+                      poll_interval=0.02, state_every=0.05,
+                      played_log=PlayedLog(tmp_path / "played.jsonl"))
+    thread = threading.Thread(target=loop.run, name="player-loop")
+    thread.start()
+    try:
+        wait_until(lambda: output.played == names[:1], 2, "the first block")
+        output.emit(out.STARTED)
+        wait_until(lambda: len(output.rates) >= 3, 5, "the rate rising")
+        state = wait_until(lambda: json.loads((tmp_path / "player.json").read_text())
+                           if (tmp_path / "player.json").exists() else None, 2, "player.json")
+        assert state["live_edge"] and state["behind_live_s"] > 10 and state["rate"] > 1.0
+        output.emit(out.ENDED)
+        wait_until(lambda: output.played == names[:2], 2, "the second block")
+    finally:
+        loop.request_stop()
+        thread.join(timeout=5)
+    assert output.rates == sorted(output.rates) and output.rates[0] == 1.02
+    events = read_played_log(tmp_path / "played.jsonl")
+    assert [e["rate"] for e in events if e["event"] == "rate"] == output.rates
+    assert [e["name"] for e in events if e["event"] == "played"] == names[:1]
+    assert json.loads((tmp_path / "player.json").read_text())["state"] == "stopped"
+
+
+def test_the_played_log_stays_under_its_bound(tmp_path):
+    from player.report import PlayedLog, read_played_log
+
+    played = PlayedLog(tmp_path / "p.jsonl", limit=300)
+    for i in range(50):
+        played.add({"event": "played", "name": f"{i:010d}.mkv"})
+    assert (tmp_path / "p.jsonl").stat().st_size <= 300
+    assert (tmp_path / "p.jsonl.1").stat().st_size <= 300
+    names = [e["name"] for e in read_played_log(tmp_path / "p.jsonl")]
+    assert names[-1] == f"{49:010d}.mkv" and names == sorted(names) and len(names) < 50
