@@ -360,7 +360,10 @@ class WebView:
             raise HttpError(503, "too many event streams")
         conn.phase = "events"
         first = httpwire.sse_head() + b"retry: 2000\n\n"
-        first += self._event("hello", {"status": self.node.snapshot(), "tree": self.tree()})
+        snapshot = self.node.snapshot()
+        if self._last_status is None:
+            self._last_status = snapshot   # changes from here on are events
+        first += self._event("hello", {"status": snapshot, "tree": self.tree()})
         self._send(conn, first, close=False)
 
     def _event(self, name: str, data) -> bytes:
@@ -398,6 +401,10 @@ class WebView:
                 self._broadcast("tree", payload)
 
     def _look_at_status(self) -> None:
+        """Events from the change of status since the last look (nobody watching: no look)."""
+        if not any(c.phase == "events" for c in self._conns.values()):
+            self._last_status = None
+            return
         snapshot = self.node.snapshot()
         for name, data in status_events(self._last_status, snapshot):
             self._broadcast(name, data)

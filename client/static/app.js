@@ -173,6 +173,7 @@ function logEvent(name, data) {
   time.textContent = new Date().toLocaleTimeString();
   item.append(time, EVENT_TEXT[name](data));
   const list = $("events");
+  $("no-events")?.remove();
   list.prepend(item);
   while (list.children.length > 14) list.lastChild.remove();
 }
