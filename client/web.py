@@ -153,9 +153,14 @@ class WebView:
     # -- what the node tells us (its threads: never block) -------------------------
 
     def watch(self, kind: str, arg) -> None:
+        """(The node's threads, under its deliver lock.) A stored block, or a change of status."""
         if kind == "block":
-            with self._feed_lock:
-                block = self.feed.add(arg.block.data, arg.stored_at)
+            try:
+                with self._feed_lock:
+                    block = self.feed.add(arg.block.data, arg.stored_at)
+            except Exception:  # never let the web view break relaying
+                log.exception("web: could not index a stored block")
+                return
             self._posted.put(("block", block))
         self._wake()
 
