@@ -232,7 +232,8 @@ class Cluster:
                 "--channel", str(channel),
                 "--ip", ip, "--store", str(store), "--period", str(period),
                 "--no-player", "--no-menu", "--log-level", "INFO"]
-        if not any(a.startswith("--http-port") for a in extra):
+        if (self.code / "client" / "web.py").exists() and not any(
+                a.startswith("--http-port") for a in extra):
             argv += ["--http-port", str(CLUSTER_HTTP_PORT)]  # never a user's 8090
         if keep_store:
             argv += ["--store-limit", "none"]

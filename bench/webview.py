@@ -55,6 +55,32 @@ def tree_bytes(clients) -> int:
     return total
 
 
+def hop_delays(relay, clients) -> list[float]:
+    """Seconds from ``relay`` storing a block to each of its children storing it.
+
+    Blocks are matched by size and time (sizes of the sample film's blocks
+    differ; the nearest occurrence is taken).
+    """
+    by_ip = {c.ip: c for c in clients}
+    mine = api(relay, "/api/blocks")["blocks"]
+    out = []
+    for child in api(relay, "/api/status")["children"]:
+        proc = by_ip.get(child["ip"])
+        if proc is None:
+            continue
+        for block in api(proc, "/api/blocks")["blocks"]:
+            earlier = [b["stored_at"] for b in mine if b["bytes"] == block["bytes"]
+                       and 0 <= block["stored_at"] - b["stored_at"] < 5]
+            if earlier:
+                out.append(block["stored_at"] - max(earlier))
+    return out
+
+
+def median(values):
+    values = sorted(values)
+    return round(values[len(values) // 2], 4) if values else None
+
+
 def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -84,8 +110,12 @@ def main(argv=None) -> int:
                                for c in clients), 120, "every client receiving")
         time.sleep(3 * args.period)  # let the tree settle (nothing to await: it is a benchmark)
         depth = {c.ip: Cluster.status_of(c)["depth"] for c in clients}
-        deep = max(depth.values())
-        same = [c for c in clients if depth[c.ip] == deep]
+        # Two relays at the same depth (the deepest that has two), so that what a viewer
+        # costs relaying shows in their children's delays.
+        relays = [c for c in clients if Cluster.status_of(c)["children"]]
+        deep = max((d for d in set(depth[c.ip] for c in relays)
+                    if sum(1 for c in relays if depth[c.ip] == d) >= 2), default=max(depth.values()))
+        same = [c for c in relays if depth[c.ip] == deep] or [c for c in clients if depth[c.ip] == deep]
         watched, unwatched = same[0], (same[1] if len(same) > 1 else
                                        max((c for c in clients if c is not same[0]),
                                            key=lambda c: depth[c.ip]))
@@ -119,6 +149,7 @@ def main(argv=None) -> int:
             if driver is not None:
                 driver.quit()
         remux = api(watched, "/api/stats")["web"]["remux"]
+        hops = [hop_delays(c, clients) for c in pair]
         lags = sorted(page["lags"])
         blocks = elapsed / args.period
         result = {
@@ -127,6 +158,7 @@ def main(argv=None) -> int:
             **{name: {"ip": c.ip, "depth": depth[c.ip], "cpu_s": round(cpu[i], 2),
                       "peak_rss_mib": round(peak[i], 1)}
                for i, (name, c) in enumerate((("watched", watched), ("unwatched", unwatched)))},
+            "hop_delay_s_median": {"watched": median(hops[0]), "unwatched": median(hops[1])},
             "remux_s_per_block": round(remux["seconds_total"] / max(1, remux["remuxed"]), 3),
             "remuxed": remux["remuxed"],
             "lag_store_to_display_s": {"median": lags[len(lags) // 2] if lags else None,

@@ -442,7 +442,7 @@ class Report:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Report":
-        from client.treeview import wire_nodes
+        from client.treeview import wire_nodes  # (here: client.treeview imports this module)
         return cls(obj.get("free"), obj.get("sent"), _candidates(obj.get("subtree", [])),
                    _addrs(obj.get("members", []), "members", MAX_MEMBERS),
                    obj.get("max_children", 0), _addrs(obj.get("children", []), "children"),
@@ -623,7 +623,7 @@ class TreeAnswer:
 
     @classmethod
     def from_json(cls, obj: dict) -> "TreeAnswer":
-        from client.treeview import wire_nodes
+        from client.treeview import wire_nodes  # (here: client.treeview imports this module)
         return cls(wire_nodes(obj.get("nodes", [])))
 
 

@@ -153,9 +153,14 @@ class WebView:
     # -- what the node tells us (its threads: never block) -------------------------
 
     def watch(self, kind: str, arg) -> None:
+        """(The node's threads, under its deliver lock.) A stored block, or a change of status."""
         if kind == "block":
-            with self._feed_lock:
-                block = self.feed.add(arg.block.data, arg.stored_at)
+            try:
+                with self._feed_lock:
+                    block = self.feed.add(arg.block.data, arg.stored_at)
+            except Exception:  # never let the web view break relaying
+                log.exception("web: could not index a stored block")
+                return
             self._posted.put(("block", block))
         self._wake()
 
@@ -360,7 +365,10 @@ class WebView:
             raise HttpError(503, "too many event streams")
         conn.phase = "events"
         first = httpwire.sse_head() + b"retry: 2000\n\n"
-        first += self._event("hello", {"status": self.node.snapshot(), "tree": self.tree()})
+        snapshot = self.node.snapshot()
+        if self._last_status is None:
+            self._last_status = snapshot   # changes from here on are events
+        first += self._event("hello", {"status": snapshot, "tree": self.tree()})
         self._send(conn, first, close=False)
 
     def _event(self, name: str, data) -> bytes:
@@ -398,6 +406,10 @@ class WebView:
                 self._broadcast("tree", payload)
 
     def _look_at_status(self) -> None:
+        """Events from the change of status since the last look (nobody watching: no look)."""
+        if not any(c.phase == "events" for c in self._conns.values()):
+            self._last_status = None
+            return
         snapshot = self.node.snapshot()
         for name, data in status_events(self._last_status, snapshot):
             self._broadcast(name, data)

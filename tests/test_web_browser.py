@@ -15,13 +15,13 @@ import time
 import urllib.request
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
 
-from bench.cluster import CLUSTER_HTTP_PORT, Cluster, wait_until
-from tests.conftest import ARTIFACTS
+from bench.cluster import CLUSTER_HTTP_PORT, REPO, Cluster, wait_until
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+ARTIFACTS = REPO / "test-artifacts"
 
 PERIOD = 2.5
 #: (seconds, frame size, H.264 profile) of each block of the messy film.
@@ -102,6 +102,11 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         assert played["dropped"] <= max(5, played["total"] // 20), played
         assert played["errors"] == 0, played
         assert len(set(played["mimes"])) >= 2, played  # the profile changed: changeType() worked
+        with urllib.request.urlopen(url + "api/blocks", timeout=10) as answer:
+            meta = {b["number"]: b for b in json.loads(answer.read())["blocks"]}
+        shown = [meta[n] for n in played["shown"] if n in meta]
+        assert len({b["width"] for b in shown}) >= 2, shown      # frame sizes changed on screen
+        assert max(b["duration"] for b in shown) > 2.5, shown    # and blocks ran past 2 s
 
         def tree_agrees():
             want = {f"{c.ip}:9092": parent_of(c) for c in clients if c.alive}

@@ -6,6 +6,7 @@ injected clock. The blocks are real ones cut by separa.py (the ``films`` fixture
 
 from __future__ import annotations
 
+import random
 import subprocess
 import threading
 
@@ -262,3 +263,13 @@ def test_a_full_remux_queue_refuses_at_once():
         gate.set()
         remuxer.stop()
     assert remuxer.stats()["failed"] == QUEUE_LIMIT
+
+
+def test_block_info_never_raises_on_mangled_headers(films):
+    data = bytearray(blocks_of(films)[0][:4096])
+    rng = random.Random(13)
+    for _ in range(500):
+        mangled = bytearray(data)
+        for _ in range(8):
+            mangled[rng.randrange(len(mangled))] = rng.randrange(256)
+        read_block_info(bytes(mangled))   # a header we cannot read is empty, never an error

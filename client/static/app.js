@@ -29,6 +29,8 @@ const known = new Map();          // number -> block metadata
 const placed = [];                // [timeline start, end, block] of appended blocks
 const START_BEHIND = 2;           // blocks behind live at start
 const MAX_BEHIND = 4;             // past this, skip ahead to live
+const CATCH_UP_ABOVE = 5.0;       // seconds buffered ahead: play at 1.1x above this...
+const CATCH_UP_UNTIL = 3.0;       // ...until this little is left
 
 function offer(block) {
   if (next !== null && block.number < next) return;
@@ -121,10 +123,14 @@ function watchPlayhead() {
       break;
     }
   }
-  // Fallen far behind the newest buffered frame (a hidden tab): go back near live.
-  if (ranges.length && ranges.end(ranges.length - 1) - t > 3 * 2.9 + 1) {
+  // Fallen far behind the newest buffered frame (a hidden tab): go back near live;
+  // a little behind (blocks longer than the period): play slightly faster until near again.
+  const ahead = ranges.length ? ranges.end(ranges.length - 1) - t : 0;
+  if (ahead > 3 * 2.9 + 1) {
     video.currentTime = ranges.end(ranges.length - 1) - 2.5;
   }
+  if (ahead > CATCH_UP_ABOVE && video.playbackRate === 1) video.playbackRate = 1.1;
+  if (ahead < CATCH_UP_UNTIL && video.playbackRate !== 1) video.playbackRate = 1;
   for (const [start, end, block] of placed) {
     if (t >= start && t < end) {
       if (stats.shown[stats.shown.length - 1] !== block.number) {
@@ -167,6 +173,7 @@ function logEvent(name, data) {
   time.textContent = new Date().toLocaleTimeString();
   item.append(time, EVENT_TEXT[name](data));
   const list = $("events");
+  $("no-events")?.remove();
   list.prepend(item);
   while (list.children.length > 14) list.lastChild.remove();
 }
