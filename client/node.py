@@ -100,6 +100,7 @@ class Node(Joining, Upkeep):
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
         self.library = None  # a client.library.Library when this client offers films
+        self.recorder = None  # a client.record.Recorder with --record
 
     # -- life cycle --------------------------------------------------------
 
@@ -227,6 +228,8 @@ class Node(Joining, Upkeep):
         stored_at = time.time()
         self._last_block = time.monotonic()
         self.store.write(block.data)
+        if self.recorder is not None:
+            self.recorder.keep(self.config.channel, block.data)  # --record (client/record.py)
         self.window.append(Stored(block, stored_at))
         for child in children:
             child.enqueue(block)

@@ -16,7 +16,8 @@ import client.peerproto as peerproto
 from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, MAX_BLOCK,
                               MAX_CONTROL, MAX_LIST, MAX_WANT, PROTOCOL, VERSION, Accept, Addr, Advice,
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
-                              Keepalive, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
+                              Keepalive, LibraryEnd, LibraryFetch, Move, PathUpdate,
+                              PeerProtocolError, Redirect, Reject,
                               Report, Swap, SwapAnswer, block_digest, encode)
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
@@ -104,6 +105,8 @@ MESSAGES = [
     SwapAnswer(True),
     SwapAnswer(False),
     Hello("join", addr(1), 0, moved_by=addr(22)),
+    LibraryFetch(addr(1), "0123456789abcdef", (0, 5, 9999)),
+    LibraryEnd((3,)),
 ]
 
 
@@ -138,7 +141,7 @@ def test_round_trip_one_byte_at_a_time(message):
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
     assert covered == set(JSON_MESSAGES.values()) | {Block}
-    assert {cls.TYPE for cls in covered} == set(range(1, 17))
+    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {30, 31}
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
     assert Block.TYPE not in JSON_MESSAGES
 

@@ -39,7 +39,7 @@ class Library:
             args += ["--share", str(share)]
         return self.cluster.start_client(self.server, *args, ip=ip, name=name)
 
-    def holders_of(self, name: str, count: int, timeout: float = 60) -> dict:
+    def holders_of(self, name: str, count: int, timeout: float = 120) -> dict:
         def enough():
             found = [f for f in self.api.search(name) if f["name"] == name]
             return found[0] if found and len(found[0]["holders"]) >= count else None
@@ -258,3 +258,27 @@ def test_menu_search_get_library_and_the_downloader_becomes_a_holder(cluster, tm
     assert f"{FILM}@{film['version']}  film, 30 blocks" in out and "1 found" in out
     assert f"{FILM}@{film['version']}  film, 30/30 blocks (download)" in out
     assert f"download {FILM}: complete in" in out
+
+
+def test_record_offers_the_channel_s_film_after_a_whole_lap(cluster, tmp_path, films):
+    tracker = start_tracker(cluster, tmp_path / "catalogue.db")
+    server = cluster.start_server("--tracker-port", "0", period=0.5, max_clients=2)
+    where = f"{tracker.ip}:{TRACKER_PORT}"
+    api = TrackerClient(tracker.ip, TRACKER_PORT)
+    share = tmp_path / "share"
+    share.mkdir()
+    for block in sorted(films.glob("canal0_*.mkv")):
+        shutil.copy(block, share / block.name)
+    cluster.start_client(server, "--tracker", where, "--share", str(share), period=0.5)
+    recorder = cluster.start_client(server, "--tracker", where, "--record", period=0.5)
+
+    def two_holders():
+        found = [f for f in api.search("canal0") if f["name"] == "canal0"]
+        return found if found and len(found[0]["holders"]) == 2 else None
+    found = wait_until(two_holders, 60, "the recorder to hold canal0 too", interval=0.2)
+    assert len(found) == 1  # the same version, not a second one
+    assert f"{recorder.ip}:9092" in {f"{h['ip']}:{h['port']}" for h in found[0]["holders"]}
+    assert found[0]["replication"] == [2] * 6
+    got = cluster.store_of(recorder) / "library" / "canal0"
+    for block in sorted(films.glob("canal0_*.mkv")):
+        assert (got / block.name).read_bytes() == block.read_bytes()
