@@ -57,6 +57,8 @@ def add_library_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--record", action="store_true",
                        help="keep the channel's blocks and offer them as its film once a whole "
                             "lap is in")
+    group.add_argument("--parts", type=int, default=3, choices=range(1, 9), metavar="N",
+                       help="a download's parts, each from its own holder (default 3)")
     group.add_argument("--get", metavar="NAME[@VERSION]",
                        help="download NAME from the library and exit (no channel)")
     group.add_argument("--to", type=Path, default=Path("downloads"), metavar="DIR",
@@ -75,7 +77,7 @@ def get_once(args: argparse.Namespace, own_address) -> int:
     probe = args.tracker or (args.server[0], TRACKER_PORT)
     ip = args.ip or own_address(probe)
     return run_get(tracker_of(args, ip), Addr(ip, args.peer_port), args.get, args.to,
-                   stats=args.stats, stall_after=args.stall)
+                   stats=args.stats, stall_after=args.stall, parts=args.parts)
 
 
 class LibraryService:

@@ -19,7 +19,7 @@ import pytest
 from bench.cluster import REPO, next_address, wait_until
 from client.library import TrackerClient
 from client.peerproto import Addr, FrameDecoder, LibraryEnd, LibraryFetch, Reject, encode
-from tests.library_helpers import TRACKER_PORT, random_bytes, start_tracker
+from tests.library_helpers import TRACKER_PORT, EventRecorder, random_bytes, start_tracker
 
 FILM = "canal0"
 
@@ -96,6 +96,16 @@ def test_download_from_three_holders_a_third_each(cluster, tmp_path, long_film):
     assert code == 0, stats
     assert _same_blocks(long_film, tmp_path / "got")
     assert stats["complete"] and stats["fetched"] == 30 and stats["missing"] == []
+    # Heartbeats keep the holders: known without a break for longer than the drop bound (3 s).
+    def kept_alive():
+        listed = lib.api.search(FILM)[0]["holders"]
+        return len(listed) == 3 and all(h["since"] > 4 and h["seen"] < 2 for h in listed)
+    wait_until(kept_alive, 30, "holders kept alive by their heartbeats", interval=0.2)
+    recorder = EventRecorder(lib.tracker.ip)  # replays the events so far
+    wait_until(lambda: len(recorder.of("holder_joined")) >= 3, 10, "the events so far")
+    assert recorder.of("holder_left") == []  # never dropped, not even right after joining
+    lib.tracker.stop()
+    recorder.join()
     assert sorted(stats["served_by"]) == sorted(f"{h.ip}:9092" for h in holders)
     assert all(8 <= n <= 12 for n in stats["served_by"].values()), stats["served_by"]
 
