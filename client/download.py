@@ -33,7 +33,7 @@ from client.fetcher import RepairJob
 from client.library import (Item, Library, TrackerClient, TrackerError, block_path, manifest_path,
                             part_folder, whole_file, write_atomically, _read_fragment)
 from client.peerproto import Addr, Block, LibraryEnd, LibraryFetch, PeerProtocolError, Reject, encode
-from client.repair import RepairPlan
+from client.repair import MAX_ACTIVE_SOURCES, RepairPlan
 from server.manifest import Manifest, ManifestError, check_name, from_ranges
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class Result:
     seconds: float = 0.0
     served_by: dict[str, int] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    taken_over_at: dict[str, float] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)
     path: str | None = None
 
@@ -99,7 +100,9 @@ class Result:
                 "folder": self.folder, "path": self.path, "complete": self.complete,
                 "blocks": self.blocks, "resumed": self.resumed, "fetched": self.fetched,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3),
-                "served_by": self.served_by, "failures": self.failures, "missing": self.missing}
+                "served_by": self.served_by, "failures": self.failures,
+                "taken_over_at": {k: round(v, 3) for k, v in self.taken_over_at.items()},
+                "missing": self.missing}
 
 
 def resolve(tracker: TrackerClient, wanted: str) -> dict:
@@ -146,8 +149,9 @@ class Download:
     def __init__(self, tracker: TrackerClient, own: Addr, folder: Path, wanted: str,
                  blocks: set[int] | None = None, stall_after: float = STALL_AFTER,
                  deadline: float = DEADLINE, progress: Callable[[int, int], None] | None = None,
-                 me: Addr | None = None):
+                 me: Addr | None = None, parts: int = MAX_ACTIVE_SOURCES):
         self.tracker, self.own, self.folder = tracker, own, Path(folder)
+        self.parts = parts
         self.wanted, self.only = wanted, blocks
         self.stall_after, self.deadline = stall_after, deadline
         self._progress = progress or (lambda done, total: None)
@@ -201,7 +205,8 @@ class Download:
                 self._progress(done[0], len(targets))
 
             finished = threading.Event()
-            plan = RepairPlan(missing, sources, time.monotonic(), stall_after=self.stall_after)
+            plan = RepairPlan(missing, sources, time.monotonic(), stall_after=self.stall_after,
+                              max_active=self.parts)
             self._job = LibraryJob(plan, self.own, manifest, on_block,
                                    lambda job: finished.set(), self.deadline)
             if self._cancelled.is_set():
@@ -211,6 +216,7 @@ class Download:
             self._job.join()
             result.served_by = dict(self._job.fetched_from)
             result.failures = dict(self._job.failures)
+            result.taken_over_at = dict(self._job.failed_at)
             self._report_corrupt(manifest, self._job.corrupt)
             result.missing = sorted(lost)
         if not result.missing and self.only is None:
@@ -278,14 +284,14 @@ def terminal_progress(name: str, stream=sys.stderr) -> Callable[[int, int], None
 
 def run_get(tracker: TrackerClient, own: Addr, wanted: str, folder: Path,
             stats: Path | None = None, stall_after: float = STALL_AFTER,
-            deadline: float = DEADLINE) -> int:
+            deadline: float = DEADLINE, parts: int = MAX_ACTIVE_SOURCES) -> int:
     """``python client.py --get NAME [--to DIR]``: download, print the statistics, exit status.
 
     0: complete; 1: nothing could be fetched (unknown name, no holder,
     tracker unreachable); 3: incomplete (the missing blocks are named).
     """
     download = Download(tracker, own, folder, wanted, stall_after=stall_after, deadline=deadline,
-                        progress=terminal_progress(wanted))
+                        progress=terminal_progress(wanted), parts=parts)
     try:
         result = download.run()
     except DownloadError as exc:

@@ -47,6 +47,7 @@ class RepairJob:
         self._thread = threading.Thread(target=self._drive, name="repair")
         self.fetched_from: dict[str, int] = {}
         self.failures: dict[str, str] = {}  # source: why it stopped serving
+        self.failed_at: dict[str, float] = {}  # source: when (Unix time) its part went to others
 
     def start(self) -> None:
         self._thread.start()
@@ -94,10 +95,12 @@ class RepairJob:
                 elif kind == "failed":
                     log.warning("repair source %s failed: %s", source, payload)
                     self.failures.setdefault(str(source), payload)
+                    self.failed_at.setdefault(str(source), time.time())
                     self._launch(self.plan.failed(source, now))
             for source in self.plan.stalled(now):
                 log.warning("repair source %s stalled: the others take over its part", source)
                 self.failures.setdefault(str(source), f"stalled for {self.plan.stall_after:.1f} s")
+                self.failed_at.setdefault(str(source), time.time())
                 self._close(source)
                 self._launch(self.plan.failed(source, now))
             if now - started > self._deadline:

@@ -444,11 +444,11 @@ class LibraryAgent:
             changed = self.library.changed.is_set()
             self.library.changed.clear()
             if changed or time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + self.state.heartbeat
+                started = time.monotonic()
                 try:
                     if changed or must_register:
                         must_register = True
-                        self._register()
+                        self._register()  # learns the tracker's heartbeat
                         must_register = False
                     else:
                         self._start_replicas(self._beat())
@@ -458,6 +458,7 @@ class LibraryAgent:
                         log.warning("library: %s", exc)
                     self.state.last_error = str(exc)
                     must_register = must_register or exc.status is None
+                next_beat = started + self.state.heartbeat
             self.library.changed.wait(max(0.05, next_beat - time.monotonic()))
         if self._replica is not None:
             self._replica.join(timeout=30)

@@ -15,6 +15,7 @@ from pathlib import Path
 from client.download import Download, DownloadError, Result, offer_download, run_get
 from client.library import Library, LibraryAgent, TrackerClient, TrackerError, read_task
 from client.peerproto import Addr
+from client.record import Recorder
 from player.launch import start_player, stop_player
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ def add_library_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fragment size of shared files that are not films (default 1024)")
     group.add_argument("--stall", type=_positive, default=3.0, metavar="SECONDS",
                        help="a holder silent this long during a download is replaced (default 3)")
+    group.add_argument("--record", action="store_true",
+                       help="keep the channel's blocks and offer them as its film once a whole "
+                            "lap is in")
+    group.add_argument("--parts", type=int, default=3, choices=range(1, 9), metavar="N",
+                       help="a download's parts, each from its own holder (default 3)")
     group.add_argument("--get", metavar="NAME[@VERSION]",
                        help="download NAME from the library and exit (no channel)")
     group.add_argument("--to", type=Path, default=Path("downloads"), metavar="DIR",
@@ -71,7 +77,7 @@ def get_once(args: argparse.Namespace, own_address) -> int:
     probe = args.tracker or (args.server[0], TRACKER_PORT)
     ip = args.ip or own_address(probe)
     return run_get(tracker_of(args, ip), Addr(ip, args.peer_port), args.get, args.to,
-                   stats=args.stats, stall_after=args.stall)
+                   stats=args.stats, stall_after=args.stall, parts=args.parts)
 
 
 class LibraryService:
@@ -86,6 +92,7 @@ class LibraryService:
         self._downloads: dict[str, tuple[Download, threading.Thread]] = {}
         self.results: dict[str, Result | str] = {}
         self._player = None
+        self.recorder = None  # a client.record.Recorder with --record
 
     def start_agent(self) -> None:
         with self._lock:
@@ -171,6 +178,8 @@ class LibraryService:
         return out
 
     def stop(self) -> None:
+        if self.recorder is not None:
+            self.recorder.stop()
         with self._lock:
             downloads = list(self._downloads.values())
         for download, thread in downloads:
@@ -189,7 +198,12 @@ def start_library(args: argparse.Namespace, node) -> LibraryService:
     library.scan()
     node.library = library
     service = LibraryService(library, tracker_of(args, node.config.ip), node.me, args.stall)
-    if args.share or library.space or library.items():
+    if args.record:
+        service.recorder = Recorder(library, service.tracker, node.config.period,
+                                    lambda: node.counters.blocks_lost)
+        node.recorder = service.recorder
+        service.recorder.start()
+    if args.share or args.record or library.space or library.items():
         service.start_agent()
     return service
 

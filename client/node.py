@@ -126,6 +126,7 @@ class Node(Joining, Upkeep):
         self.on_failure = None
         #: Called with the new folder when a channel switch moves the store (``store_of_channel``).
         self.on_store_moved = None
+        self.recorder = None  # a client.record.Recorder with --record
 
     # -- life cycle --------------------------------------------------------
 
@@ -325,6 +326,8 @@ class Node(Joining, Upkeep):
         stored_at = time.time()
         self._last_block = time.monotonic()
         self.store.write(block.data, block.seq)  # a refusal (full disk) is said once; relay goes on
+        if self.recorder is not None:
+            self.recorder.keep(self.config.channel, block.data)  # --record (client/record.py)
         self.window.append(Stored(block, stored_at))
         for child in children:
             child.enqueue(block)

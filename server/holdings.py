@@ -27,6 +27,7 @@ class PeerHoldings:
     space: int
     last_seen: float
     films: dict[str, frozenset[int]] = field(default_factory=dict)
+    joined: float = 0.0  # since when it is known without a break
 
     @property
     def key(self) -> str:
@@ -55,7 +56,8 @@ class Holdings:
         key = f"{ip}:{port}"
         before = self.peers.get(key)
         old = before.films if before else {}
-        self.peers[key] = PeerHoldings(ip, port, space, now, dict(films))
+        self.peers[key] = PeerHoldings(ip, port, space, now, dict(films),
+                                       joined=before.joined if before else now)
         events = [event("holder_joined", version=v, peer=key, blocks=len(films[v]))
                   for v in films if v not in old]
         events += [event("holder_left", version=v, peer=key, reason="no longer announced")
@@ -109,8 +111,10 @@ class Holdings:
                     counts[index] += 1
         return counts
 
-    def describe(self, version: str) -> list[dict]:
-        return [{"ip": p.ip, "port": p.port, "blocks": ranges(p.films[version])}
+    def describe(self, version: str, now: float) -> list[dict]:
+        """The holders of ``version``: endpoint, blocks, seconds since it joined and since last heard."""
+        return [{"ip": p.ip, "port": p.port, "blocks": ranges(p.films[version]),
+                 "since": round(now - p.joined, 3), "seen": round(now - p.last_seen, 3)}
                 for p in self.holders(version)]
 
 

@@ -315,7 +315,7 @@ class TrackerCore:
     def _summary(self, version: str, manifest: Manifest, with_manifest: bool = False) -> dict:
         out = {"name": manifest.name, "version": version, "kind": manifest.kind,
                "size": manifest.size, "blocks": len(manifest),
-               "holders": self.holdings.describe(version),
+               "holders": self.holdings.describe(version, self._clock()),
                "replication": self.holdings.replication(version, len(manifest))}
         if manifest.kind == "film":
             out["duration"] = round(sum(b["duration"] for b in manifest.blocks), 3)

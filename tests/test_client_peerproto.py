@@ -17,9 +17,9 @@ from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, 
                               MAX_CHILDREN, MAX_CONTROL, MAX_LIST, MAX_WANT, PROTOCOL, VERSION,
                               Accept, Addr, Advice,
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
-                              Keepalive, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
-                              Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, block_digest,
-                              encode, LibraryEnd, LibraryFetch)
+                              Keepalive, LibraryEnd, LibraryFetch, Move, PathUpdate,
+                              PeerProtocolError, Redirect, Reject, Report, Swap, SwapAnswer,
+                              TreeAnswer, TreeQuery, block_digest, encode)
 from client.treeview import TreeNode
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
@@ -113,7 +113,7 @@ MESSAGES = [
     TreeAnswer((TreeNode(addr(23), None, True, 1, 2, 2, 10, 20, 5, 0, "full"),
                 TreeNode(addr(24), addr(23), False, 2, 0, 0, 0, 20, 0, 1, "leaf"))),
     Report(0, 0, nodes=(TreeNode(addr(24), addr(23), False, 2, 0, 0, 0, 20, 0, 1, "stalled"),)),
-    LibraryFetch(addr(25), "0123456789abcdef", (0, 1, 29)),
+    LibraryFetch(addr(1), "0123456789abcdef", (0, 5, 9999)),
     LibraryEnd((3,)),
     LibraryEnd(),
 ]
@@ -150,7 +150,8 @@ def test_round_trip_one_byte_at_a_time(message):
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
     assert covered == set(JSON_MESSAGES.values()) | {Block}
-    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21, 30, 31}  # 20-29: the web view, 30-39: the library
+    # 20-29: the web view, 30-39: the library
+    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21, 30, 31}
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
     assert Block.TYPE not in JSON_MESSAGES
 

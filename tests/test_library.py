@@ -19,7 +19,7 @@ import pytest
 from bench.cluster import REPO, next_address, wait_until
 from client.library import TrackerClient
 from client.peerproto import Addr, FrameDecoder, LibraryEnd, LibraryFetch, Reject, encode
-from tests.library_helpers import TRACKER_PORT, random_bytes, start_tracker
+from tests.library_helpers import TRACKER_PORT, EventRecorder, random_bytes, start_tracker
 
 FILM = "canal0"
 
@@ -39,7 +39,7 @@ class Library:
             args += ["--share", str(share)]
         return self.cluster.start_client(self.server, *args, ip=ip, name=name)
 
-    def holders_of(self, name: str, count: int, timeout: float = 60) -> dict:
+    def holders_of(self, name: str, count: int, timeout: float = 120) -> dict:
         def enough():
             found = [f for f in self.api.search(name) if f["name"] == name]
             return found[0] if found and len(found[0]["holders"]) >= count else None
@@ -96,6 +96,16 @@ def test_download_from_three_holders_a_third_each(cluster, tmp_path, long_film):
     assert code == 0, stats
     assert _same_blocks(long_film, tmp_path / "got")
     assert stats["complete"] and stats["fetched"] == 30 and stats["missing"] == []
+    # Heartbeats keep the holders: known without a break for longer than the drop bound (3 s).
+    def kept_alive():
+        listed = lib.api.search(FILM)[0]["holders"]
+        return len(listed) == 3 and all(h["since"] > 4 and h["seen"] < 2 for h in listed)
+    wait_until(kept_alive, 30, "holders kept alive by their heartbeats", interval=0.2)
+    recorder = EventRecorder(lib.tracker.ip)  # replays the events so far
+    wait_until(lambda: len(recorder.of("holder_joined")) >= 3, 10, "the events so far")
+    assert recorder.of("holder_left") == []  # never dropped, not even right after joining
+    lib.tracker.stop()
+    recorder.join()
     assert sorted(stats["served_by"]) == sorted(f"{h.ip}:9092" for h in holders)
     assert all(8 <= n <= 12 for n in stats["served_by"].values()), stats["served_by"]
 
@@ -258,3 +268,27 @@ def test_menu_search_get_library_and_the_downloader_becomes_a_holder(cluster, tm
     assert f"{FILM}@{film['version']}  film, 30 blocks" in out and "1 found" in out
     assert f"{FILM}@{film['version']}  film, 30/30 blocks (download)" in out
     assert f"download {FILM}: complete in" in out
+
+
+def test_record_offers_the_channel_s_film_after_a_whole_lap(cluster, tmp_path, films):
+    tracker = start_tracker(cluster, tmp_path / "catalogue.db")
+    server = cluster.start_server("--tracker-port", "0", period=0.5, max_clients=2)
+    where = f"{tracker.ip}:{TRACKER_PORT}"
+    api = TrackerClient(tracker.ip, TRACKER_PORT)
+    share = tmp_path / "share"
+    share.mkdir()
+    for block in sorted(films.glob("canal0_*.mkv")):
+        shutil.copy(block, share / block.name)
+    cluster.start_client(server, "--tracker", where, "--share", str(share), period=0.5)
+    recorder = cluster.start_client(server, "--tracker", where, "--record", period=0.5)
+
+    def two_holders():
+        found = [f for f in api.search("canal0") if f["name"] == "canal0"]
+        return found if found and len(found[0]["holders"]) == 2 else None
+    found = wait_until(two_holders, 60, "the recorder to hold canal0 too", interval=0.2)
+    assert len(found) == 1  # the same version, not a second one
+    assert f"{recorder.ip}:9092" in {f"{h['ip']}:{h['port']}" for h in found[0]["holders"]}
+    assert found[0]["replication"] == [2] * 6
+    got = cluster.store_of(recorder) / "library" / "canal0"
+    for block in sorted(films.glob("canal0_*.mkv")):
+        assert (got / block.name).read_bytes() == block.read_bytes()
