@@ -46,6 +46,17 @@ def _children_limit(value: str) -> int:
     return n
 
 
+def _port(value: str) -> int:
+    """A TCP port number, or 0 for "off"."""
+    try:
+        n = int(value)
+        if not 0 <= n <= 65535:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port from 0 to 65535: {value!r}") from None
+    return n
+
+
 def check_own_ip(value: str) -> str | None:
     """Why ``value`` cannot be this client's address, or None when it can.
 
@@ -98,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repair-rate", type=float, default=0.0, metavar="KB/S",
                    help="cap on the upload spent answering other clients' repair fetches, "
                         "so that it leaves room for live relaying on a thin uplink (0: no cap)")
-    p.add_argument("--http-port", type=_non_negative, default=8090,
+    p.add_argument("--http-port", type=_port, default=8090,
                    help="port of the web view (page, HLS, JSON API) on this client's address; "
                         "0 turns it off (8090)")
     p.add_argument("--stats", type=Path, help="write statistics as JSON here on exit "
