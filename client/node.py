@@ -465,8 +465,9 @@ class Node(Joining, Upkeep):
                             self.child_views[child.addr] = tree.ChildView(
                                 child.addr, message.free, message.sent, message.subtree, message.members,
                                 message.max_children, message.children, reported=True)
-                            if message.nodes:
-                                self.subtree.child_reported(child.addr, message.nodes)
+                            if message.nodes and self.subtree.child_reported(child.addr,
+                                                                             message.nodes):
+                                self._events.put(("report", None, None))  # pass it up now
                 elif isinstance(message, Bye):
                     reason = "left"
                     if message.successor is not None:
@@ -573,6 +574,9 @@ class Node(Joining, Upkeep):
             self._maybe_climb()
 
     def _handle_event(self, kind: str, link, arg) -> None:
+        if kind == "report":
+            self._report_to_parent()
+            return
         if kind == "swap_answer":
             self._on_swap_answer(link, arg)
             return
