@@ -592,8 +592,9 @@ class Node(Joining, Upkeep):
                                 child.addr, message.free, message.sent, message.subtree, message.members,
                                 message.max_children, message.children, reported=True,
                                 parents=message.parents)
-                            if message.nodes:
-                                self.subtree.child_reported(child.addr, message.nodes)
+                            if message.nodes and self.subtree.child_reported(child.addr,
+                                                                             message.nodes):
+                                self._events.put(("report", None, None))  # pass it up now
                 elif isinstance(message, Bye):
                     reason = "left"
                     if message.successor is not None:
@@ -704,6 +705,9 @@ class Node(Joining, Upkeep):
             self._maybe_climb()
 
     def _handle_event(self, kind: str, link, arg) -> None:
+        if kind == "report":
+            self._report_to_parent()
+            return
         if kind == "swap_answer":
             self._on_swap_answer(link, arg)
             return

@@ -6,8 +6,9 @@ How it flows:
   parent, depth, children used / K, bytes, upload rate, repairs, state);
 * its :class:`~client.peerproto.Report` to its parent carries the nodes of
   its whole subtree (itself and what its children last reported), once a
-  period, so that each direct client knows its subtree within a period per
-  level;
+  period, and at once when a child's report changed the subtree's shape or a
+  state, so that a change climbs to the direct client within milliseconds
+  and the counters within a period per level;
 * a client whose web page has viewers asks the server for the channel's
   direct clients (``11X``) and each of them, over the peer port, for its
   subtree (:class:`~client.peerproto.TreeQuery` answered by
@@ -135,12 +136,23 @@ class SubtreeLedger:
         self._rate_sample: tuple[float, int] | None = None
         self._rate = 0
         self._next_report = 0.0
+        self._next_push = 0.0
         self._shape: tuple = ()
         self.control_bytes = 0      # the tree's share of the reports this client sent
 
-    def child_reported(self, child: Addr, nodes: tuple[TreeNode, ...]) -> None:
+    def child_reported(self, child: Addr, nodes: tuple[TreeNode, ...]) -> bool:
+        """Keep a child's subtree; True when its shape or a state changed and it is worth
+        passing up now (at most every eighth of a period: the regular report follows anyway)."""
         with self._lock:
+            before = self._reported.get(child)
             self._reported[child] = nodes
+            if before is not None and _shape(before) == _shape(nodes):
+                return False
+            now = self._clock()
+            if now < self._next_push:
+                return False
+            self._next_push = now + self.period / 8
+            return True
 
     def child_gone(self, child: Addr) -> None:
         with self._lock:
@@ -174,12 +186,17 @@ class SubtreeLedger:
         shape or a state changed; nothing in between."""
         now = self._clock()
         nodes = tuple(self.subtree(snapshot))
-        shape = tuple((n.addr, n.parent, n.state, n.children) for n in nodes)
+        shape = _shape(nodes)
         if now < self._next_report and shape == self._shape:
             return ()
         self._next_report, self._shape = now + self.period * 0.9, shape
         self.control_bytes += wire_size(nodes)
         return nodes
+
+
+def _shape(nodes) -> tuple:
+    """What the tree view draws of ``nodes``, leaving out the counters that change every block."""
+    return tuple((n.addr, n.parent, n.state, n.children) for n in nodes)
 
 
 def merge_tree(roots: list[list[TreeNode]]) -> list[TreeNode]:

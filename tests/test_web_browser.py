@@ -81,6 +81,7 @@ def playback(driver) -> dict:
         " stalls: window.relaytv.stalls.slice()};")
 
 
+@pytest.mark.timeout(300)
 def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, messy_film, browser):
     with Cluster(tmp_path, messy_film) as cluster:
         server = cluster.start_server(max_clients=1, period=PERIOD)
@@ -151,6 +152,7 @@ def client_gap_after(proc, since: float) -> float:
     return max((b - a for a, b in zip(times, times[1:]) if b >= since), default=0.0)
 
 
+@pytest.mark.timeout(240)
 def test_page_keeps_playing_across_swaps(cluster, browser):
     server = cluster.start_server(max_clients=1, period=2.0)
     first = cluster.start_client(server, "--balance-margin", "2", max_children=2, period=2.0)

@@ -250,3 +250,22 @@ def test_the_url_is_printed_at_start_and_by_the_menu_s_status(tree):
     proc.popen.stdin.close()
     assert proc.popen.wait(timeout=15) == 0
     assert proc.log_text().count(url(proc, "/")) == 2
+
+
+def test_a_new_client_shows_in_a_deep_client_s_tree_within_a_few_periods(tree):
+    cluster, clients = tree
+    server = next(p for p in cluster.procs if p.name == "server")
+    viewer = deepest(clients)
+    get_json(viewer, "/api/tree")     # someone is watching: the viewer gathers the tree
+    newcomer = cluster.start_client(server, max_children=0, period=PERIOD)
+    try:
+        parent = wait_until(lambda: (s := Cluster.status_of(newcomer) or {}).get("state") == "attached"
+                            and f"{s['parent']['ip']}:{s['parent']['port']}", 30, "the newcomer attached")
+        attached_at = time.monotonic()
+        wait_until(lambda: {n["addr"]: n["parent"] for n in get_json(viewer, "/api/tree")["nodes"]}
+                   .get(f"{newcomer.ip}:9092") == parent, 6 * PERIOD,
+                   "the newcomer in the deep client's tree under its parent")
+        print(f"\nnewcomer in the tree of {viewer.ip} {time.monotonic() - attached_at:.2f} s "
+              f"after it attached (period {PERIOD} s)")
+    finally:
+        newcomer.stop()

@@ -188,13 +188,15 @@ def test_ledger_reports_the_subtree_once_a_period_or_on_a_change():
                 "children": [{"ip": "127.0.0.3", "port": 9092}], "max_children": 2,
                 "bytes_sent": 0, "bytes_received": 10, "rejoins": 0, "blocks_repaired": 0,
                 "state": "direct", "repairing": False, "last_block_at": 99.5}
-    ledger.child_reported(Addr("127.0.0.3", 9092), (node(3, 2, "leaf", 2),))
+    assert ledger.child_reported(Addr("127.0.0.3", 9092), (node(3, 2, "leaf", 2),))
+    assert not ledger.child_reported(Addr("127.0.0.3", 9092), (node(3, 2, "leaf", 2),))  # same
     first = ledger.for_report(snapshot)
     assert [str(n.addr) for n in first] == ["127.0.0.2:9092", "127.0.0.3:9092"]
     now[0] = 1.0
     assert ledger.for_report(snapshot) == ()           # nothing changed, not a period yet
-    ledger.child_reported(Addr("127.0.0.3", 9092), (node(3, 2, "repairing", 2),))
-    assert ledger.for_report(snapshot)[1].state == "repairing"
+    assert ledger.child_reported(Addr("127.0.0.3", 9092), (node(3, 2, "repairing", 2),))
+    assert not ledger.child_reported(Addr("127.0.0.3", 9092), (node(3, 2, "stalled", 2),))  # too soon
+    assert ledger.for_report(snapshot)[1].state == "stalled"
     now[0] = 4.0
     assert ledger.for_report({**snapshot, "bytes_sent": 8000})[0].upload_rate == 2000
     ledger.child_gone(Addr("127.0.0.3", 9092))
