@@ -210,10 +210,9 @@ def main(argv=None) -> int:
                     store_of_channel=None if args.store else store_of_channel)
     signals = StopSignals(interrupt=None if args.no_menu else at_menu_prompt).install()
     node = Node(config)
-    main_thread = threading.main_thread().ident
-    # A failed core thread stops the program the way SIGTERM does (a real signal to
-    # the main thread also wakes a menu blocked reading its standard input).
-    node.on_failure = lambda: signal.pthread_kill(main_thread, signal.SIGTERM)
+    # A failed core thread stops the program the way SIGTERM does (the stop wakes a
+    # menu blocked reading its standard input too).
+    node.on_failure = signals.set
     try:
         node.start()
     except OSError as exc:
