@@ -67,8 +67,9 @@ def test_max_children_past_the_limit_is_refused_with_the_limit_in_help(tmp_path)
 def test_the_start_up_prompt_refuses_past_the_limit_and_asks_again(cluster):
     ip = next_address()
     store = cluster.workdir / "asked"
-    argv = [cluster.python, "-m", "client", "--server", f"{next_address()}:6060", "--ip", ip,
-            "--store", str(store), "--no-player", "--no-menu", "--period", str(PERIOD)]
+    argv = [cluster.python, "-m", "client", "--server", f"{next_address()}:{cluster.ports.server}",
+            "--push-port", str(cluster.ports.push), "--peer-port", str(cluster.ports.peer),
+            "--ip", ip, "--store", str(store), "--no-player", "--no-menu", "--period", str(PERIOD)]
     proc = cluster.spawn("asked", ip, argv, stdin=subprocess.PIPE)
     proc.popen.stdin.write(f"99999\n{MAX_CHILDREN + 1}\n3\n".encode())
     proc.popen.stdin.close()
@@ -98,7 +99,9 @@ def test_an_unusable_ip_is_one_line_a_non_zero_exit_and_nothing_created(ip):
 
 def test_an_absent_server_is_reported_once_then_retried_quietly_until_it_comes(cluster, films):
     server_ip, ip = next_address(), next_address()
-    argv = [cluster.python, "-m", "client", "--max-children", "2", "--server", f"{server_ip}:6060",
+    argv = [cluster.python, "-m", "client", "--max-children", "2",
+            "--server", f"{server_ip}:{cluster.ports.server}",
+            "--push-port", str(cluster.ports.push), "--peer-port", str(cluster.ports.peer),
             "--ip", ip, "--store", str(cluster.workdir / "stores" / ip),
             "--period", str(PERIOD), "--no-player", "--no-menu"]
     proc = cluster.spawn(f"client-{ip}", ip, argv)
@@ -158,11 +161,14 @@ def test_after_a_switch_the_blocks_go_to_the_new_channel_s_folder(tmp_path, film
     for package in ("client", "server", "player"):
         shutil.copytree(REPO / package, code / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "stopsignals.py", code / "stopsignals.py")
     with Cluster(tmp_path / "run", films, code=code) as cluster:
         server = cluster.start_server(max_clients=1, period=PERIOD, channels=2)
         ip = next_address()
         argv = [cluster.python, "-m", "client", "--max-children", "2", "--server",
-                f"{server.ip}:6060", "--ip", ip, "--period", str(PERIOD), "--no-player"]
+                f"{server.ip}:{cluster.ports.server}", "--push-port", str(cluster.ports.push),
+                "--peer-port", str(cluster.ports.peer), "--ip", ip, "--period", str(PERIOD),
+                "--no-player"]
         proc = cluster.spawn("menu", ip, argv, stdin=subprocess.PIPE)
         folder = {n: code / "store" / ip / f"channel{n}" for n in (0, 1)}
 

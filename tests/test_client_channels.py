@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from bench.cluster import next_address
+from bench.cluster import next_address, session_ports
 from client import channels
 from client.links import StockServer
 from server import protocol as stock
@@ -85,4 +85,4 @@ def test_the_count_request_tells_a_missing_channel_from_a_count(answer, hold, ex
 def test_a_server_that_is_not_there_is_an_os_error():
     ip = next_address()
     with pytest.raises(OSError):
-        StockServer(ip, 6060, ip, timeout=0.5).count(0)
+        StockServer(ip, session_ports().server, ip, timeout=0.5).count(0)

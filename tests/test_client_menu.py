@@ -123,13 +123,13 @@ def test_tree_draws_the_whole_subtree_indented(cluster, films):
         proc = cluster.start_client(server, "--balance-margin", "0", max_children=1, period=PERIOD)
         wait_until(lambda: placed(proc, 0), 20, f"{proc.ip} in place")
         chain.append(proc)
-    a, b = (f"{p.ip}:9092" for p in chain[1:])
+    a, b = (f"{p.ip}:{cluster.ports.peer}" for p in chain[1:])
     wait_until(lambda: status(root).get("tree") == [
         {"addr": a, "children": [{"addr": b, "children": []}]}], 20, "the root to know its subtree")
     type_in(root, "tree")
     out = answered(root, 2).split("relaytv> ")[1]
     lines = out.splitlines()
-    assert lines[0].startswith(f"{root.ip}:9092")
+    assert lines[0].startswith(f"{root.ip}:{cluster.ports.peer}")
     indent = {line.strip().split()[0]: len(line) - len(line.lstrip()) for line in lines[1:3]}
     assert 0 < indent[a] < indent[b], lines
     quit_menu(root)
