@@ -222,44 +222,25 @@ class TrackerCore:
                 answer.append({"name": manifest.name, "version": manifest.version, "new": new})
             held = {m.version: have for m, have in parsed if have}
             events += self.holdings.register(ip, port, held, space, self._clock())
+            for version, have in held.items():
+                self.replicator.delivered(f"{ip}:{port}", version, have)  # its tasks are done
             events += self._replication_progress()
         self.hub.publish(events)
         return {"heartbeat": self.heartbeat, "drop_after": self.drop_after, "films": answer}
 
     def heartbeat_of(self, source: str, body) -> tuple[int, dict]:
-        body = _fields(body, {"ip", "port", "got"}, {"ip", "port"}, "a heartbeat")
+        body = _fields(body, {"ip", "port"}, {"ip", "port"}, "a heartbeat")
         ip, port = _endpoint(body, "a heartbeat")
         if ip != source:
             raise RequestError(403, f"a heartbeat for {ip} must come from {ip}, not {source}")
-        got = body.get("got", [])
-        if not isinstance(got, list) or len(got) > MAX_ITEMS:
-            raise RequestError(400, f"got must be a list of at most {MAX_ITEMS} items")
         key = f"{ip}:{port}"
         with self._lock:
-            additions = []
-            for index, item in enumerate(got):
-                item = _fields(item, {"version", "have"}, {"version", "have"}, f"got {index}")
-                try:
-                    version = check_version(item["version"])
-                except ManifestError as exc:
-                    raise RequestError(400, str(exc)) from None
-                manifest = self._manifest(version)
-                if manifest is None:
-                    raise RequestError(400, f"got {index}: unknown version {version}")
-                try:
-                    additions.append((version, from_ranges(item["have"], len(manifest))))
-                except ManifestError as exc:
-                    raise RequestError(400, f"got {index}: {exc}") from None
             now = self._clock()
             if not self.holdings.heartbeat(key, now):
                 return 404, {"error": f"unknown peer {key}: register again"}
-            events = []
-            for version, blocks in additions:
-                events += self.holdings.add_blocks(key, version, blocks, now)
-                self.replicator.delivered(key, version, blocks)
-            events += self._replication_progress()
-            tasks = self.replicator.tasks_for(key, self.holdings, self._sizes(), now)
-        self.hub.publish(events)
+            tasks = []
+            if self.holdings.peers[key].space > 0:  # only they are given replicas to fetch
+                tasks = self.replicator.tasks_for(key, self.holdings, self._sizes(), now)
         return 200, {"heartbeat": self.heartbeat, "replicate": tasks}
 
     def report(self, source: str, body) -> dict:

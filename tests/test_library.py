@@ -292,3 +292,17 @@ def test_record_offers_the_channel_s_film_after_a_whole_lap(cluster, tmp_path, f
     got = cluster.store_of(recorder) / "library" / "canal0"
     for block in sorted(films.glob("canal0_*.mkv")):
         assert (got / block.name).read_bytes() == block.read_bytes()
+
+
+def test_the_library_benchmark_prints_its_figures(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.library", "--size-mb", "2",
+                             "--upload-mbit", "4", "--peers", "20", "--seconds", "1",
+                             "--workdir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    downloads = figures["downloads"]
+    for count in (1, 2, 3):
+        assert len(downloads[f"holders_{count}"]["served_by"]) == count
+    assert downloads["takeover"]["complete"] and downloads["takeover"]["kill_to_takeover_s"] is not None
+    assert figures["tracker"]["holders_seen"] == 20 and figures["tracker"]["heartbeats"] > 0
