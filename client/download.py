@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 from client.fetcher import RepairJob
-from client.library import (Item, Library, TrackerClient, TrackerError, block_path, manifest_path,
-                            part_folder, whole_file, write_atomically, _read_fragment)
+from client.library import (Library, TrackerClient, TrackerError, block_path, load_fetched,
+                            manifest_path, part_folder, read_fragment, whole_file, write_atomically)
 from client.peerproto import Addr, Block, LibraryEnd, LibraryFetch, PeerProtocolError, Reject, encode
 from client.repair import MAX_ACTIVE_SOURCES, RepairPlan
 from server.manifest import Manifest, ManifestError, check_name, from_ranges
@@ -230,7 +230,7 @@ class Download:
         have = set()
         for index in targets:
             try:
-                data = (_read_fragment(whole, index, manifest.block_size) if whole
+                data = (read_fragment(whole, index, manifest.block_size) if whole
                         else block_path(self.folder, manifest, index).read_bytes())
             except OSError:
                 continue
@@ -267,7 +267,6 @@ class Download:
 
 def offer_download(library: Library, result: Result) -> None:
     """A finished (or partial replica) download becomes an item this client offers."""
-    from client.library import load_fetched
     for item in load_fetched(Path(result.folder)):
         if item.version == result.version:
             library.add(item)

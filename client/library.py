@@ -198,7 +198,7 @@ def scan_share(folder: Path, fragment: int = DEFAULT_FRAGMENT) -> list[Item]:
             log.warning("share: %s not offered: %s", file_name, exc)
             continue
         items.append(Item(manifest, set(range(len(manifest))),
-                          lambda i, path=path, size=fragment: _read_fragment(path, i, size),
+                          lambda i, path=path, size=fragment: read_fragment(path, i, size),
                           folder, "share"))
     return items
 
@@ -217,7 +217,8 @@ def _file_manifest(path: Path, fragment: int) -> Manifest:
                            "block_size": fragment, "blocks": entries})
 
 
-def _read_fragment(path: Path, index: int, size: int) -> bytes:
+def read_fragment(path: Path, index: int, size: int) -> bytes:
+    """Fragment ``index`` of a file cut into fragments of ``size`` bytes."""
     with open(path, "rb") as f:
         f.seek(index * size)
         return f.read(size)
@@ -264,7 +265,7 @@ def load_fetched(folder: Path) -> list[Item]:
         whole = whole_file(folder, manifest)
         if whole is not None:
             have = set(range(len(manifest)))
-            read = (lambda i, path=whole, size=manifest.block_size: _read_fragment(path, i, size))
+            read = (lambda i, path=whole, size=manifest.block_size: read_fragment(path, i, size))
         else:
             have = {i for i in range(len(manifest)) if block_path(folder, manifest, i).is_file()}
             read = (lambda i, m=manifest: block_path(folder, m, i).read_bytes())
