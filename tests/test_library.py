@@ -306,3 +306,16 @@ def test_the_library_benchmark_prints_its_figures(tmp_path):
         assert len(downloads[f"holders_{count}"]["served_by"]) == count
     assert downloads["takeover"]["complete"] and downloads["takeover"]["kill_to_takeover_s"] is not None
     assert figures["tracker"]["holders_seen"] == 20 and figures["tracker"]["heartbeats"] > 0
+
+
+def test_a_holder_that_appears_mid_download_takes_over_part_of_it(cluster, tmp_path, long_film):
+    lib = Library(cluster, tmp_path)
+    slow = lib.peer("--repair-rate", "80", share=_copy(long_film, tmp_path / "slow"))
+    lib.holders_of(FILM, 1)
+    popen = lib.get(FILM, tmp_path / "got")
+    wait_until(lambda: _bytes_served(slow) > 0, 60, "the only holder to be serving")
+    late = lib.peer(share=_copy(long_film, tmp_path / "late"))
+    code, stats = _finish(popen)
+    assert code == 0, stats
+    assert _same_blocks(long_film, tmp_path / "got")
+    assert stats["served_by"].get(f"{late.ip}:9092", 0) > 0, stats["served_by"]

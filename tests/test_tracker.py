@@ -168,7 +168,9 @@ def test_events_resume_after_last_event_id(cluster, catalogue):
     for i in range(3):
         peer.register(file_manifest(f"e{i}.bin", bytes([i]) * 5))
     stream = peer.api.events(after=1, timeout=10)
-    seen = [next(stream) for _ in range(2)]
+    events = iter(stream)
+    seen = [next(events) for _ in range(2)]
+    stream.close()
     assert [e["id"] for e in seen] == [2, 3]
     assert json.dumps(seen)  # plain JSON objects
 
