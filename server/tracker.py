@@ -546,7 +546,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m server.tracker``."""
     parser.add_argument("--db", default=None, metavar="PATH|URL",
                         help="the catalogue: an SQLite file, or postgresql://... "
-                             "(default: store/tracker-HOST-PORT.db in the project)")
+                             "(default: store/tracker-PORT.db in the project)")
     parser.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
                         help="how often peers refresh their holdings; a peer silent for 3 "
                              "heartbeats is dropped (default 10)")
@@ -564,7 +564,7 @@ def add_beside_server_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default 6061; 0: no tracker)")
     group.add_argument("--tracker-db", default=None, metavar="PATH|URL",
                        help="its catalogue: an SQLite file or postgresql://... "
-                            "(default: store/tracker-HOST-PORT.db in the project)")
+                            "(default: store/tracker-PORT.db in the project)")
     group.add_argument("--tracker-heartbeat", type=float, default=10.0, metavar="SECONDS",
                        help="how often peers refresh their holdings (default 10)")
     group.add_argument("--replicas", type=int, default=3, metavar="R",
@@ -578,7 +578,7 @@ def start_beside_server(args: argparse.Namespace, host: str) -> "Tracker | None"
         return None
     try:
         tracker = Tracker(host, args.tracker_port,
-                          args.tracker_db or default_db(host, args.tracker_port),
+                          args.tracker_db or default_db(args.tracker_port),
                           heartbeat=args.tracker_heartbeat, replicas=args.replicas)
     except (OSError, CatalogueError) as exc:
         log.error("library tracker not started on %s:%d: %s", host or "*", args.tracker_port, exc)
@@ -592,8 +592,9 @@ def stop_beside_server(tracker: "Tracker | None") -> None:
         tracker.stop()
 
 
-def default_db(host: str, port: int) -> Path:
-    return Path(__file__).resolve().parent.parent / "store" / f"tracker-{host or 'all'}-{port}.db"
+def default_db(port: int) -> Path:
+    """``store/tracker-PORT.db`` in the project: trackers of one machine on one port share it."""
+    return Path(__file__).resolve().parent.parent / "store" / f"tracker-{port}.db"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -608,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     try:
-        tracker = Tracker(args.host, args.port, args.db or default_db(args.host, args.port),
+        tracker = Tracker(args.host, args.port, args.db or default_db(args.port),
                           heartbeat=args.heartbeat, replicas=args.replicas, rate=args.rate,
                           burst=5 * args.rate)
     except (OSError, CatalogueError) as exc:

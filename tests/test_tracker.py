@@ -145,11 +145,11 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(cluster, catalogue):
 
 def test_tracker_beside_the_channel_server(cluster):
     """``python -m server`` starts a tracker on 6061 unless --tracker-port 0."""
-    server = cluster.start_server("--tracker-db", str(cluster.workdir / "t.db"))
+    server = cluster.start_server("--tracker-port", "6061", "--tracker-db", str(cluster.workdir / "t.db"))
     peer = Peer(server.ip)
     wait_until(lambda: _answers(peer), 20, "the server's tracker")
     assert peer.register(file_manifest("beside.bin", b"x" * 10))[0] == 200
-    quiet = cluster.start_server("--tracker-port", "0", name="quiet")
+    quiet = cluster.start_server("--tracker-port", "0", name="quiet")  # as by default in Cluster
     wait_until(lambda: "listening" in quiet.log_text(), 20, "the second server")
     assert not _answers(Peer(quiet.ip))
 
