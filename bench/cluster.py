@@ -215,6 +215,8 @@ class Cluster:
                 "--period", str(period), "--log-level", "INFO"]
         if channels is not None:
             argv += ["--channels", str(channels)]
+        if "--tracker-port" not in extra:
+            argv += ["--tracker-port", "0"]  # no library tracker unless asked for
         return self.spawn(name, ip, argv + list(extra))
 
     def start_client(self, server: Proc, *extra: str, max_children: int = 2,

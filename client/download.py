@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 from client.fetcher import RepairJob
-from client.library import (Item, Library, TrackerClient, TrackerError, block_path, manifest_path,
-                            part_folder, whole_file, write_atomically, _read_fragment)
+from client.library import (Library, TrackerClient, TrackerError, block_path, load_fetched,
+                            manifest_path, part_folder, read_fragment, whole_file, write_atomically)
 from client.peerproto import Addr, Block, LibraryEnd, LibraryFetch, PeerProtocolError, Reject, encode
 from client.repair import MAX_ACTIVE_SOURCES, RepairPlan
 from server.manifest import Manifest, ManifestError, check_name, from_ranges
@@ -211,9 +211,13 @@ class Download:
                                    lambda job: finished.set(), self.deadline)
             if self._cancelled.is_set():
                 return result
+            watcher = self._watch_holders(manifest.version, self._job)
             self._job.start()
             finished.wait()
             self._job.join()
+            if watcher is not None:
+                watcher[0].close()
+                watcher[1].join(timeout=10)
             result.served_by = dict(self._job.fetched_from)
             result.failures = dict(self._job.failures)
             result.taken_over_at = dict(self._job.failed_at)
@@ -224,13 +228,41 @@ class Download:
         result.seconds = time.monotonic() - started
         return result
 
+    def _watch_holders(self, version: str, job: LibraryJob):
+        """Follow the tracker's events: a holder that appears mid-download joins the plan
+        (it takes the end of the longest part). None when the tracker cannot be followed."""
+        try:
+            stream = self.tracker.events()
+        except TrackerError as exc:
+            log.info("library: not following new holders: %s", exc)
+            return None
+
+        def watch():
+            try:
+                for event in stream:
+                    if event.get("type") != "holder_joined" or event.get("version") != version:
+                        continue
+                    ip, _, port = str(event.get("peer", "")).rpartition(":")
+                    try:
+                        addr = Addr(ip, int(port))
+                    except (ValueError, PeerProtocolError):
+                        continue
+                    if addr != self._me:
+                        job.add_source(addr)
+            except TrackerError:
+                pass  # the tracker went away: the download goes on with the holders it has
+
+        thread = threading.Thread(target=watch, name="download-holders")
+        thread.start()
+        return stream, thread
+
     def _verified(self, manifest: Manifest, targets: list[int]) -> set[int]:
         """The target blocks already on disk with the right bytes (a resumed download)."""
         whole = whole_file(self.folder, manifest)
         have = set()
         for index in targets:
             try:
-                data = (_read_fragment(whole, index, manifest.block_size) if whole
+                data = (read_fragment(whole, index, manifest.block_size) if whole
                         else block_path(self.folder, manifest, index).read_bytes())
             except OSError:
                 continue
@@ -267,7 +299,6 @@ class Download:
 
 def offer_download(library: Library, result: Result) -> None:
     """A finished (or partial replica) download becomes an item this client offers."""
-    from client.library import load_fetched
     for item in load_fetched(Path(result.folder)):
         if item.version == result.version:
             library.add(item)

@@ -52,6 +52,10 @@ class RepairJob:
     def start(self) -> None:
         self._thread.start()
 
+    def add_source(self, source: Addr) -> None:
+        """(Any thread.) Offer the plan one more source, e.g. a holder that just appeared."""
+        self._reports.put(("source", source, None))
+
     def cancel(self) -> None:
         """Stop fetching (the node is leaving); the driver ends soon after."""
         self._cancelled.set()
@@ -92,6 +96,9 @@ class RepairJob:
                     self.fetched_from[str(source)] = self.fetched_from.get(str(source), 0) + 1
                 elif kind == "end":
                     self._launch(self.plan.lacked(source, payload, now))
+                elif kind == "source":
+                    log.info("new source %s joins the fetch", source)
+                    self._launch(self.plan.add_source(source, now))
                 elif kind == "failed":
                     log.warning("repair source %s failed: %s", source, payload)
                     self.failures.setdefault(str(source), payload)

@@ -97,16 +97,18 @@ class TrackerClient:
     def film(self, version: str) -> dict:
         return self.get(f"/films/{quote(version)}")
 
-    def events(self, after: int = 0, timeout: float = 30.0):
-        """Subscribe to the tracker's events (after id ``after``); an iterator of dicts.
+    def events(self, after: int = 0, timeout: float = 30.0) -> "EventStream":
+        """Subscribe to the tracker's events (after id ``after``).
 
-        The subscription is made before this returns; the iterator ends when
-        the tracker closes the stream.
+        The subscription is made before this returns; iterate the stream for
+        the events (dicts); it ends when the tracker closes it or on
+        :meth:`EventStream.close`.
         """
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout,
                                           source_address=(self.own_ip, 0) if self.own_ip else None)
         try:
             conn.request("GET", "/events", headers={"Last-Event-ID": str(after)} if after else {})
+            sock = conn.sock  # (the connection lets go of it once the answer says it will close)
             response = conn.getresponse()
         except OSError as exc:
             conn.close()
@@ -114,13 +116,26 @@ class TrackerClient:
         if response.status != 200:
             conn.close()
             raise TrackerError(f"tracker {self}: events answered {response.status}", response.status)
-        return self._read_events(conn, response)
+        return EventStream(conn, sock, response, str(self))
 
-    def _read_events(self, conn, response):
+
+class EventStream:
+    """The tracker's Server-Sent Events as dicts; :meth:`close` ends it from any thread."""
+
+    def __init__(self, conn: http.client.HTTPConnection, sock: socket.socket, response, where: str):
+        self._conn, self._sock, self._response, self._where = conn, sock, response, where
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __iter__(self):
         try:
             data = []
             while True:
-                line = response.fp.readline(64 * 1024)
+                line = self._response.fp.readline(64 * 1024)
                 if not line:
                     return
                 line = line.rstrip(b"\r\n")
@@ -130,9 +145,9 @@ class TrackerClient:
                     yield json.loads(b"\n".join(data))
                     data = []
         except (OSError, ValueError) as exc:
-            raise TrackerError(f"tracker {self} events: {exc}") from None
+            raise TrackerError(f"tracker {self._where} events: {exc}") from None
         finally:
-            conn.close()
+            self._conn.close()
 
 
 # -- what this client offers ----------------------------------------------------
@@ -198,7 +213,7 @@ def scan_share(folder: Path, fragment: int = DEFAULT_FRAGMENT) -> list[Item]:
             log.warning("share: %s not offered: %s", file_name, exc)
             continue
         items.append(Item(manifest, set(range(len(manifest))),
-                          lambda i, path=path, size=fragment: _read_fragment(path, i, size),
+                          lambda i, path=path, size=fragment: read_fragment(path, i, size),
                           folder, "share"))
     return items
 
@@ -217,7 +232,8 @@ def _file_manifest(path: Path, fragment: int) -> Manifest:
                            "block_size": fragment, "blocks": entries})
 
 
-def _read_fragment(path: Path, index: int, size: int) -> bytes:
+def read_fragment(path: Path, index: int, size: int) -> bytes:
+    """Fragment ``index`` of a file cut into fragments of ``size`` bytes."""
     with open(path, "rb") as f:
         f.seek(index * size)
         return f.read(size)
@@ -264,7 +280,7 @@ def load_fetched(folder: Path) -> list[Item]:
         whole = whole_file(folder, manifest)
         if whole is not None:
             have = set(range(len(manifest)))
-            read = (lambda i, path=whole, size=manifest.block_size: _read_fragment(path, i, size))
+            read = (lambda i, path=whole, size=manifest.block_size: read_fragment(path, i, size))
         else:
             have = {i for i in range(len(manifest)) if block_path(folder, manifest, i).is_file()}
             read = (lambda i, m=manifest: block_path(folder, m, i).read_bytes())
@@ -356,8 +372,8 @@ def serve_fetch(conn: socket.socket, request: LibraryFetch, library: Library | N
     if not library.uploads.acquire(blocking=False):
         conn.sendall(encode(Reject(f"busy: {MAX_UPLOADS} uploads already")))
         return
+    lacking, sent = [], 0
     try:
-        lacking, sent = [], 0
         for index in request.blocks:
             data = None
             if index in item.have:
@@ -372,12 +388,15 @@ def serve_fetch(conn: socket.socket, request: LibraryFetch, library: Library | N
                 return
             sent += 1
         conn.sendall(encode(LibraryEnd(tuple(lacking))))
-        with library._lock:
-            library.served[item.version] = library.served.get(item.version, 0) + sent
         log.info("library: served %d of %d block(s) of %s to %s", sent, len(request.blocks),
                  item.manifest.name, request.addr)
+    except OSError as exc:
+        # The downloader closed: it got these blocks elsewhere, or it stopped.
+        log.info("library: %s went away after %d block(s): %s", request.addr, sent, exc)
     finally:
         library.uploads.release()
+        with library._lock:
+            library.served[item.version] = library.served.get(item.version, 0) + sent
 
 
 # -- the tracker, kept informed ---------------------------------------------------

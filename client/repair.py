@@ -81,6 +81,23 @@ class RepairPlan:
             work.setdefault(taker.addr, []).append(digest)
         return work
 
+    def add_source(self, addr: Addr, now: float) -> dict[Addr, list[bytes]]:
+        """A new source (a holder that just appeared): it takes the last half of the
+        longest part still pending, which its old source would have fetched last.
+
+        The old source's connection may still bring those blocks; the first copy counts.
+        """
+        if addr in self._sources:
+            return {}
+        self._sources[addr] = source = _Source(addr, last_progress=now)
+        busiest = max((s for s in self._sources.values() if not s.failed and s.pending),
+                      key=lambda s: len(s.pending), default=None)
+        if busiest is None or len(busiest.pending) < 2:
+            return {}
+        keep = len(busiest.pending) // 2
+        busiest.pending, source.pending = busiest.pending[:keep], busiest.pending[keep:]
+        return {addr: list(source.pending)}
+
     # -- what the fetches report ----------------------------------------------
 
     def received(self, source: Addr, digest: bytes, data: bytes, now: float) -> None:

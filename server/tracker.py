@@ -222,44 +222,25 @@ class TrackerCore:
                 answer.append({"name": manifest.name, "version": manifest.version, "new": new})
             held = {m.version: have for m, have in parsed if have}
             events += self.holdings.register(ip, port, held, space, self._clock())
+            for version, have in held.items():
+                self.replicator.delivered(f"{ip}:{port}", version, have)  # its tasks are done
             events += self._replication_progress()
         self.hub.publish(events)
         return {"heartbeat": self.heartbeat, "drop_after": self.drop_after, "films": answer}
 
     def heartbeat_of(self, source: str, body) -> tuple[int, dict]:
-        body = _fields(body, {"ip", "port", "got"}, {"ip", "port"}, "a heartbeat")
+        body = _fields(body, {"ip", "port"}, {"ip", "port"}, "a heartbeat")
         ip, port = _endpoint(body, "a heartbeat")
         if ip != source:
             raise RequestError(403, f"a heartbeat for {ip} must come from {ip}, not {source}")
-        got = body.get("got", [])
-        if not isinstance(got, list) or len(got) > MAX_ITEMS:
-            raise RequestError(400, f"got must be a list of at most {MAX_ITEMS} items")
         key = f"{ip}:{port}"
         with self._lock:
-            additions = []
-            for index, item in enumerate(got):
-                item = _fields(item, {"version", "have"}, {"version", "have"}, f"got {index}")
-                try:
-                    version = check_version(item["version"])
-                except ManifestError as exc:
-                    raise RequestError(400, str(exc)) from None
-                manifest = self._manifest(version)
-                if manifest is None:
-                    raise RequestError(400, f"got {index}: unknown version {version}")
-                try:
-                    additions.append((version, from_ranges(item["have"], len(manifest))))
-                except ManifestError as exc:
-                    raise RequestError(400, f"got {index}: {exc}") from None
             now = self._clock()
             if not self.holdings.heartbeat(key, now):
                 return 404, {"error": f"unknown peer {key}: register again"}
-            events = []
-            for version, blocks in additions:
-                events += self.holdings.add_blocks(key, version, blocks, now)
-                self.replicator.delivered(key, version, blocks)
-            events += self._replication_progress()
-            tasks = self.replicator.tasks_for(key, self.holdings, self._sizes(), now)
-        self.hub.publish(events)
+            tasks = []
+            if self.holdings.peers[key].space > 0:  # only they are given replicas to fetch
+                tasks = self.replicator.tasks_for(key, self.holdings, self._sizes(), now)
         return 200, {"heartbeat": self.heartbeat, "replicate": tasks}
 
     def report(self, source: str, body) -> dict:
@@ -565,7 +546,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m server.tracker``."""
     parser.add_argument("--db", default=None, metavar="PATH|URL",
                         help="the catalogue: an SQLite file, or postgresql://... "
-                             "(default: store/tracker-HOST-PORT.db in the project)")
+                             "(default: store/tracker-PORT.db in the project)")
     parser.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
                         help="how often peers refresh their holdings; a peer silent for 3 "
                              "heartbeats is dropped (default 10)")
@@ -583,7 +564,7 @@ def add_beside_server_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default 6061; 0: no tracker)")
     group.add_argument("--tracker-db", default=None, metavar="PATH|URL",
                        help="its catalogue: an SQLite file or postgresql://... "
-                            "(default: store/tracker-HOST-PORT.db in the project)")
+                            "(default: store/tracker-PORT.db in the project)")
     group.add_argument("--tracker-heartbeat", type=float, default=10.0, metavar="SECONDS",
                        help="how often peers refresh their holdings (default 10)")
     group.add_argument("--replicas", type=int, default=3, metavar="R",
@@ -597,7 +578,7 @@ def start_beside_server(args: argparse.Namespace, host: str) -> "Tracker | None"
         return None
     try:
         tracker = Tracker(host, args.tracker_port,
-                          args.tracker_db or default_db(host, args.tracker_port),
+                          args.tracker_db or default_db(args.tracker_port),
                           heartbeat=args.tracker_heartbeat, replicas=args.replicas)
     except (OSError, CatalogueError) as exc:
         log.error("library tracker not started on %s:%d: %s", host or "*", args.tracker_port, exc)
@@ -611,8 +592,9 @@ def stop_beside_server(tracker: "Tracker | None") -> None:
         tracker.stop()
 
 
-def default_db(host: str, port: int) -> Path:
-    return Path(__file__).resolve().parent.parent / "store" / f"tracker-{host or 'all'}-{port}.db"
+def default_db(port: int) -> Path:
+    """``store/tracker-PORT.db`` in the project: trackers of one machine on one port share it."""
+    return Path(__file__).resolve().parent.parent / "store" / f"tracker-{port}.db"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     try:
-        tracker = Tracker(args.host, args.port, args.db or default_db(args.host, args.port),
+        tracker = Tracker(args.host, args.port, args.db or default_db(args.port),
                           heartbeat=args.heartbeat, replicas=args.replicas, rate=args.rate,
                           burst=5 * args.rate)
     except (OSError, CatalogueError) as exc:

@@ -80,7 +80,7 @@ class EventRecorder:
         try:
             stream = self._api.events()
             self.connected.set()
-            for item in stream:
+            for item in stream:  # until the tracker stops
                 self.events.append(item)
         except TrackerError:
             pass

@@ -574,3 +574,20 @@ def test_bytes_arriving_keep_a_slow_source_from_counting_as_stalled():
     plan.progressed(a, now=1.8)
     assert plan.stalled(2.0) == [b]
     plan.progressed(Addr("10.0.0.3", 9092), now=2.0)  # an unknown source is ignored
+
+
+def test_a_new_source_takes_the_end_of_the_longest_part():
+    a, b, c = (Addr(f"10.0.0.{i}", 9092) for i in (1, 2, 3))
+    keys = [bytes([i]) * 16 for i in range(9)]
+    plan = RepairPlan(keys, [a, b], now=0.0, stall_after=5.0)
+    assert plan.start() == {a: keys[:5], b: keys[5:]}
+    assert plan.add_source(c, now=1.0) == {c: keys[2:5]}
+    assert plan.add_source(c, now=1.0) == {}  # known already
+    assert c not in plan.stalled(now=5.5)  # its part started when it joined
+    # The old source still sends one of them: the first copy counts, the new one's is ignored.
+    plan.received(a, keys[2], b"early", now=2.0)
+    plan.received(c, keys[2], b"late", now=2.0)
+    for key in keys:
+        plan.received(a if key in keys[:2] else c if key in keys[2:5] else b, key, b"x", now=2.0)
+    released = dict(plan.release())
+    assert plan.done and released[keys[2]] == b"early"

@@ -292,3 +292,30 @@ def test_record_offers_the_channel_s_film_after_a_whole_lap(cluster, tmp_path, f
     got = cluster.store_of(recorder) / "library" / "canal0"
     for block in sorted(films.glob("canal0_*.mkv")):
         assert (got / block.name).read_bytes() == block.read_bytes()
+
+
+def test_the_library_benchmark_prints_its_figures(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.library", "--size-mb", "2",
+                             "--upload-mbit", "4", "--peers", "20", "--seconds", "1",
+                             "--workdir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    downloads = figures["downloads"]
+    for count in (1, 2, 3):
+        assert len(downloads[f"holders_{count}"]["served_by"]) == count
+    assert downloads["takeover"]["complete"] and downloads["takeover"]["kill_to_takeover_s"] is not None
+    assert figures["tracker"]["holders_seen"] == 20 and figures["tracker"]["heartbeats"] > 0
+
+
+def test_a_holder_that_appears_mid_download_takes_over_part_of_it(cluster, tmp_path, long_film):
+    lib = Library(cluster, tmp_path)
+    slow = lib.peer("--repair-rate", "80", share=_copy(long_film, tmp_path / "slow"))
+    lib.holders_of(FILM, 1)
+    popen = lib.get(FILM, tmp_path / "got")
+    wait_until(lambda: _bytes_served(slow) > 0, 60, "the only holder to be serving")
+    late = lib.peer(share=_copy(long_film, tmp_path / "late"))
+    code, stats = _finish(popen)
+    assert code == 0, stats
+    assert _same_blocks(long_film, tmp_path / "got")
+    assert stats["served_by"].get(f"{late.ip}:9092", 0) > 0, stats["served_by"]
