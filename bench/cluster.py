@@ -41,10 +41,6 @@ def _loopback_addresses():
 
 _ADDRESSES = _loopback_addresses()
 
-#: The web view's port on every client a Cluster starts (each on its own address).
-CLUSTER_HTTP_PORT = 18090
-
-
 def next_address() -> str:
     """A loopback address no earlier call of this process handed out."""
     return next(_ADDRESSES)
@@ -52,18 +48,21 @@ def next_address() -> str:
 
 @dataclass(frozen=True)
 class Ports:
-    """The three ports of one cluster: the server's requests, the clients' push
-    and peer ports (the same on every client, as the protocols want)."""
+    """The ports of one cluster: the server's requests, the clients' push and
+    peer ports (the same on every client, as the protocols want), the library
+    tracker's and the clients' web view."""
 
     server: int
     push: int
     peer: int
+    tracker: int
+    http: int
 
 
 #: Where :func:`session_ports` looks: below Linux's ephemeral range (32768-60999),
 #: so that no outgoing connection of the machine holds one of them.
-PORT_RANGE = range(20000, 32000, 3)
-STOCK_PORTS = Ports(6060, 9091, 9092)
+PORT_RANGE = range(20000, 32000, len(Ports.__dataclass_fields__))
+STOCK_PORTS = Ports(6060, 9091, 9092, 6061, 8090)
 
 
 def _free_on_all_addresses(port: int) -> bool:
@@ -80,9 +79,10 @@ def _pick_ports() -> Ports:
     rng = random.Random(os.getpid() ^ time.time_ns())
     for _ in range(200):
         base = rng.choice(PORT_RANGE)
-        if all(_free_on_all_addresses(base + i) for i in range(3)):
-            return Ports(base, base + 1, base + 2)
-    raise OSError(f"no three free ports in {PORT_RANGE.start}-{PORT_RANGE.stop}")
+        width = PORT_RANGE.step
+        if all(_free_on_all_addresses(base + i) for i in range(width)):
+            return Ports(*range(base, base + width))
+    raise OSError(f"no {PORT_RANGE.step} free ports in a row in {PORT_RANGE.start}-{PORT_RANGE.stop}")
 
 
 _SESSION_PORTS: list[Ports] = []
@@ -236,7 +236,7 @@ class Cluster:
                 "--no-player", "--no-menu", "--log-level", "INFO"]
         if (self.code / "client" / "web.py").exists() and not any(
                 a.startswith("--http-port") for a in extra):
-            argv += ["--http-port", str(CLUSTER_HTTP_PORT)]  # never a user's 8090
+            argv += ["--http-port", str(self.ports.http)]
         if keep_store:
             argv += ["--store-limit", "none"]
         for wanted, default in (("--menu", "--no-menu"), ("--player", "--no-player")):

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.cluster import CLUSTER_HTTP_PORT, REPO, STOCK_PORTS, Cluster, wait_until
+from bench.cluster import REPO, STOCK_PORTS, Cluster, wait_until
 from bench.tail import FileTail
 from stopsignals import StopSignals
 
@@ -125,8 +125,8 @@ def run(args: argparse.Namespace, workdir: Path, stop: StopSignals) -> None:
                 break
         if not stop.is_set():
             log.info("all started; Ctrl-C stops everything")
-            show(f"-- watch in a browser: http://{clients[-1].ip}:{CLUSTER_HTTP_PORT}/ "
-                 f"(every client serves its page on port {CLUSTER_HTTP_PORT})", stop)
+            show(f"-- watch in a browser: http://{clients[-1].ip}:{STOCK_PORTS.http}/ "
+                 f"(every client serves its page on port {STOCK_PORTS.http})", stop)
         player_log = FileTail(Cluster.store_of(clients[0]) / "player.log")
         played = 0
         waited = 0.0

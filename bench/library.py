@@ -33,10 +33,9 @@ import time
 from pathlib import Path
 
 from bench import netns
-from bench.cluster import Cluster, next_address, wait_until
+from bench.cluster import Cluster, next_address, session_ports, wait_until
 from client.library import TrackerClient, TrackerError
 
-TRACKER_PORT = 6061
 FRAGMENT_KIB = 256
 
 
@@ -44,7 +43,7 @@ class _InHost:
     """The tracker's GET API from inside a host of the topology (its addresses are not ours)."""
 
     def __init__(self, prefix: list[str], ip: str):
-        self.prefix, self.url = prefix, f"http://{ip}:{TRACKER_PORT}"
+        self.prefix, self.url = prefix, f"http://{ip}:{session_ports().tracker}"
 
     def get(self, path: str) -> dict:
         code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
@@ -60,10 +59,10 @@ class _InHost:
 
 def _tracker(cluster: Cluster, ip: str, workdir: Path, *extra: str, api=None):
     proc = cluster.spawn("tracker", ip, [cluster.python, "-m", "server.tracker", "--host", ip,
-                                         "--port", str(TRACKER_PORT), "--db",
+                                         "--port", str(session_ports().tracker), "--db",
                                          str(workdir / "catalogue.db"), "--heartbeat", "1",
                                          "--log-level", "WARNING", *extra])
-    api = api or TrackerClient(ip, TRACKER_PORT)
+    api = api or TrackerClient(ip, session_ports().tracker)
 
     def answers():
         try:
@@ -76,14 +75,14 @@ def _tracker(cluster: Cluster, ip: str, workdir: Path, *extra: str, api=None):
 
 def _holders(cluster, server, tracker_ip, share, ips, rate_kb):
     extra = ["--repair-rate", str(rate_kb)] if rate_kb else []
-    return [cluster.start_client(server, "--tracker", f"{tracker_ip}:{TRACKER_PORT}",
+    return [cluster.start_client(server, "--tracker", f"{tracker_ip}:{session_ports().tracker}",
                                  "--share", str(share), "--fragment-size", str(FRAGMENT_KIB),
                                  *extra, ip=ip) for ip in ips]
 
 
 def _get(cluster, tracker_ip, ip, dest, stats, wanted, parts=3):
     argv = [cluster.python, "-m", "client", "--get", wanted, "--to", str(dest), "--ip", ip,
-            "--tracker", f"{tracker_ip}:{TRACKER_PORT}", "--stats", str(stats),
+            "--tracker", f"{tracker_ip}:{session_ports().tracker}", "--stats", str(stats),
             "--parts", str(parts)]
     return cluster.spawn(f"get-{dest.name}", ip, argv)
 
@@ -134,7 +133,7 @@ def downloads(args, workdir: Path) -> dict:
             victim.kill()
             proc.popen.wait(timeout=600)
             result = json.loads(stats.read_text())
-            key = f"{victim.ip}:9092"
+            key = f"{victim.ip}:{session_ports().peer}"
             out["takeover"] = {"killed": key, "complete": result["complete"],
                                "seconds_total": result["seconds"],
                                "kill_to_takeover_s": round(result["taken_over_at"][key] - killed_at, 3)
@@ -151,10 +150,10 @@ def tracker_rate(args, workdir: Path) -> dict:
         _, api = _tracker(cluster, ip, workdir, "--rate", "100000", "--heartbeat", "30")
         manifest = {"name": "load.bin", "kind": "file", "size": 30 * 1000, "block_size": 1000,
                     "blocks": [{"size": 1000, "sha256": f"{i:064x}"} for i in range(30)]}
-        peers = [TrackerClient(ip, TRACKER_PORT, own_ip=next_address()) for _ in range(args.peers)]
+        peers = [TrackerClient(ip, session_ports().tracker, own_ip=next_address()) for _ in range(args.peers)]
         started = time.monotonic()
         for peer in peers:
-            status, _ = peer.request("POST", "/register", {"ip": peer.own_ip, "port": 9092,
+            status, _ = peer.request("POST", "/register", {"ip": peer.own_ip, "port": session_ports().peer,
                                                            "films": [{"manifest": manifest}]})
             assert status == 200
         register_s = time.monotonic() - started
@@ -165,7 +164,7 @@ def tracker_rate(args, workdir: Path) -> dict:
             i = slot
             while time.monotonic() < stop:
                 peer = peers[i % len(peers)]
-                status, _ = peer.request("POST", "/heartbeat", {"ip": peer.own_ip, "port": 9092})
+                status, _ = peer.request("POST", "/heartbeat", {"ip": peer.own_ip, "port": session_ports().peer})
                 if status == 200:
                     count[slot] += 1
                 i += 8

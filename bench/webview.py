@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.cluster import CLUSTER_HTTP_PORT, REPO, Cluster, wait_until
+from bench.cluster import REPO, Cluster, session_ports, wait_until
 
 
 def cpu_seconds(pid: int) -> float:
@@ -40,7 +40,7 @@ def rss_mib(pid: int) -> float:
 
 
 def api(proc, path: str):
-    with urllib.request.urlopen(f"http://{proc.ip}:{CLUSTER_HTTP_PORT}{path}", timeout=10) as a:
+    with urllib.request.urlopen(f"http://{proc.ip}:{session_ports().http}{path}", timeout=10) as a:
         return json.loads(a.read())
 
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
                 api(watched, "/api/tree")
                 time.sleep(2 * args.period)  # the first gathering
             else:
-                driver.get(f"http://{watched.ip}:{CLUSTER_HTTP_PORT}/")
+                driver.get(f"http://{watched.ip}:{session_ports().http}/")
                 wait_until(lambda: driver.execute_script(
                     "return document.getElementById('video').currentTime") > 1, 60, "playback")
             start = [cpu_seconds(c.pid) for c in pair]

@@ -12,10 +12,11 @@ import threading
 import pytest
 from pathlib import Path
 
-from bench.cluster import Cluster, Proc, next_address, wait_until
+from bench.cluster import Cluster, Proc, next_address, session_ports, wait_until
 from client.library import TrackerClient, TrackerError
 
-TRACKER_PORT = 6061
+TRACKER_PORT = session_ports().tracker  # this session's, never a user's 6061
+PEER_PORT = session_ports().peer
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -49,7 +50,7 @@ def file_manifest(name: str, data: bytes, fragment: int = 1000) -> dict:
 class Peer:
     """A simulated peer: its own loopback address, talking to the tracker from it."""
 
-    def __init__(self, tracker_ip: str, port: int = 9092):
+    def __init__(self, tracker_ip: str, port: int = PEER_PORT):
         self.ip, self.port = next_address(), port
         self.api = TrackerClient(tracker_ip, TRACKER_PORT, own_ip=self.ip)
 

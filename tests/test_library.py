@@ -19,7 +19,8 @@ import pytest
 from bench.cluster import REPO, next_address, wait_until
 from client.library import TrackerClient
 from client.peerproto import Addr, FrameDecoder, LibraryEnd, LibraryFetch, Reject, encode
-from tests.library_helpers import TRACKER_PORT, EventRecorder, random_bytes, start_tracker
+from tests.library_helpers import (PEER_PORT, TRACKER_PORT, EventRecorder, random_bytes,
+                                   start_tracker)
 
 FILM = "canal0"
 
@@ -106,13 +107,13 @@ def test_download_from_three_holders_a_third_each(cluster, tmp_path, long_film):
     assert recorder.of("holder_left") == []  # never dropped, not even right after joining
     lib.tracker.stop()
     recorder.join()
-    assert sorted(stats["served_by"]) == sorted(f"{h.ip}:9092" for h in holders)
+    assert sorted(stats["served_by"]) == sorted(f"{h.ip}:{PEER_PORT}" for h in holders)
     assert all(8 <= n <= 12 for n in stats["served_by"].values()), stats["served_by"]
 
 
 def test_takeover_after_a_kill_a_freeze_and_a_corrupt_block(cluster, tmp_path, long_film):
     lib = Library(cluster, tmp_path)
-    ips = sorted((next_address() for _ in range(5)), key=lambda ip: Addr(ip, 9092))
+    ips = sorted((next_address() for _ in range(5)), key=lambda ip: Addr(ip, PEER_PORT))
     shares = [_copy(long_film, tmp_path / f"share{i}") for i in range(5)]
     corrupt = shares[0] / f"{FILM}_00002.mkv"
     # The first three holders in the download's order: paced, so that they are caught mid-part.
@@ -132,7 +133,7 @@ def test_takeover_after_a_kill_a_freeze_and_a_corrupt_block(cluster, tmp_path, l
     holders[2].thaw()
     assert code == 0, (stats, popen.log_path.read_text())
     assert _same_blocks(long_film, tmp_path / "got")
-    key = [f"{ip}:9092" for ip in ips]
+    key = [f"{ip}:{PEER_PORT}" for ip in ips]
     assert "sha256" in stats["failures"][key[0]]
     assert key[1] in stats["failures"] and "stalled" in stats["failures"][key[2]]
     assert sum(stats["served_by"].values()) == 30
@@ -177,7 +178,7 @@ def test_unknown_name_and_a_missing_block_exit_non_zero(cluster, tmp_path, long_
 
 
 def _ask(holder, request: LibraryFetch, source: str):
-    with socket.create_connection((holder.ip, 9092), timeout=10, source_address=(source, 0)) as sock:
+    with socket.create_connection((holder.ip, PEER_PORT), timeout=10, source_address=(source, 0)) as sock:
         sock.sendall(encode(request))
         decoder = FrameDecoder()
         messages = []
@@ -199,15 +200,15 @@ def test_a_peer_refuses_blocks_it_should_not_give(cluster, tmp_path, long_film):
     holder = lib.peer(share=_copy(long_film, tmp_path / "share"))
     version = lib.holders_of(FILM, 1)["version"]
     me = next_address()
-    out_of_range = _ask(holder, LibraryFetch(Addr(me, 9092), version, (3, 30)), me)
+    out_of_range = _ask(holder, LibraryFetch(Addr(me, PEER_PORT), version, (3, 30)), me)
     assert [type(m) for m in out_of_range] == [Reject] and "out of range" in out_of_range[0].reason
-    other = _ask(holder, LibraryFetch(Addr(me, 9092), "0" * 16, (0,)), me)
+    other = _ask(holder, LibraryFetch(Addr(me, PEER_PORT), "0" * 16, (0,)), me)
     assert [type(m) for m in other] == [Reject] and "not offered" in other[0].reason
-    good = _ask(holder, LibraryFetch(Addr(me, 9092), version, (4,)), me)
+    good = _ask(holder, LibraryFetch(Addr(me, PEER_PORT), version, (4,)), me)
     assert [m.seq for m in good[:-1]] == [4] and good[-1] == LibraryEnd(())
     assert good[0].data == (long_film / f"{FILM}_00004.mkv").read_bytes()
     # A request whose claimed address is not its sender's gets no answer at all.
-    assert _ask(holder, LibraryFetch(Addr("127.0.0.1", 9092), version, (4,)), me) == []
+    assert _ask(holder, LibraryFetch(Addr("127.0.0.1", PEER_PORT), version, (4,)), me) == []
 
 
 def test_tracker_kill_9_during_a_download(cluster, tmp_path, long_film):
@@ -239,10 +240,10 @@ def test_replication_brings_a_film_back_to_r_holders(cluster, tmp_path, long_fil
     def back_to_r():
         film = lib.api.search(FILM)[0]
         live = {f"{h['ip']}:{h['port']}" for h in film["holders"]}
-        return min(film["replication"]) >= replicas and f"{holders[0].ip}:9092" not in live
+        return min(film["replication"]) >= replicas and f"{holders[0].ip}:{PEER_PORT}" not in live
     wait_until(back_to_r, 60, "the film back on 3 holders", interval=0.5)
     film = lib.api.search(FILM)[0]
-    spare_keys = {f"{s.ip}:9092" for s in spares}
+    spare_keys = {f"{s.ip}:{PEER_PORT}" for s in spares}
     assert spare_keys & {f"{h['ip']}:{h['port']}" for h in film["holders"]}
     for spare in spares:
         got = cluster.store_of(spare) / "library"
@@ -259,7 +260,7 @@ def test_menu_search_get_library_and_the_downloader_becomes_a_holder(cluster, tm
     viewer.popen.stdin.write(b"search CANAL\nget canal0\n")
     viewer.popen.stdin.flush()
     film = lib.holders_of(FILM, 2)
-    assert f"{viewer.ip}:9092" in {f"{h['ip']}:{h['port']}" for h in film["holders"]}
+    assert f"{viewer.ip}:{PEER_PORT}" in {f"{h['ip']}:{h['port']}" for h in film["holders"]}
     assert _same_blocks(long_film, cluster.store_of(viewer) / "library" / FILM)
     viewer.popen.stdin.write(b"library\nquit\n")
     viewer.popen.stdin.close()
@@ -287,7 +288,7 @@ def test_record_offers_the_channel_s_film_after_a_whole_lap(cluster, tmp_path, f
         return found if found and len(found[0]["holders"]) == 2 else None
     found = wait_until(two_holders, 60, "the recorder to hold canal0 too", interval=0.2)
     assert len(found) == 1  # the same version, not a second one
-    assert f"{recorder.ip}:9092" in {f"{h['ip']}:{h['port']}" for h in found[0]["holders"]}
+    assert f"{recorder.ip}:{PEER_PORT}" in {f"{h['ip']}:{h['port']}" for h in found[0]["holders"]}
     assert found[0]["replication"] == [2] * 6
     got = cluster.store_of(recorder) / "library" / "canal0"
     for block in sorted(films.glob("canal0_*.mkv")):
@@ -318,4 +319,4 @@ def test_a_holder_that_appears_mid_download_takes_over_part_of_it(cluster, tmp_p
     code, stats = _finish(popen)
     assert code == 0, stats
     assert _same_blocks(long_film, tmp_path / "got")
-    assert stats["served_by"].get(f"{late.ip}:9092", 0) > 0, stats["served_by"]
+    assert stats["served_by"].get(f"{late.ip}:{PEER_PORT}", 0) > 0, stats["served_by"]

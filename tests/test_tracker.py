@@ -144,8 +144,9 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(cluster, catalogue):
 
 
 def test_tracker_beside_the_channel_server(cluster):
-    """``python -m server`` starts a tracker on 6061 unless --tracker-port 0."""
-    server = cluster.start_server("--tracker-port", "6061", "--tracker-db", str(cluster.workdir / "t.db"))
+    """``python -m server`` starts a tracker on --tracker-port (6061 by default; 0: none)."""
+    server = cluster.start_server("--tracker-port", str(TRACKER_PORT),
+                                  "--tracker-db", str(cluster.workdir / "t.db"))
     peer = Peer(server.ip)
     wait_until(lambda: _answers(peer), 20, "the server's tracker")
     assert peer.register(file_manifest("beside.bin", b"x" * 10))[0] == 200

@@ -19,7 +19,10 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
-from bench.cluster import CLUSTER_HTTP_PORT, REPO, Cluster, wait_until
+from bench.cluster import REPO, Cluster, session_ports, wait_until
+
+HTTP_PORT = session_ports().http  # the web view of every client of this session
+PEER_PORT = session_ports().peer
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -93,7 +96,7 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
                        40, "a client receiving")
         viewer = wait_until(lambda: next((c for c in clients if Cluster.status_of(c)["depth"] >= 3),
                                          None), 40, "a client at depth 3")
-        url = f"http://{viewer.ip}:{CLUSTER_HTTP_PORT}/"
+        url = f"http://{viewer.ip}:{HTTP_PORT}/"
         browser.get(url)
 
         start = wait_until(lambda: (p := playback(browser))["t"] > 0.5 and p, 40, "playback starting")
@@ -110,7 +113,7 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         assert max(b["duration"] for b in shown) > 2.5, shown    # and blocks ran past 2 s
 
         def tree_agrees():
-            want = {f"{c.ip}:9092": parent_of(c) for c in clients if c.alive}
+            want = {f"{c.ip}:{PEER_PORT}": parent_of(c) for c in clients if c.alive}
             return drawn_parents(browser) == want
 
         wait_until(tree_agrees, 30, "the page's tree showing every client under its parent")
@@ -118,7 +121,7 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         browser.save_screenshot(str(ARTIFACTS / "web-page.png"))
 
         old_parent = parent_of(viewer)
-        killed = next(c for c in clients if f"{c.ip}:9092" == old_parent)
+        killed = next(c for c in clients if f"{c.ip}:{PEER_PORT}" == old_parent)
         before_kill = playback(browser)
         killed_wall = time.time()
         killed.kill()
@@ -126,7 +129,7 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         new_parent = wait_until(lambda: (p := parent_of(viewer)) not in (old_parent, None) and p,
                                 30, "the viewer under a new parent")
         rejoined_at = time.monotonic()
-        wait_until(lambda: drawn_parents(browser).get(f"{viewer.ip}:9092") == new_parent
+        wait_until(lambda: drawn_parents(browser).get(f"{viewer.ip}:{PEER_PORT}") == new_parent
                    and old_parent not in drawn_parents(browser), 10 * PERIOD,
                    "the page showing the new parent and no dead one")
         shown_at = time.monotonic()
@@ -147,7 +150,7 @@ def longest_stall_after(page: dict, since: float) -> float:
 
 def client_gap_after(proc, since: float) -> float:
     """The longest time between two blocks the client stored after ``since`` (Unix time)."""
-    with urllib.request.urlopen(f"http://{proc.ip}:{CLUSTER_HTTP_PORT}/api/blocks", timeout=10) as a:
+    with urllib.request.urlopen(f"http://{proc.ip}:{HTTP_PORT}/api/blocks", timeout=10) as a:
         times = [b["stored_at"] for b in json.loads(a.read())["blocks"]]
     return max((b - a for a, b in zip(times, times[1:]) if b >= since), default=0.0)
 
@@ -161,7 +164,7 @@ def test_page_keeps_playing_across_swaps(cluster, browser):
               for _ in range(2)]
     wait_until(lambda: all((Cluster.status_of(c) or {}).get("blocks_received", 0) >= 1
                            for c in others), 30, "children receiving")
-    browser.get(f"http://{first.ip}:{CLUSTER_HTTP_PORT}/")
+    browser.get(f"http://{first.ip}:{HTTP_PORT}/")
     wait_until(lambda: playback(browser)["t"] > 0.5, 40, "playback starting")
     swapped_at = wait_until(lambda: Cluster.status_of(first)["swaps"] >= 1 and time.time(), 60,
                             "the watched client swapping places with a child")

@@ -16,7 +16,9 @@ import urllib.request
 
 import pytest
 
-from bench.cluster import CLUSTER_HTTP_PORT, Cluster, wait_until
+from bench.cluster import Cluster, session_ports, wait_until
+
+HTTP_PORT = session_ports().http  # the web view of every client of this session
 
 PERIOD = 1.0
 
@@ -26,11 +28,16 @@ STATUS = {"ip": str, "peer_port": int, "push_port": int, "channel": int, "max_ch
           "children": list, "depth": int, "blocks_received": int, "bytes_received": int,
           "bytes_sent": int, "bytes_served": int, "blocks_repaired": int, "blocks_lost": int,
           "repairing": bool, "backup": (str, type(None)), "rejoins": int, "swaps": int,
-          "climbs": int, "last_block_at": (float, type(None)), "members": list, "url": str}
+          "climbs": int, "last_block_at": (float, type(None)), "members": list, "url": str,
+          "refusals": dict, "behind_live_s": (float, int, type(None)),
+          "play_rate": (float, int, type(None)), "player": (dict, type(None)), "store": dict,
+          "tree": list, "problem": (str, type(None)), "server_reachable": bool,
+          "server_failures": int}
 STATS = {"ip": str, "channel": int, "max_children": int, "blocks_received": int,
          "bytes_received": int, "bytes_sent": int, "bytes_served": int, "blocks_repaired": int,
          "blocks_lost": int, "swaps": int, "climbs": int, "blocks_relayed": int,
-         "bytes_sent_to": dict, "rejoins": list, "web": dict}
+         "bytes_sent_to": dict, "rejoins": list, "behind_live": dict, "store": dict,
+         "web": dict}
 WEB_STATS = {"requests": int, "refused": int, "dropped_idle": int, "dropped_slow": int,
              "evicted": int, "events_sent": int, "connections": int, "event_streams": int,
              "recent_blocks": int, "remux": dict, "tree_report_bytes": int,
@@ -75,7 +82,7 @@ def tree(tmp_path_factory, films):
 
 
 def url(proc, path: str) -> str:
-    return f"http://{proc.ip}:{CLUSTER_HTTP_PORT}{path}"
+    return f"http://{proc.ip}:{HTTP_PORT}{path}"
 
 
 def get_json(proc, path: str):
@@ -128,7 +135,7 @@ def read_events(proc, until, timeout=30.0) -> list[tuple[str, dict]]:
     """Read the event stream until ``until(events)`` holds; [(name, data)]."""
     events, buffer = [], b""
     deadline = time.monotonic() + timeout
-    with socket.create_connection((proc.ip, CLUSTER_HTTP_PORT), timeout=5) as sock:
+    with socket.create_connection((proc.ip, HTTP_PORT), timeout=5) as sock:
         sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
         while not until(events):
             assert time.monotonic() < deadline, f"events so far: {[e[0] for e in events]}"
@@ -175,7 +182,7 @@ def test_ffmpeg_reads_and_decodes_the_hls_stream(tree):
 
 
 def raw_request(proc, data: bytes, timeout=10.0) -> bytes:
-    with socket.create_connection((proc.ip, CLUSTER_HTTP_PORT), timeout=timeout) as sock:
+    with socket.create_connection((proc.ip, HTTP_PORT), timeout=timeout) as sock:
         sock.sendall(data)
         out = b""
         while chunk := sock.recv(65536):
@@ -203,7 +210,7 @@ def test_bad_http_is_refused_and_good_requests_still_answer(tree):
     idle = []
     try:
         for _ in range(200):
-            idle.append(socket.create_connection((proc.ip, CLUSTER_HTTP_PORT), timeout=5))
+            idle.append(socket.create_connection((proc.ip, HTTP_PORT), timeout=5))
         assert status_line(raw_request(proc, b"GET /api/status HTTP/1.1\r\n\r\n")) == 200
         assert get_json(proc, "/api/stats")["web"]["evicted"] >= 200 - 64  # oldest idle made room
     finally:
@@ -214,7 +221,7 @@ def test_bad_http_is_refused_and_good_requests_still_answer(tree):
     block = get_json(proc, "/api/blocks")["blocks"][-1]
     stuck = socket.socket()
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.connect((proc.ip, CLUSTER_HTTP_PORT))
+    stuck.connect((proc.ip, HTTP_PORT))
     try:
         dropped = get_json(proc, "/api/stats")["web"]["dropped_slow"]
         for _ in range(3):   # blocks of the sample films are small: ask thrice on one connection
@@ -263,7 +270,7 @@ def test_a_new_client_shows_in_a_deep_client_s_tree_within_a_few_periods(tree):
                             and f"{s['parent']['ip']}:{s['parent']['port']}", 30, "the newcomer attached")
         attached_at = time.monotonic()
         wait_until(lambda: {n["addr"]: n["parent"] for n in get_json(viewer, "/api/tree")["nodes"]}
-                   .get(f"{newcomer.ip}:9092") == parent, 6 * PERIOD,
+                   .get(f"{newcomer.ip}:{cluster.ports.peer}") == parent, 6 * PERIOD,
                    "the newcomer in the deep client's tree under its parent")
         print(f"\nnewcomer in the tree of {viewer.ip} {time.monotonic() - attached_at:.2f} s "
               f"after it attached (period {PERIOD} s)")
