@@ -7,8 +7,10 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -43,6 +45,17 @@ def _children_limit(value: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a whole number from 0 to {MAX_CHILDREN}: {value!r}") from None
+    return n
+
+
+def _port(value: str) -> int:
+    """A TCP port number, or 0 for "off"."""
+    try:
+        n = int(value)
+        if not 0 <= n <= 65535:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port from 0 to 65535: {value!r}") from None
     return n
 
 
@@ -98,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repair-rate", type=float, default=0.0, metavar="KB/S",
                    help="cap on the upload spent answering other clients' repair fetches, "
                         "so that it leaves room for live relaying on a thin uplink (0: no cap)")
-    p.add_argument("--http-port", type=_non_negative, default=8090,
+    p.add_argument("--http-port", type=_port, default=8090,
                    help="port of the web view (page, HLS, JSON API) on this client's address; "
                         "0 turns it off (8090)")
     p.add_argument("--stats", type=Path, help="write statistics as JSON here on exit "
