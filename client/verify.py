@@ -60,7 +60,13 @@ class DigestBook:
         self.learnt_at = 0.0                  # clock of the last document
         self.period = 2.0
 
-    def learn(self, doc: Document, now: float) -> None:
+    def learn(self, doc: Document, now: float) -> bool:
+        """Take a document's entries; False when it shows the server restarted (its slots
+        began again): the book is then emptied, and the whole feed must be asked again."""
+        if self.server_now is not None and doc.now < self.server_now:
+            self._slot_of.clear()
+            self.newest = self.server_now = None
+            return False
         for slot, digest in doc.blocks:
             if self._slot_of.get(digest, slot - 1) < slot:
                 self._slot_of[digest] = slot
@@ -69,6 +75,7 @@ class DigestBook:
         oldest = doc.now - KEEP
         for digest in [d for d, s in self._slot_of.items() if s < oldest]:
             del self._slot_of[digest]
+        return True
 
     def knows(self, digest: bytes, now: float) -> bool:
         slot = self._slot_of.get(digest)
@@ -146,7 +153,12 @@ class Verifier:
     def _refresh(self, channel: int, now: float) -> None:
         """(Under the lock.) Fetch the feed's entries we lack, and learn them."""
         self._last_try = now
-        since = self._book.newest + 1 if self._book.newest is not None else None
+        if self._fetch_and_learn(channel, self._book.newest) is False:
+            self._fetch_and_learn(channel, None)    # the server restarted: all it has
+
+    def _fetch_and_learn(self, channel: int, newest: int | None) -> bool | None:
+        """One fetch of the entries after ``newest``; None when it failed."""
+        since = newest + 1 if newest is not None else None
         self.counts["feed_fetches"] += 1
         try:
             data = self._fetch(channel, since)
@@ -157,15 +169,15 @@ class Verifier:
             log.debug("digest feed: %s", exc)
             if isinstance(exc, FeedError):
                 self._say_once(f"bad {exc}", f"digest feed refused: {exc}")
-            return
+            return None
         if doc.channel != channel:
             log.warning("digest feed answered for channel %d, not %d: ignored", doc.channel, channel)
-            return
+            return None
         if self.pinned is None:
             self._pin(doc.key)
-        self._book.learn(doc, self._clock())
-        self._last_ok = now
+        self._last_ok = self._last_try
         self._unsay("unreachable")
+        return self._book.learn(doc, self._clock())
 
     def _pin(self, key: bytes) -> None:
         self.pinned = key

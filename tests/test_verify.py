@@ -292,3 +292,16 @@ def test_a_child_that_declines_every_swap_stops_being_advertised():
     places = free_places(view({L: DECLINES_LIMIT}))
     assert [c.addr for c in places] == [P]                        # no more climbers drawn
     assert advertised(children, {L: DECLINES_LIMIT})[L].members == liar.members  # still a child
+
+
+def test_a_restarted_server_is_followed_from_its_first_slot_again():
+    feed, clock = Feed(Film(400)), Clock()
+    feed.publish(300)
+    verifier = Verifier(feed.fetch, feed.key, refetch=0.5, clock=clock)
+    assert verifier.check(0, block_digest(feed.film.read_block(300))) is Verdict.GENUINE
+    restarted = Feed(feed.film, feed.signer)          # same key file, slots from 0 again
+    restarted.publish(0)
+    verifier._fetch = restarted.fetch
+    clock.now += 1.0
+    assert verifier.check(0, block_digest(feed.film.read_block(0))) is Verdict.GENUINE
+    assert restarted.calls == [300 + AHEAD + 1, None]
