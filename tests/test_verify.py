@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.peerproto import Addr, Candidate, block_digest
+from client.fetcher import RepairJob
+from client.peerproto import Addr, Block, Candidate, PeerProtocolError, block_digest
 from client.places import DECLINES_LIMIT, MAX_VOUCHES, advertised, place_problem
+from client.repair import RepairPlan
 from client.tree import ChildView, RelayView, free_places
 from client.verify import KEEP, STOCK_RETRY, DigestBook, Verdict, Verifier, parse_key
 from server.feed import (AHEAD, BEHIND, MAX_DOCUMENT, FeedBook, FeedError, decode_document,
@@ -305,3 +307,20 @@ def test_a_restarted_server_is_followed_from_its_first_slot_again():
     clock.now += 1.0
     assert verifier.check(0, block_digest(feed.film.read_block(0))) is Verdict.GENUINE
     assert restarted.calls == [300 + AHEAD + 1, None]
+
+
+def test_a_repair_source_that_sends_a_forged_block_loses_its_part():
+    good, bad = Block.of(1, b"\x1a\x45\xdf\xa3good"), Block.of(2, b"\x1a\x45\xdf\xa3bad")
+    checked = []
+
+    def check(digest, source):
+        checked.append((digest, source))
+        return digest == good.digest
+
+    plan = RepairPlan([good.digest, bad.digest], [P], 0.0, stall_after=1.0)
+    job = RepairJob(plan, R, 0, lambda d, b: None, lambda j: None, deadline=5.0, check=check)
+    wanted = {good.digest, bad.digest}
+    assert job._answer(P, good, wanted) == ("block", (good.digest, good))
+    with pytest.raises(PeerProtocolError, match="feed"):
+        job._answer(P, bad, wanted)        # a "failed" report: the others take its part
+    assert checked == [(good.digest, P), (bad.digest, P)]
