@@ -110,7 +110,8 @@ class Verifier:
         self._last_try: float | None = None
         self._last_ok: float | None = None
         self.counts = {"genuine": 0, "forged": 0, "unchecked": 0, "stock": 0,
-                       "feed_fetches": 0, "feed_bytes": 0, "feed_failures": 0}
+                       "feed_fetches": 0, "feed_bytes": 0, "feed_failures": 0,
+                       "feed_wait_s": 0.0, "feed_wait_max_s": 0.0}  # time blocks waited for it
         self._said: set[str] = set()
 
     @property
@@ -160,6 +161,7 @@ class Verifier:
         """One fetch of the entries after ``newest``; None when it failed."""
         since = newest + 1 if newest is not None else None
         self.counts["feed_fetches"] += 1
+        started = self._clock()
         try:
             data = self._fetch(channel, since)
             self.counts["feed_bytes"] += len(data)
@@ -170,6 +172,10 @@ class Verifier:
             if isinstance(exc, FeedError):
                 self._say_once(f"bad {exc}", f"digest feed refused: {exc}")
             return None
+        finally:
+            waited = self._clock() - started
+            self.counts["feed_wait_s"] += waited
+            self.counts["feed_wait_max_s"] = max(self.counts["feed_wait_max_s"], waited)
         if doc.channel != channel:
             log.warning("digest feed answered for channel %d, not %d: ignored", doc.channel, channel)
             return None
