@@ -200,6 +200,9 @@ class FeedServer:
     def start(self) -> None:
         self._thread.start()
 
+    def requests_in_progress(self) -> int:
+        return self._httpd.in_progress
+
     def stop(self) -> None:
         self._httpd.shutdown()
         self._thread.join()
@@ -209,21 +212,28 @@ class FeedServer:
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
+    request_queue_size = 64     # past MAX_REQUESTS, closed at once rather than left in the queue
 
     def __init__(self, address, handler, slots: threading.BoundedSemaphore):
         self._request_slots = slots
+        self._count_lock = threading.Lock()
+        self.in_progress = 0
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
         if not self._request_slots.acquire(blocking=False):
             self.shutdown_request(request)   # too many at once: closed, nothing read
             return
+        with self._count_lock:
+            self.in_progress += 1
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._count_lock:
+                self.in_progress -= 1
             self._request_slots.release()
 
 
