@@ -118,7 +118,9 @@ class Verifier:
     def mode(self) -> str:
         if not self.enabled:
             return "off"
-        return "feed" if self.pinned is not None else "stock"
+        if self.pinned is not None:
+            return "feed"
+        return "stock" if self.counts["feed_fetches"] else "unpinned"  # (nothing checked yet)
 
     def check(self, channel: int, digest: bytes) -> Verdict:
         """The verdict on a block of ``channel`` with ``digest`` (may fetch the feed)."""

@@ -171,8 +171,9 @@ def test_without_key_or_feed_blocks_pass_unauthenticated_and_the_feed_is_retried
     feed, clock = Feed(Film(40)), Clock()
     feed.up = False
     verifier = Verifier(feed.fetch, None, clock=clock)
-    assert verifier.mode == "stock"
+    assert verifier.mode == "unpinned"
     assert verifier.check(0, block_digest(b"anything")) is Verdict.STOCK
+    assert verifier.mode == "stock"
     assert verifier.check(0, block_digest(b"more")) is Verdict.STOCK
     assert len(feed.calls) == 1                                 # retried after STOCK_RETRY only
     feed.up = True
