@@ -167,3 +167,29 @@ def test_without_verification_the_liar_fools_its_children(tmp_path, long_film, f
             assert -1 in stored(victim, long_film)
         finally:
             liar.stop()
+
+
+def test_a_child_that_declines_every_swap_stops_drawing_newcomers(tmp_path, long_film):
+    """The liar relays true blocks but never takes a swap: after a few declined offers its
+    parent no longer advertises its free places, and a newcomer goes elsewhere."""
+    with Cluster(tmp_path, long_film) as cluster:
+        server = cluster.start_server("--feed-key", str(tmp_path / "feed.key"), max_clients=1,
+                                      period=PERIOD)
+        # A small balance margin: the direct client offers its place soon and often.
+        direct = cluster.start_client(server, "--balance-margin", "0.5", max_children=2,
+                                      period=PERIOD)
+        wait_until(lambda: status(direct).get("state") == "direct", 20, "the direct client")
+        liar = start_liar(direct, honest_blocks=10**9)
+        try:
+            honest = cluster.start_client(server, max_children=2, period=PERIOD)
+            wait_until(lambda: (status(honest).get("parent") or {}).get("ip") == direct.ip, 20,
+                       "the second client under the direct one")
+            wait_until(lambda: liar.swaps_declined >= 3, 40, "three swap offers declined")
+            newcomer = cluster.start_client(server, max_children=2, period=PERIOD)
+            wait_until(lambda: status(newcomer).get("state") == "attached"
+                       and status(newcomer).get("blocks_received", 0) >= 3, 20,
+                       "the newcomer placed")
+            assert status(newcomer)["parent"]["ip"] == honest.ip
+            assert Addr(newcomer.ip, PORTS.peer) not in liar.joins
+        finally:
+            liar.stop()
