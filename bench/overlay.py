@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every client's player, headless (the DISPLAY is not passed on); "
                         "players delete what they have played, so continuity then counts only "
                         "the blocks still on disk: use it to measure cost")
+    p.add_argument("--no-verify", action="store_true",
+                   help="clients store blocks unchecked (the cost of verification, side by side)")
     p.add_argument("--client-arg", action="append", default=[], metavar="ARG",
                    help="pass ARG to every client (repeat it: --client-arg=--balance-margin "
                         "--client-arg=0)")
@@ -358,6 +360,8 @@ class Scenario:
             extra += ["--catch-up", str(self.args.catch_up)]
         if self.args.players:
             extra.append("--player")
+        if self.args.no_verify:
+            extra.append("--no-verify")
         c.proc = self.cluster.start_client(
             self._server_proc(), *extra, max_children=c.max_children, channel=c.channel,
             period=self.args.period, name=f"client-{c.index:03d}", port=port, ip=ip)
@@ -642,9 +646,25 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool) -> dic
                  "server_cpu_s": sum(c["cpu_s"] or 0 for c in raw["server_costs"]),
                  "server_peak_rss_mib": max((c["peak_rss_mib"] or 0 for c in raw["server_costs"]),
                                             default=None)},
+        "verify": _verify_cost(clients),
         "run_s": run_s,
         "per_client": per_client,
     }
+
+
+def _verify_cost(clients) -> dict:
+    """Authenticated blocks (client.verify): feed bytes per stored block, fetches, verdicts."""
+    rows = [(r.get("stats") or {}) for r in clients]
+    checks = [s["verify"] for s in rows if s.get("verify")]
+    blocks = sum(s.get("blocks_received", 0) for s in rows)
+    feed_bytes = sum(v.get("feed_bytes", 0) for v in checks)
+    return {"mode": metrics.histogram(v.get("mode") for v in checks),
+            "feed_bytes_per_block": feed_bytes / blocks if blocks else None,
+            "feed_fetches_per_client": metrics.summary(v.get("feed_fetches", 0) for v in checks),
+            "feed_wait_per_fetch_s": (sum(v.get("feed_wait_s", 0) for v in checks)
+                                      / max(1, sum(v.get("feed_fetches", 0) for v in checks))),
+            "feed_wait_max_s": max((v.get("feed_wait_max_s", 0) for v in checks), default=None),
+            **{k: sum(v.get(k, 0) for v in checks) for k in ("genuine", "forged", "unchecked")}}
 
 
 def compare(overlay: dict, star: dict) -> dict:

@@ -7,8 +7,10 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -17,6 +19,7 @@ from client.menu import Menu
 from client.node import Config, Node
 from client.peerproto import MAX_CHILDREN
 from client.store import StoreLimit, parse_store_limit
+from client.verify import parse_key
 from client.web import WebView
 from server.protocol import MAX_CHANNELS
 from player.launch import start_player, stop_player
@@ -130,6 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="no interactive menu: run until SIGTERM or Ctrl-C")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_library_arguments(p)
+    add_verify_arguments(p)
     args = p.parse_args(argv)
     if args.max_behind < 0:
         p.error(f"--max-behind must be 0 or more, not {args.max_behind:g}")
@@ -138,6 +142,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as exc:
         p.error(f"--store-limit: {exc}")
     return args
+
+
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    """Authenticated blocks (client/verify.py)."""
+    def key(text: str) -> bytes:
+        try:
+            return parse_key(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    group = p.add_argument_group("authenticated blocks")
+    group.add_argument("--feed-port", type=_port, default=6062, metavar="PORT",
+                       help="the server's signed digest feed (default 6062; 0: none, blocks "
+                            "from other clients are then not authenticated)")
+    group.add_argument("--server-key", type=key, default=None, metavar="HEX",
+                       help="the feed's public key the server prints at start (default: "
+                            "pinned on first use, with a warning)")
+    group.add_argument("--no-verify", action="store_true",
+                       help="store blocks unchecked (for benchmarks only)")
 
 
 #: The store limit of a client with a player, when --store-limit is not given.
@@ -207,7 +230,9 @@ def main(argv=None) -> int:
                     catch_up_seconds=args.catch_up, balance_blocks=args.balance_margin,
                     repair_rate=args.repair_rate, store_limit=args.store_limit,
                     player=not args.no_player,
-                    store_of_channel=None if args.store else store_of_channel)
+                    store_of_channel=None if args.store else store_of_channel,
+                    feed_port=args.feed_port, server_key=args.server_key,
+                    verify=not args.no_verify)
     signals = StopSignals(interrupt=None if args.no_menu else at_menu_prompt).install()
     node = Node(config)
     # A failed core thread stops the program the way SIGTERM does (the stop wakes a

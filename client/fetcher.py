@@ -34,8 +34,10 @@ class RepairJob:
     def __init__(self, plan: RepairPlan, own: Addr, channel: int,
                  on_block: Callable[[bytes, Block | None], None],
                  on_done: Callable[["RepairJob"], None], deadline: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 check: Callable[[bytes, Addr], bool] | None = None):
         self.plan, self.own, self.channel = plan, own, channel
+        self._check = check  # (digest, source): may this block be stored (client.verify)
         self._on_block, self._on_done = on_block, on_done
         self._deadline = deadline
         self._clock = clock
@@ -169,6 +171,10 @@ class RepairJob:
         """One message of a source's answer as a report: ``("block", (key, block))`` or
         ``("end", keys it lacked)``; anything else breaks the protocol."""
         if isinstance(message, Block) and message.digest in wanted:
+            if self._check is not None and not self._check(message.digest, source):
+                # Forged (or not checkable now): this source's part goes to the others.
+                raise PeerProtocolError(f"block {message.digest.hex()[:8]} is not one the "
+                                        "server's feed names")
             return "block", (message.digest, message)
         if isinstance(message, FetchEnd):
             return "end", list(message.missing)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
-from client import channels, tree
+from client import channels, places, tree
 from client.links import NoJoinAnswer, ParentLink, connect_from, read_message
 from client.model import SERVER, Rejoin, State
 from client.peerproto import (MAX_WANT, Accept, Addr, Bye, Candidate, FrameDecoder, Hello, Info,
-                              Move, PeerProtocolError, Redirect, Reject, encode)
+                              Move, PeerProtocolError, Redirect, Reject, Vouch, VouchAnswer, encode)
 from server import protocol as stock
 
 log = logging.getLogger("client.node")
@@ -296,6 +296,8 @@ class Joining:
 
     def _try_join(self, addr: Addr, rejoin: Rejoin, moved_by: Addr | None = None):
         """Ask ``addr`` to be our parent; True once attached, else its answer."""
+        if self._is_distrusted(addr):
+            return None  # caught lying lately (client.verify)
         with self._lock:
             have = self.window.latest_digests(HAVE_COUNT)
             catch_up = 0 if have else min(int(self.config.catch_up_seconds / self.config.period),
@@ -327,6 +329,14 @@ class Joining:
             log.warning("%s would put us under ourselves: refused", addr)
             sock.close()
             return None
+        problem = self._place_problem(addr, answer)
+        if problem is not None:
+            sock.close()
+            if not answer.path:  # a false depth-1 claim: a lie of the offering relay alone
+                self._distrust(addr, f"{problem}: place refused")
+            else:
+                log.warning("place at %s not verified (%s): refused", addr, problem)
+            return None
         link = ParentLink(sock, decoder, addr, self.config.parent_silence,
                           self._on_parent_message, self._on_parent_lost)
         self._leave_server()
@@ -357,6 +367,18 @@ class Joining:
         self._report_to_parent()
         self._write_status()
         return True
+
+    def _place_problem(self, addr: Addr, answer: Accept) -> str | None:
+        """Why the place ``addr`` accepts us at is not verified (:mod:`client.places`)."""
+        if not self.config.verify:
+            return None
+        listed = self._server_call(self.server.clients, self.config.channel)
+
+        def vouch(ancestor: Addr, child: Addr) -> bool | None:
+            reply = self._ask(ancestor, Vouch(self.config.channel, child))
+            return reply.yes if isinstance(reply, VouchAnswer) else None
+
+        return places.place_problem(addr, answer.depth, answer.path, listed, vouch)
 
     def _leave(self) -> None:
         """Tell the server, the parent and the children, then close every link."""

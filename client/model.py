@@ -48,6 +48,9 @@ class Config:
     player: bool = True             # a player plays (and deletes) the stored blocks
     #: The folder of each channel's blocks (the default store/<ip>/channel<N>); None: ``store`` always.
     store_of_channel: Callable[[int], Path] | None = None
+    feed_port: int = 6062           # the server's signed digest feed (client.verify); 0: none
+    server_key: bytes | None = None  # --server-key: the feed's key; None: pinned on first use
+    verify: bool = True             # --no-verify (benchmarks only): store blocks unchecked
 
     @property
     def swap_cooldown(self) -> float:

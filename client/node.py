@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 
-from client import channels, strangers, tree
+from client import channels, places, strangers, tree, verify
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
@@ -38,7 +38,7 @@ from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_WANT, Accept, 
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryFetch, Move, PathUpdate, PeerProtocolError,
                               Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
-                              encode)
+                              Vouch, VouchAnswer, encode)
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
@@ -78,6 +78,12 @@ class Node(Joining, Upkeep):
                                          strangers.MAX_HANDSHAKES_PER_ADDRESS)
         self._blame = strangers.BlameLog(log)
         self._server_ips = addresses_of(config.server_host)
+        # Authenticated blocks: only what the server's signed feed names is stored (client.verify).
+        fetch = verify.http_fetcher(config.ip, config.server_host, config.feed_port)
+        self.verifier = verify.Verifier(fetch, config.server_key, config.store / "server-key.pinned",
+                                        enabled=config.verify, refetch=config.period / 4)
+        self._distrusted: dict[Addr, float] = {}  # relays caught lying: not chosen until then
+        self._declines: dict[Addr, int] = {}      # swap offers each child declined in a row
 
         self.state = State.JOINING
         self.parent: str | Addr | None = None
@@ -311,6 +317,11 @@ class Node(Joining, Upkeep):
                 del self._skip[:self._skip.index(block.digest) + 1]
                 return
             self._skip = []
+        if source != SERVER and not self._authentic(block.digest, source.addr):
+            if self.parent_link is source:
+                self._events.put(("forged", source, None))
+            return
+        with self._lock:
             if source == SERVER:
                 self._seq = self._seq + 1 if self._seq >= 0 else int(time.time() / self.config.period)
                 block = Block(self._seq, block.digest, block.data)
@@ -318,6 +329,24 @@ class Node(Joining, Upkeep):
             else:
                 self._seq = block.seq
         self._store_and_relay(block)
+
+    def _authentic(self, digest: bytes, sender: Addr) -> bool:
+        """May a block from ``sender`` be stored? A forged one gets the sender distrusted."""
+        verdict = self.verifier.check(self.config.channel, digest)
+        if verdict is verify.Verdict.FORGED:
+            self._distrust(sender, f"sent block {digest.hex()[:8]}, which the server's feed "
+                           "does not name: discarded")
+        return verdict in (verify.Verdict.GENUINE, verify.Verdict.STOCK)
+
+    def _distrust(self, addr: Addr, why: str) -> None:
+        """Blame ``addr`` for a lie and choose it as a parent no more for a while."""
+        self._blame.report(strangers.LIE, str(addr), why)
+        with self._lock:
+            self._distrusted[addr] = time.monotonic() + max(DISTRUST_PERIODS * self.config.period, 30.0)
+
+    def _is_distrusted(self, addr: Addr) -> bool:
+        with self._lock:
+            return self._distrusted.get(addr, 0.0) > time.monotonic()
 
     def _store_and_relay(self, block: Block) -> None:
         """(Under the deliver lock.) The one place a block is stored and passed on."""
@@ -354,7 +383,7 @@ class Node(Joining, Upkeep):
         """(Under both locks.) Fetch ``missing`` from several sources; hold live blocks meanwhile."""
         plan = RepairPlan(missing, sources, time.monotonic(), stall_after=max(self.config.period, 1.0))
         job = RepairJob(plan, self.me, self.config.channel, self._repaired_block, self._repair_done,
-                        deadline=max(4 * self.config.period, 5.0))
+                        deadline=max(4 * self.config.period, 5.0), check=self._authentic)
         self._repair = job
         if rejoin is not None:
             rejoin.missed = len(missing)
@@ -475,6 +504,11 @@ class Node(Joining, Upkeep):
             if isinstance(hello, TreeQuery):
                 conn.sendall(encode(TreeAnswer(tuple(self.subtree.subtree(self.snapshot())))))
                 return
+            if isinstance(hello, Vouch):  # a joiner checks the place it is offered (client.places)
+                with self._lock:
+                    yes = hello.channel == self.config.channel and hello.child in self.children
+                conn.sendall(encode(VouchAnswer(yes)))
+                return
             if not isinstance(hello, (Hello, LibraryFetch)):
                 raise PeerProtocolError(f"expected Hello, got {type(hello).__name__}")
         except socket.timeout:
@@ -517,7 +551,7 @@ class Node(Joining, Upkeep):
                 me=self.me, channel=self.config.channel, max_children=self.config.max_children,
                 attached=self.state in (State.DIRECT, State.ATTACHED), depth=max(self.depth, 1),
                 path=self.path, sent=self.counters.bytes_sent,
-                children=dict(self.child_views),
+                children=places.advertised(self.child_views, self._declines),
                 expected=frozenset(a for a, t in self._expected.items() if t > time.monotonic()))
 
     def _info(self, probe: Hello) -> Info:
@@ -625,6 +659,7 @@ class Node(Joining, Upkeep):
                 return
             del self.children[child.addr]
             self.child_views.pop(child.addr, None)
+            self._declines.pop(child.addr, None)
             self.subtree.child_gone(child.addr)
             self._children_changed_at = time.monotonic()
             key = str(child.addr)
@@ -746,6 +781,8 @@ class Node(Joining, Upkeep):
                 self._slot_watch_until = time.monotonic() + SLOT_WATCH_PERIODS * self.config.period
         elif kind == "drop":
             self._orphaned(link.addr, f"parent {link.addr} dropped us: {arg.reason}")
+        elif kind == "forged":
+            self._orphaned(link.addr, f"parent {link.addr} relayed a forged block")
         elif kind == "move":
             seeds = [Candidate(a, i + 1, 1, 0) for i, a in enumerate(arg.candidates)]
             self._orphaned(link.addr, f"parent {link.addr} is leaving", seeds=seeds,
@@ -813,6 +850,7 @@ class Node(Joining, Upkeep):
                 "last_block_at": self.counters.last_block_at,
                 "members": [str(a) for a in tree.members_below(self._relay_view())],
                 "refusals": dict(self._blame.counts),   # strangers refused, by blame
+                "verify": self.verifier.snapshot(),     # authenticated blocks (client.verify)
                 **self.player_watch.snapshot(),
                 "store": self.store.status(),
                 "tree": tree.subtree(self._relay_view()),
@@ -829,6 +867,7 @@ class Node(Joining, Upkeep):
                                              "blocks_repaired", "blocks_lost", "swaps",
                                              "climbs")},
                     "blocks_relayed": self.counters.blocks_relayed,
+                    "verify": snap["verify"],
                     "bytes_sent_to": dict(self.counters.bytes_sent_to),
                     "rejoins": [r.to_json() for r in self.rejoins[1:]],
                     "behind_live": self.player_watch.stats(), "store": snap["store"]}
@@ -844,6 +883,9 @@ class Node(Joining, Upkeep):
         for watch in self.watchers:
             watch("status", None)
 
+
+#: How long (in periods, at least 30 s) a relay caught lying is not chosen as a parent.
+DISTRUST_PERIODS = 30
 
 #: How long (in periods) an orphan of a direct client keeps asking the server for its slot.
 SLOT_WATCH_PERIODS = 12

@@ -687,13 +687,55 @@ class LibraryEnd:
         return cls(tuple(_check_list(obj.get("missing", []), "missing", MAX_LIBRARY_WANT)))
 
 
+@dataclass(frozen=True)
+class Vouch:
+    """First (and only) frame of a connection that asks a client: is ``child`` your child?
+
+    A joiner asks each ancestor its new parent names (:mod:`client.places`)
+    before it takes the place.
+    """
+
+    TYPE: ClassVar[int] = 45
+    channel: int
+    child: Addr
+
+    def __post_init__(self):
+        _check_int(self.channel, "channel", 0, 9)
+
+    def to_json(self) -> dict:
+        return {"channel": self.channel, "ip": self.child.ip, "port": self.child.port}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Vouch":
+        return cls(obj.get("channel"), Addr.parse(obj))
+
+
+@dataclass(frozen=True)
+class VouchAnswer:
+    """Answer to a :class:`Vouch`: whether the asked client is the receiver's child now."""
+
+    TYPE: ClassVar[int] = 46
+    yes: bool
+
+    def __post_init__(self):
+        if not isinstance(self.yes, bool):
+            raise PeerProtocolError(f"bad vouch answer {self.yes!r}")
+
+    def to_json(self) -> dict:
+        return {"yes": self.yes}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "VouchAnswer":
+        return cls(obj.get("yes"))
+
+
 Message = (Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye
            | Report | Info | Advice | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer
-           | LibraryFetch | LibraryEnd)
+           | LibraryFetch | LibraryEnd | Vouch | VouchAnswer)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
                                             Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap,
                                             SwapAnswer, TreeQuery, TreeAnswer, LibraryFetch,
-                                            LibraryEnd)}
+                                            LibraryEnd, Vouch, VouchAnswer)}
 
 
 def encode(message: Message) -> bytes:

@@ -120,6 +120,8 @@ class Upkeep:
             if offer is None or offer.link is not link:
                 return
             self._swap_offer = None
+            # Declined in a row: past a few, its free places are not advertised (client.places).
+            self._declines[link.addr] = 0 if accept else self._declines.get(link.addr, 0) + 1
             late = (self.parent == SERVER and
                     time.monotonic() - self._last_server_block > self.config.period / 4)
         if not accept:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from server import protocol
+from server import feed, protocol
 from server.channel import Channel, Outcome, Registry, Schedule, Slot
 from server.films import Film, FilmError, assign_films, find_films
 from server.intake import Finished, Intake
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging level (default: %(default)s)")
     add_beside_server_arguments(parser)
+    feed.add_arguments(parser)
     return parser
 
 
@@ -284,6 +285,11 @@ class ChannelSender:
     def _round(self, pool: concurrent.futures.Executor, slot: Slot) -> None:
         server, registry = self.server, self.server.registry
         registry.update_stats(self.number, rounds=1)
+        if server.feed is not None:
+            try:  # vouched for before it is sent: a child may check it at once
+                server.feed.publish_round(self.number, slot.index, self.film)
+            except OSError as exc:
+                log.error("channel %d: digest feed not updated: %s", self.number, _describe(exc))
         targets = registry.round_targets(self.number)
         if not targets:
             return
@@ -355,6 +361,7 @@ class ChannelServer:
         self.sockets = SocketSet()
         self.schedule: Schedule | None = None
         self.senders = [ChannelSender(i, film, self) for i, film in enumerate(self.films)]
+        self.feed: feed.FeedBook | None = None   # the signed digest feed (server/feed.py)
         self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
         self._intake = Intake(REQUEST_TIMEOUT)       # owned by the listener (serve)
         self._handlers: set[threading.Thread] = set()
@@ -632,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     server = ChannelServer(config, films)
     tracker = None  # the library tracker beside the channels (server/tracker.py)
+    feed_server = None  # the signed digest feed (server/feed.py)
     signals = StopSignals().install()
     try:
         try:
@@ -649,12 +657,20 @@ def main(argv: list[str] | None = None) -> int:
                  len(server.films),
                  ", ".join(f"{i}={f.name} ({len(f)} blocks)" for i, f in enumerate(server.films)),
                  config.max_clients, config.period, config.push_port)
-        tracker = start_beside_server(build_parser().parse_args(argv), host)
+        args = build_parser().parse_args(argv)
+        tracker = start_beside_server(args, host)
+        try:
+            server.feed, feed_server = feed.start_feed(args, host, config.period)
+        except OSError as exc:
+            log.error("cannot start the digest feed on port %d: %s", args.feed_port, _describe(exc))
+            return 1
         server.start_channels()
         server.serve(signals)
         log.info("stopping")
     finally:
         server.close()
+        if feed_server is not None:
+            feed_server.stop()
         stop_beside_server(tracker)
         signals.close()
     if config.stats is not None:

@@ -19,7 +19,7 @@ from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, 
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryEnd, LibraryFetch, Move, PathUpdate,
                               PeerProtocolError, Redirect, Reject, Report, Swap, SwapAnswer,
-                              TreeAnswer, TreeQuery, block_digest, encode)
+                              TreeAnswer, TreeQuery, Vouch, VouchAnswer, block_digest, encode)
 from client.treeview import TreeNode
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
@@ -116,6 +116,9 @@ MESSAGES = [
     LibraryFetch(addr(1), "0123456789abcdef", (0, 5, 9999)),
     LibraryEnd((3,)),
     LibraryEnd(),
+    Vouch(0, addr(25)),
+    VouchAnswer(True),
+    VouchAnswer(False),
 ]
 
 
@@ -150,8 +153,8 @@ def test_round_trip_one_byte_at_a_time(message):
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
     assert covered == set(JSON_MESSAGES.values()) | {Block}
-    # 20-29: the web view, 30-39: the library
-    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21, 30, 31}
+    # 20-29: the web view, 30-39: the library, 45-49: verification
+    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21, 30, 31, 45, 46}
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
     assert Block.TYPE not in JSON_MESSAGES
 

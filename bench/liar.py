@@ -1,0 +1,184 @@
+"""A lying relay for tests and demonstrations, written with the project's own codec.
+
+It attaches as a child like any client, advertises free places (at its true
+depth, or falsely at depth 1), declines every swap, and rewrites 64 bytes in
+the middle of every block it relays (after ``honest_blocks`` true ones),
+recomputing the frame's digest so that the frame itself is well-formed.
+Issue 16: what authenticated blocks and verified places must withstand.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from client.links import connect_from, listen_on, read_message
+from client.peerproto import (Accept, Addr, Block, Candidate, FetchEnd, FrameDecoder, Hello, Info,
+                              PeerProtocolError, Report, Swap, SwapAnswer, encode)
+
+log = logging.getLogger(__name__)
+
+FREE = 4
+
+
+def tamper(data: bytes) -> bytes:
+    """``data`` with 64 bytes in the middle inverted (the Matroska header kept)."""
+    middle = max(4, len(data) // 2 - 32)
+    altered = bytearray(data)
+    altered[middle:middle + 64] = bytes(b ^ 0xFF for b in altered[middle:middle + 64])
+    return bytes(altered)
+
+
+class LyingRelay:
+    """One fake relay on ``ip``; :meth:`stop` ends and joins every thread it started."""
+
+    def __init__(self, ip: str, port: int, channel: int = 0, claim_depth_one: bool = False,
+                 honest_blocks: int = 0, period: float = 0.5):
+        self.me = Addr(ip, port)
+        self.channel, self.claim_depth_one = channel, claim_depth_one
+        self.honest_blocks, self.period = honest_blocks, period
+        self.depth, self.path = 1, ()
+        self.joins: list[Addr] = []            # clients that asked it for a place
+        self.swaps_declined = 0
+        self.blocks_relayed = 0                # blocks sent to children (altered ones counted)
+        self._children: dict[Addr, socket.socket] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._parent: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._listener = listen_on(ip, port, 16)
+
+    # -- life cycle -----------------------------------------------------------
+
+    def start(self, parent: Addr) -> None:
+        """Join ``parent`` (raises if it does not take us), then serve."""
+        sock = connect_from(self.me.ip, parent.ip, parent.port, 2.0)
+        decoder = FrameDecoder()
+        sock.settimeout(3.0)
+        sock.sendall(encode(Hello("join", self.me, self.channel, FREE)))
+        answer = read_message(sock, decoder)
+        if not isinstance(answer, Accept):
+            sock.close()
+            raise OSError(f"{parent} did not take the liar: {answer!r}")
+        self._parent, self.depth, self.path = sock, answer.depth + 1, answer.path + (parent,)
+        for target in (lambda: self._read_parent(sock, decoder), self._report, self._accept):
+            self._spawn(target)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sock in [self._listener, self._parent, *self.children()]:
+            if sock is not None:
+                _close(sock)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def children(self) -> list[socket.socket]:
+        with self._lock:
+            return list(self._children.values())
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name="liar")
+        self._threads.append(thread)
+        thread.start()
+
+    # -- what it claims -------------------------------------------------------
+
+    def _place(self) -> tuple[int, tuple[Addr, ...]]:
+        """(depth, ancestors) as advertised: depth 1 and no ancestor when it lies about it."""
+        return (1, ()) if self.claim_depth_one else (self.depth, self.path)
+
+    def _candidate(self) -> Candidate:
+        return Candidate(self.me, self._place()[0], FREE, 0)
+
+    # -- the parent link --------------------------------------------------------
+
+    def _read_parent(self, sock: socket.socket, decoder: FrameDecoder) -> None:
+        sock.settimeout(None)
+        seen = 0
+        try:
+            while not self._stop.is_set():
+                message = read_message(sock, decoder)
+                if isinstance(message, Block):
+                    seen += 1
+                    data = message.data if seen <= self.honest_blocks else tamper(message.data)
+                    self._relay(Block.of(message.seq, data))
+                elif isinstance(message, Swap):
+                    self.swaps_declined += 1
+                    sock.sendall(encode(SwapAnswer(False)))
+        except (OSError, EOFError, PeerProtocolError):
+            pass
+
+    def _relay(self, block: Block) -> None:
+        frame = encode(block)
+        for addr, child in list(self._children.items()):
+            try:
+                child.sendall(frame)
+                self.blocks_relayed += 1
+            except OSError:
+                self._forget(addr)
+
+    def _report(self) -> None:
+        while not self._stop.wait(self.period / 2):
+            try:
+                self._parent.sendall(encode(Report(FREE, 0, (self._candidate(),),
+                                                   max_children=FREE)))
+            except OSError:
+                return
+
+    # -- other clients ----------------------------------------------------------
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._spawn(self._serve, conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        decoder = FrameDecoder()
+        conn.settimeout(3.0)
+        try:
+            hello = read_message(conn, decoder)
+            if not isinstance(hello, Hello):
+                conn.close()
+                return
+            depth, path = self._place()
+            if hello.kind == "probe":
+                conn.sendall(encode(Info(True, depth, FREE, 0, (self._candidate(),))))
+            elif hello.kind == "fetch":
+                conn.sendall(encode(FetchEnd(hello.want)))
+            else:
+                self.joins.append(hello.addr)
+                conn.sendall(encode(Accept(depth, path)))
+                with self._lock:
+                    self._children[hello.addr] = conn
+                conn.settimeout(None)
+                while read_message(conn, decoder) is not None:   # its reports, until it goes
+                    pass
+        except (OSError, EOFError, PeerProtocolError):
+            pass
+        finally:
+            self._forget_conn(conn)
+
+    def _forget(self, addr: Addr) -> None:
+        with self._lock:
+            conn = self._children.pop(addr, None)
+        if conn is not None:
+            _close(conn)
+
+    def _forget_conn(self, conn: socket.socket) -> None:
+        with self._lock:
+            for addr, sock in list(self._children.items()):
+                if sock is conn:
+                    del self._children[addr]
+        _close(conn)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
