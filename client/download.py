@@ -83,7 +83,7 @@ class Result:
     blocks: int
     resumed: int = 0
     fetched: int = 0
-    bytes: int = 0
+    bytes_fetched: int = 0
     seconds: float = 0.0
     served_by: dict[str, int] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
@@ -99,7 +99,7 @@ class Result:
         return {"name": self.name, "version": self.version, "kind": self.kind,
                 "folder": self.folder, "path": self.path, "complete": self.complete,
                 "blocks": self.blocks, "resumed": self.resumed, "fetched": self.fetched,
-                "bytes": self.bytes, "seconds": round(self.seconds, 3),
+                "bytes": self.bytes_fetched, "seconds": round(self.seconds, 3),
                 "served_by": self.served_by, "failures": self.failures,
                 "taken_over_at": {k: round(v, 3) for k, v in self.taken_over_at.items()},
                 "missing": self.missing}
@@ -200,7 +200,7 @@ class Download:
                     return
                 write_atomically(block_path(self.folder, manifest, index), data)
                 result.fetched += 1
-                result.bytes += len(data)
+                result.bytes_fetched += len(data)
                 done[0] += 1
                 self._progress(done[0], len(targets))
 

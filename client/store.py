@@ -122,23 +122,23 @@ class StoreLimit:
     """At most ``blocks`` blocks and at most ``bytes`` bytes of blocks on disk (None: no bound)."""
 
     blocks: int | None = None
-    bytes: int | None = None
+    size_bytes: int | None = None
 
     def __post_init__(self):
-        if (self.blocks is not None and self.blocks < 1) or (self.bytes is not None
-                                                             and self.bytes < 1):
+        if (self.blocks is not None and self.blocks < 1) or (self.size_bytes is not None
+                                                             and self.size_bytes < 1):
             raise ValueError("a store limit must allow at least one block")
 
     def describe(self) -> str:
         parts = []
         if self.blocks is not None:
             parts.append(f"{self.blocks} blocks")
-        if self.bytes is not None:
-            parts.append(f"{self.bytes / 1e6:g} MB")
+        if self.size_bytes is not None:
+            parts.append(f"{self.size_bytes / 1e6:g} MB")
         return " and ".join(parts) or "no limit"
 
     def to_json(self) -> dict:
-        return {"blocks": self.blocks, "bytes": self.bytes}
+        return {"blocks": self.blocks, "bytes": self.size_bytes}
 
 
 _LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mb|min)\s*$", re.IGNORECASE)
@@ -155,7 +155,7 @@ def parse_store_limit(text: str, period: float) -> StoreLimit | None:
         raise ValueError(f"not a store limit (say e.g. 200MB or 10min): {text!r}")
     value, unit = float(match.group(1)), match.group(2).lower()
     if unit == "mb":
-        return StoreLimit(bytes=int(value * 1e6))
+        return StoreLimit(size_bytes=int(value * 1e6))
     return StoreLimit(blocks=max(1, int(value * 60 / period)))
 
 
@@ -246,7 +246,7 @@ class BlockStore:
         total = sum(size for _, size in blocks)
         removed = []
         while blocks and ((self.limit.blocks is not None and len(blocks) > self.limit.blocks)
-                          or (self.limit.bytes is not None and total > self.limit.bytes)):
+                          or (self.limit.size_bytes is not None and total > self.limit.size_bytes)):
             if len(blocks) == 1:
                 break  # the newest block stays, whatever its size
             name, size = blocks.pop(0)

@@ -107,7 +107,7 @@ from client.store import StoreLimit, parse_store_limit  # noqa: E402
 
 
 def test_store_limits_are_megabytes_or_minutes():
-    assert parse_store_limit("200MB", 2.0) == StoreLimit(bytes=200_000_000)
+    assert parse_store_limit("200MB", 2.0) == StoreLimit(size_bytes=200_000_000)
     assert parse_store_limit("10min", 2.0) == StoreLimit(blocks=300)
     assert parse_store_limit("0.5 min", 1.0) == StoreLimit(blocks=30)
     assert parse_store_limit("none", 2.0) is None
@@ -126,7 +126,7 @@ def test_the_oldest_blocks_go_past_the_block_limit(tmp_path):
 
 
 def test_the_oldest_blocks_go_past_the_byte_limit_but_the_newest_stays(tmp_path):
-    store = BlockStore(tmp_path, StoreLimit(bytes=250))
+    store = BlockStore(tmp_path, StoreLimit(size_bytes=250))
     for i in range(6):
         store.write(b"x" * 100, seq=i)
         assert sum(size for _, size in store.waiting()) <= 250
