@@ -116,7 +116,7 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         assert max(b["duration"] for b in shown) > 2.5, shown    # and blocks ran past 2 s
 
         def tree_agrees():
-            want = {f"{c.ip}:9092": parent_of(c) for c in clients if c.alive}
+            want = {f"{c.ip}:{cluster.ports.peer}": parent_of(c) for c in clients if c.alive}
             return drawn_parents(browser) == want
 
         wait_until(tree_agrees, 30, "the page's tree showing every client under its parent")
@@ -124,7 +124,7 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         browser.save_screenshot(str(ARTIFACTS / "web-page.png"))
 
         old_parent = parent_of(viewer)
-        killed = next(c for c in clients if f"{c.ip}:9092" == old_parent)
+        killed = next(c for c in clients if f"{c.ip}:{cluster.ports.peer}" == old_parent)
         before_kill = playback(browser)
         killed_wall = time.time()
         killed.kill()
@@ -132,7 +132,7 @@ def test_page_plays_messy_blocks_draws_the_tree_and_survives_a_repair(tmp_path, 
         new_parent = wait_until(lambda: (p := parent_of(viewer)) not in (old_parent, None) and p,
                                 30, "the viewer under a new parent")
         rejoined_at = time.monotonic()
-        wait_until(lambda: drawn_parents(browser).get(f"{viewer.ip}:9092") == new_parent
+        wait_until(lambda: drawn_parents(browser).get(f"{viewer.ip}:{cluster.ports.peer}") == new_parent
                    and old_parent not in drawn_parents(browser), 10 * PERIOD,
                    "the page showing the new parent and no dead one")
         shown_at = time.monotonic()

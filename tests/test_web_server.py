@@ -275,7 +275,7 @@ def test_a_new_client_shows_in_a_deep_client_s_tree_within_a_few_periods(tree):
                             and f"{s['parent']['ip']}:{s['parent']['port']}", 30, "the newcomer attached")
         attached_at = time.monotonic()
         wait_until(lambda: {n["addr"]: n["parent"] for n in get_json(viewer, "/api/tree")["nodes"]}
-                   .get(f"{newcomer.ip}:9092") == parent, 6 * PERIOD,
+                   .get(f"{newcomer.ip}:{cluster.ports.peer}") == parent, 6 * PERIOD,
                    "the newcomer in the deep client's tree under its parent")
         print(f"\nnewcomer in the tree of {viewer.ip} {time.monotonic() - attached_at:.2f} s "
               f"after it attached (period {PERIOD} s)")
