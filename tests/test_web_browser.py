@@ -183,14 +183,23 @@ def test_page_keeps_playing_across_swaps(cluster, browser):
 
 # -- near live: the page follows the VLC player's rule ------------------------------------------
 
+def cut_film(out, block: float):
+    subprocess.run([sys.executable, str(REPO / "separa.py"), "--sample", "--channels", "1",
+                    "--seconds", f"{block:g}", "--seconds-long", "60", "--size", "320x180",
+                    "--out", str(out)], check=True, capture_output=True, timeout=120)
+    return out
+
+
 @pytest.fixture(scope="module")
 def long_blocks_film(tmp_path_factory):
     """A sample film cut into 2.6 s blocks: served at a 2.0 s period it arrives 1.3x too fast."""
-    out = tmp_path_factory.mktemp("blocks-2.6")
-    subprocess.run([sys.executable, str(REPO / "separa.py"), "--sample", "--channels", "1",
-                    "--seconds", "2.6", "--seconds-long", "60", "--size", "320x180",
-                    "--out", str(out)], check=True, capture_output=True, timeout=120)
-    return out
+    return cut_film(tmp_path_factory.mktemp("blocks-2.6"), 2.6)
+
+
+@pytest.fixture(scope="module")
+def short_blocks_film(tmp_path_factory):
+    """A sample film cut into 1.6 s blocks: served at a 2.0 s period it arrives too slowly."""
+    return cut_film(tmp_path_factory.mktemp("blocks-1.6"), 1.6)
 
 
 def test_the_page_s_live_edge_computes_what_the_player_s_does(browser):
@@ -215,7 +224,8 @@ def test_the_page_s_live_edge_computes_what_the_player_s_does(browser):
 def page_pace(driver) -> dict:
     return driver.execute_script(
         "const r = window.relaytv; return {behind: r.behind.slice(), skips: r.skips,"
-        " skipped: r.skipped, waits: r.waits, errors: r.errors, vlc: r.vlc,"
+        " skipped: r.skipped, waits: r.waits, resumes: r.resumes.slice(), errors: r.errors,"
+        " vlc: r.vlc, shown_blocks: r.shown.length,"
         " shown: document.getElementById('page-behind').textContent,"
         " vlc_shown: document.getElementById('vlc-behind').textContent};")
 
@@ -254,3 +264,29 @@ def test_the_page_stays_within_its_target_when_blocks_outlast_the_period(tmp_pat
         assert 1.0 <= vlc["play_rate"] <= rule["max_rate"], vlc
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "web-page-pace.png"))
+
+
+@pytest.mark.timeout(240)
+def test_the_page_waits_for_its_start_buffer_when_blocks_arrive_slower_than_they_play(
+        tmp_path, short_blocks_film, browser):
+    with Cluster(tmp_path, short_blocks_film) as cluster:
+        server = cluster.start_server(max_clients=1, period=2.0)
+        client = cluster.start_client(server, period=2.0)
+        wait_until(lambda: (Cluster.status_of(client) or {}).get("blocks_received", 0) >= 2, 40,
+                   "the client receiving")
+        browser.get(f"http://{client.ip}:{CLUSTER_HTTP_PORT}/")
+        rule = live_edge_json(8.0)
+        wait_until(lambda: playback(browser)["t"] > 0.5, 40, "playback starting")
+        start = page_pace(browser)
+        run = wait_until(lambda: (p := page_pace(browser))["waits"] >= start["waits"] + 3
+                         and p["shown_blocks"] - start["shown_blocks"] >= 15 and p, 150,
+                         "three waits, 15 blocks")
+        waits, blocks = run["waits"] - start["waits"], run["shown_blocks"] - start["shown_blocks"]
+        print(f"\n1.6 s blocks at a 2.0 s period: {waits} waits over {blocks} blocks; "
+              f"resumes [blocks ahead, s] {run['resumes']}")
+        # Each wait lasts until the start buffer is full again (or its first block waited enough),
+        # so the picture halts once every few blocks, not after every one.
+        for ahead, waited in run["resumes"]:
+            assert ahead >= rule["start_blocks"] or waited >= rule["start_timeout_s"] - 0.3, run
+        assert waits <= blocks / 2, run
+        assert run["skips"] == 0 and run["errors"] == 0, run

@@ -7,10 +7,11 @@ const video = $("video");
 
 // What the page measured, for people (the facts panel) and for tests (window.relaytv).
 // behind: [wall time, seconds behind live, play rate] while playing; skips: skips ahead;
-// waits: times the page ran dry and waited for its start buffer.
+// waits: times the page ran dry and waited for its start buffer; resumes: [blocks ahead,
+// seconds waited] each time it went on.
 const stats = { appended: 0, skipped: 0, errors: 0, lags: [], shown: [], mimes: [],
                 stalls: [],     // stalls: [wall time it began, seconds] of each halt over 0.5 s
-                behind: [], behind_now: null, rate: 1.0, skips: 0, waits: 0,
+                behind: [], behind_now: null, rate: 1.0, skips: 0, waits: 0, resumes: [],
                 vlc: null };    // the client's VLC player: behind_live_s, play_rate, stale
 window.relaytv = stats;
 
@@ -168,6 +169,8 @@ function pace(now) {
     if (refillSince === null) refillSince = now;
     if (blocksAhead() < startBlocks && now - refillSince < edge.rule.start_timeout_s) return;
     waiting = false;
+    stats.resumes.push([blocksAhead(), Math.round((now - refillSince) * 1000) / 1000]);
+    if (stats.resumes.length > 100) stats.resumes.shift();
     if (edge.hopeless(behind)) { skipAhead(behind); behind = behindLive(); }
     video.play().catch(() => {});
   } else if (behind < 0.25 && !unappended().length) {
