@@ -80,7 +80,7 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for result in results:
         points = [(s["t"] / 60, s["behind_live_s"]) for s in result["samples"]
                   if s["behind_live_s"] is not None]
@@ -90,9 +90,9 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_ylabel("seconds behind live")
     ax.set_yscale("symlog", linthresh=10)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7)
     fig.savefig(path)
 
 

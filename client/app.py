@@ -247,7 +247,7 @@ def main(argv=None) -> int:
         return 1
     web = None
     if args.http_port:
-        web = WebView(node, ip, args.http_port)
+        web = WebView(node, ip, args.http_port, max_behind=args.max_behind)
         try:
             web.start()
         except OSError as exc:

@@ -35,7 +35,7 @@ from client.links import connect_from, read_message
 from client.peerproto import FrameDecoder, PeerProtocolError, TreeAnswer, TreeQuery, encode
 from client.remux import Remuxer
 from client.treeview import merge_tree, wire_size
-from client.webfeed import BlockFeed, status_events, to_json
+from client.webfeed import BlockFeed, live_edge_json, status_events, to_json
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ VIEWER_GRACE = 10.0
 SEGMENT = re.compile(r"^/seg/(\d{1,10})\.(mp4|ts)$")
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-                "/style.css": ("style.css", "text/css; charset=utf-8")}
+                "/style.css": ("style.css", "text/css; charset=utf-8"),
+                "/pace.js": ("pace.js", "text/javascript; charset=utf-8")}
 ROUTES = tuple(STATIC_FILES) + ("/live.m3u8", "/events", "/api/status", "/api/tree",
                                 "/api/stats", "/api/blocks")
 
@@ -72,8 +73,9 @@ class _Conn:
 class WebView:
     """The HTTP server of one client (``--http-port``)."""
 
-    def __init__(self, node, ip: str, port: int, clock=time.monotonic):
+    def __init__(self, node, ip: str, port: int, clock=time.monotonic, max_behind: float = 8.0):
         self.node = node
+        self.live_edge = live_edge_json(max_behind)   # the page's player follows it
         self.ip, self.port = ip, port
         self._clock = clock
         self.period = node.config.period
@@ -334,7 +336,7 @@ class WebView:
 
     def _api(self, path: str) -> str | None:
         if path == "/api/status":
-            return to_json({**self.node.snapshot(), "url": self.url})
+            return to_json(self.status())
         if path == "/api/stats":
             return to_json(self.stats())
         if path == "/api/tree":
@@ -365,10 +367,10 @@ class WebView:
             raise HttpError(503, "too many event streams")
         conn.phase = "events"
         first = httpwire.sse_head() + b"retry: 2000\n\n"
-        snapshot = self.node.snapshot()
+        status = self.status()
         if self._last_status is None:
-            self._last_status = snapshot   # changes from here on are events
-        first += self._event("hello", {"status": snapshot, "tree": self.tree()})
+            self._last_status = status   # changes from here on are events
+        first += self._event("hello", {"status": status, "tree": self.tree()})
         self._send(conn, first, close=False)
 
     def _event(self, name: str, data) -> bytes:
@@ -487,6 +489,10 @@ class WebView:
         return {"channel": me["channel"], "self": f"{me['ip']}:{me['peer_port']}",
                 "updated_at": None, "complete": False, "direct_clients": [],
                 "nodes": [n.to_json() for n in self.node.subtree.subtree(me)]}
+
+    def status(self) -> dict:
+        """/api/status: the node's status, the page's address and the live edge's rule."""
+        return {**self.node.snapshot(), "url": self.url, "live_edge": self.live_edge}
 
     def stats(self) -> dict:
         with self._feed_lock:

@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from client.mkvinfo import BlockInfo, read_block_info
+from player.live import RATE_STEP, LiveEdge
+from player.machine import PlayerMachine
 
 #: Segments in the HLS playlist: about ten seconds of 2 s blocks.
 PLAYLIST_SEGMENTS = 5
@@ -89,6 +91,32 @@ class BlockFeed:
         return "\n".join(lines) + "\n"
 
 
+def live_edge_json(max_behind: float) -> dict | None:
+    """The rule the page's player follows, as the VLC player does: ``live_edge`` of /api/status.
+
+    Built from the player's own :class:`~player.live.LiveEdge` and
+    :class:`~player.machine.PlayerMachine` defaults, so that the page's
+    numbers come from the same place as the player's (None: ``--max-behind 0``,
+    no control).
+    """
+    if not max_behind:
+        return None
+    edge, machine = LiveEdge(max_behind=max_behind), PlayerMachine()
+    return {"max_behind_s": edge.max_behind, "max_rate": edge.max_rate, "slew_per_s": edge.slew,
+            "rate_step": RATE_STEP, "speed_up_from_s": edge.speed_up_from,
+            "full_speed_at_s": edge.full_speed_at, "skip_behind_s": edge.skip_behind,
+            "resume_behind_s": edge.resume_behind, "start_blocks": machine.buffer,
+            "start_timeout_s": machine.start_timeout}
+
+
+def _behind(snapshot: dict) -> dict:
+    player = snapshot.get("player")
+    behind = snapshot.get("behind_live_s")
+    return {"behind_live_s": None if behind is None else round(behind, 1),
+            "play_rate": snapshot.get("play_rate"),
+            "stale": None if player is None else bool(player.get("stale"))}
+
+
 def _children(snapshot: dict) -> set[str]:
     return {f"{c['ip']}:{c['port']}" for c in snapshot["children"]}
 
@@ -122,6 +150,8 @@ def status_events(old: dict | None, new: dict) -> list[tuple[str, dict]]:
         events.append(("swap", {"swaps": new["swaps"], "parent": _parent(new)}))
     if new["state"] != old["state"]:
         events.append(("state", {"from": old["state"], "to": new["state"]}))
+    if _behind(new) != _behind(old):
+        events.append(("behind_live", _behind(new)))
     return events
 
 

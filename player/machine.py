@@ -269,7 +269,7 @@ class PlayerMachine:
     def on_ended(self, now: float, played_ms: int) -> list[Action]:
         """VLC reached the end of the current block, at position ``played_ms``.
 
-        An end before any picture or sound (``played_ms <= 0``) means that
+        An end before any picture or sound (see :meth:`_decoded`) means that
         nothing in the block could be decoded: it is skipped. An end that is
         not preceded by a start belongs to an earlier block and is ignored.
         """

@@ -28,16 +28,18 @@ STATUS = {"ip": str, "peer_port": int, "push_port": int, "channel": int, "max_ch
           "children": list, "depth": int, "blocks_received": int, "bytes_received": int,
           "bytes_sent": int, "bytes_served": int, "blocks_repaired": int, "blocks_lost": int,
           "repairing": bool, "backup": (str, type(None)), "rejoins": int, "swaps": int,
-          "climbs": int, "last_block_at": (float, type(None)), "members": list, "url": str,
-          "refusals": dict, "behind_live_s": (float, int, type(None)),
-          "play_rate": (float, int, type(None)), "player": (dict, type(None)), "store": dict,
-          "tree": list, "problem": (str, type(None)), "server_reachable": bool,
-          "server_failures": int}
+          "climbs": int, "last_block_at": (float, type(None)), "members": list,
+          "refusals": dict, "behind_live_s": (float, type(None)), "play_rate": (float, type(None)),
+          "player": (dict, type(None)), "store": dict, "tree": list, "problem": (str, type(None)),
+          "server_reachable": bool, "server_failures": int, "url": str,
+          "live_edge": (dict, type(None))}
+LIVE_EDGE = {"max_behind_s": float, "max_rate": float, "slew_per_s": float, "rate_step": float,
+             "speed_up_from_s": float, "full_speed_at_s": float, "skip_behind_s": float,
+             "resume_behind_s": float, "start_blocks": int, "start_timeout_s": float}
 STATS = {"ip": str, "channel": int, "max_children": int, "blocks_received": int,
          "bytes_received": int, "bytes_sent": int, "bytes_served": int, "blocks_repaired": int,
          "blocks_lost": int, "swaps": int, "climbs": int, "blocks_relayed": int,
-         "bytes_sent_to": dict, "rejoins": list, "behind_live": dict, "store": dict,
-         "web": dict}
+         "bytes_sent_to": dict, "rejoins": list, "behind_live": dict, "store": dict, "web": dict}
 WEB_STATS = {"requests": int, "refused": int, "dropped_idle": int, "dropped_slow": int,
              "evicted": int, "events_sent": int, "connections": int, "event_streams": int,
              "recent_blocks": int, "remux": dict, "tree_report_bytes": int,
@@ -57,7 +59,9 @@ EVENTS = {"hello": {"status": dict, "tree": dict},
           "repair_ended": {"blocks_fetched": int, "blocks_lost": int},
           "swap": {"swaps": int, "parent": (str, type(None))},
           "stall": {"seconds": float}, "stall_ended": {"number": int},
-          "state": {"from": str, "to": str}, "tree": TREE}
+          "state": {"from": str, "to": str}, "tree": TREE,
+          "behind_live": {"behind_live_s": (float, type(None)), "play_rate": (float, type(None)),
+                          "stale": (bool, type(None))}}
 
 
 def check(schema: dict, value: dict, where: str) -> None:
@@ -101,6 +105,9 @@ def test_json_api_matches_its_schema(tree):
     status = get_json(proc, "/api/status")
     check(STATUS, status, "status")
     assert status["url"] == url(proc, "/")
+    check(LIVE_EDGE, status["live_edge"], "status.live_edge")
+    assert status["live_edge"]["max_behind_s"] == 8.0        # the client's --max-behind default
+    assert status["behind_live_s"] is None and status["player"] is None   # --no-player
     stats = get_json(proc, "/api/stats")
     check(STATS, stats, "stats")
     check(WEB_STATS, stats["web"], "stats.web")

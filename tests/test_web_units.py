@@ -18,7 +18,8 @@ from client.mkvinfo import read_block_info
 from client.peerproto import Addr, PeerProtocolError
 from client.remux import QUEUE_LIMIT, Remuxer, remux_command
 from client.treeview import SubtreeLedger, TreeNode, merge_tree, node_state, wire_nodes
-from client.webfeed import BlockFeed, status_events
+from client.webfeed import BlockFeed, live_edge_json, status_events
+from player.live import LiveEdge
 
 
 def blocks_of(films, name="canal0"):
@@ -142,6 +143,35 @@ def test_events_between_snapshots():
     quick = status_events(snap(), snap(blocks_repaired=2, swaps=1))
     assert [n for n, _ in quick] == ["repair_started", "repair_ended", "swap"]
     assert status_events(None, new) == [] and status_events(new, new) == []
+
+
+def player_snap(behind, rate, stale=False):
+    return snap(behind_live_s=behind, play_rate=rate,
+                player=None if behind is None else {"stale": stale})
+
+
+def test_the_player_s_behind_live_is_pushed_when_it_moves_a_tenth_or_the_rate_changes():
+    assert status_events(player_snap(3.21, 1.0), player_snap(3.24, 1.0)) == []
+    assert status_events(player_snap(3.21, 1.0), player_snap(3.36, 1.0)) == [
+        ("behind_live", {"behind_live_s": 3.4, "play_rate": 1.0, "stale": False})]
+    assert [n for n, _ in status_events(player_snap(3.2, 1.0), player_snap(3.2, 1.02))] == ["behind_live"]
+    assert status_events(player_snap(3.2, 1.0), player_snap(3.2, 1.0, stale=True))[0][1]["stale"]
+    # A client without a player: nothing to push, ever; its first player state is pushed.
+    assert status_events(player_snap(None, None), player_snap(None, None)) == []
+    assert status_events(player_snap(None, None), player_snap(2.0, 1.0)) == [
+        ("behind_live", {"behind_live_s": 2.0, "play_rate": 1.0, "stale": False})]
+
+
+def test_the_page_s_rule_is_the_player_s_live_edge():
+    rule = live_edge_json(6.0)
+    edge = LiveEdge(max_behind=6.0)
+    assert rule["max_behind_s"] == 6.0 and rule["max_rate"] == edge.max_rate == 1.4
+    assert rule["slew_per_s"] == edge.slew == 0.1
+    assert rule["speed_up_from_s"] == edge.speed_up_from == 3.0
+    assert rule["full_speed_at_s"] == edge.full_speed_at == 3.75
+    assert rule["skip_behind_s"] == 18.0 and rule["resume_behind_s"] == 3.0
+    assert rule["start_blocks"] == 2 and rule["start_timeout_s"] == 5.0
+    assert live_edge_json(0) is None   # --max-behind 0: no control, in the player or the page
 
 
 # -- tree nodes -------------------------------------------------------------------------------

@@ -6,8 +6,13 @@ const $ = (id) => document.getElementById(id);
 const video = $("video");
 
 // What the page measured, for people (the facts panel) and for tests (window.relaytv).
+// behind: [wall time, seconds behind live, play rate] while playing; skips: skips ahead;
+// waits: times the page ran dry and waited for its start buffer; resumes: [blocks ahead,
+// seconds waited] each time it went on.
 const stats = { appended: 0, skipped: 0, errors: 0, lags: [], shown: [], mimes: [],
-                stalls: [] };   // stalls: [wall time it began, seconds] of each halt over 0.5 s
+                stalls: [],     // stalls: [wall time it began, seconds] of each halt over 0.5 s
+                behind: [], behind_now: null, rate: 1.0, skips: 0, waits: 0, resumes: [],
+                vlc: null };    // the client's VLC player: behind_live_s, play_rate, stale
 window.relaytv = stats;
 
 function size(n) {
@@ -27,10 +32,9 @@ video.src = URL.createObjectURL(source);
 let buffer = null, mime = null, next = null, busy = false;
 const known = new Map();          // number -> block metadata
 const placed = [];                // [timeline start, end, block] of appended blocks
-const START_BEHIND = 2;           // blocks behind live at start
-const MAX_BEHIND = 4;             // past this, skip ahead to live
-const CATCH_UP_ABOVE = 5.0;       // seconds buffered ahead: play at 1.1x above this...
-const CATCH_UP_UNTIL = 3.0;       // ...until this little is left
+let edge;                         // LiveEdge (pace.js) once the status came; null: no control
+let startBlocks = 2;              // blocks behind live at start and after running dry
+let waiting = true, refillSince = null;   // dry (or not started): waiting for the start buffer
 
 function offer(block) {
   if (next !== null && block.number < next) return;
@@ -53,11 +57,7 @@ async function pump() {
     while (true) {
       const numbers = [...known.keys()].filter((n) => next === null || n >= next).sort((a, b) => a - b);
       if (!numbers.length) break;
-      const newest = numbers[numbers.length - 1];
-      if (next === null || newest - next >= MAX_BEHIND) {
-        if (next !== null) stats.skipped += Math.max(0, newest - START_BEHIND + 1 - next);
-        next = Math.max(numbers[0], newest - START_BEHIND + 1);
-      }
+      if (next === null) next = Math.max(numbers[0], numbers[numbers.length - 1] - startBlocks + 1);
       const block = known.get(next);
       if (!block) { next++; continue; }
       const answer = await fetch(`/seg/${block.number}.mp4`);
@@ -81,7 +81,6 @@ async function pump() {
       if (placed.length > 32) placed.shift();
       stats.appended++;
       next = block.number + 1;
-      if (video.paused) video.play().catch(() => {});
     }
   } catch (err) {
     stats.errors++;
@@ -112,6 +111,89 @@ function noteStall(t) {
   }
 }
 
+// -- near live: the same rule as the VLC player (player/live.py, player/machine.py) -----
+// Behind live: what is buffered ahead of the picture plus the blocks known but not yet
+// appended, by their real durations. The rate follows LiveEdge; past its skip_behind_s the
+// page skips ahead to resume_behind_s; when it runs dry it waits for its start buffer.
+
+function unappended() {
+  return [...known.values()].filter((b) => next === null || b.number >= next)
+    .sort((a, b) => a.number - b.number);
+}
+
+function bufferEnd() {
+  const ranges = video.buffered;
+  return ranges.length ? ranges.end(ranges.length - 1) : 0;
+}
+
+function behindLive() {
+  const ahead = Math.max(0, bufferEnd() - video.currentTime);
+  return ahead + unappended().reduce((sum, b) => sum + b.duration, 0);
+}
+
+function blocksAhead() {
+  const t = video.currentTime;
+  return placed.filter(([, end]) => end > t + 0.05).length + unappended().length;
+}
+
+function skipAhead(behind) {
+  // Keep the newest blocks that add up to resume_behind_s (at least one), like the player.
+  const queue = unappended();
+  let kept = 0, total = 0;
+  for (let i = queue.length - 1; i >= 0; i--) {
+    if (kept >= 1 && total + queue[i].duration > edge.rule.resume_behind_s) break;
+    kept++;
+    total += queue[i].duration;
+  }
+  const dropped = queue.slice(0, queue.length - kept);
+  for (const b of dropped) known.delete(b.number);
+  if (dropped.length) next = queue[dropped.length].number;
+  const end = bufferEnd();
+  const target = dropped.length ? end - 0.1 : end - (edge.rule.resume_behind_s - total);
+  if (target > video.currentTime) video.currentTime = target;
+  stats.skipped += dropped.length;
+  stats.skips++;
+  console.info(`relaytv player: ${behind.toFixed(1)} s behind live, skipped ahead`);
+}
+
+function pace(now) {
+  if (edge === undefined) return;           // the client's rule is not known yet
+  let behind = behindLive();
+  if (edge === null) {                      // --max-behind 0: play what comes, at 1.0x
+    if (waiting && blocksAhead()) { waiting = false; video.play().catch(() => {}); }
+    $("page-behind").textContent = `${behind.toFixed(1)} s`;
+    return;
+  }
+  if (waiting) {
+    if (blocksAhead() === 0) { refillSince = null; return; }
+    if (refillSince === null) refillSince = now;
+    if (blocksAhead() < startBlocks && now - refillSince < edge.rule.start_timeout_s) return;
+    waiting = false;
+    stats.resumes.push([blocksAhead(), Math.round((now - refillSince) * 1000) / 1000]);
+    if (stats.resumes.length > 100) stats.resumes.shift();
+    if (edge.hopeless(behind)) { skipAhead(behind); behind = behindLive(); }
+    video.play().catch(() => {});
+  } else if (behind < 0.25 && !unappended().length) {
+    waiting = true;            // ran dry: refill the start buffer rather than stall every block
+    refillSince = null;
+    stats.waits++;
+    video.pause();
+    return;
+  } else if (edge.hopeless(behind)) {
+    skipAhead(behind);
+    behind = behindLive();
+  }
+  const rate = edge.update(behind, now);
+  if (video.playbackRate !== rate) video.playbackRate = rate;
+  stats.behind_now = Math.round(behind * 1000) / 1000;
+  stats.rate = rate;
+  if (!video.paused) {
+    stats.behind.push([Math.round(Date.now()) / 1000, stats.behind_now, rate]);
+    if (stats.behind.length > 1000) stats.behind.shift();
+  }
+  $("page-behind").textContent = `${behind.toFixed(1)} s at ${rate.toFixed(2)}x`;
+}
+
 function watchPlayhead() {
   const t = video.currentTime;
   if (t > 0) noteStall(t);
@@ -123,14 +205,7 @@ function watchPlayhead() {
       break;
     }
   }
-  // Fallen far behind the newest buffered frame (a hidden tab): go back near live;
-  // a little behind (blocks longer than the period): play slightly faster until near again.
-  const ahead = ranges.length ? ranges.end(ranges.length - 1) - t : 0;
-  if (ahead > 3 * 2.9 + 1) {
-    video.currentTime = ranges.end(ranges.length - 1) - 2.5;
-  }
-  if (ahead > CATCH_UP_ABOVE && video.playbackRate === 1) video.playbackRate = 1.1;
-  if (ahead < CATCH_UP_UNTIL && video.playbackRate !== 1) video.playbackRate = 1;
+  pace(performance.now() / 1000);
   for (const [start, end, block] of placed) {
     if (t >= start && t < end) {
       if (stats.shown[stats.shown.length - 1] !== block.number) {
@@ -148,7 +223,7 @@ function watchPlayhead() {
 source.addEventListener("sourceopen", async () => {
   const answer = await fetch("/api/blocks");
   const { blocks } = await answer.json();
-  for (const block of blocks.slice(-START_BEHIND)) offer(block);
+  for (const block of blocks.slice(-startBlocks)) offer(block);
 });
 setInterval(watchPlayhead, 250);
 
@@ -178,9 +253,24 @@ function logEvent(name, data) {
   while (list.children.length > 14) list.lastChild.remove();
 }
 
+function showPlayer(d) {
+  // The VLC player of this client (status.json's behind_live_s and play_rate).
+  stats.vlc = d;
+  $("vlc-behind").textContent = d.behind_live_s === null || d.behind_live_s === undefined
+    ? "no player" : `${d.behind_live_s.toFixed(1)} s at ${d.play_rate.toFixed(2)}x` +
+      (d.stale ? " (stopped)" : "");
+}
+
 let status = null;
 function showStatus(s) {
   status = s;
+  if (edge === undefined) {
+    edge = s.live_edge ? new LiveEdge(s.live_edge) : null;
+    if (edge) startBlocks = s.live_edge.start_blocks;
+    $("target").textContent = edge ? `\u2264 ${edge.rule.max_behind_s} s, up to ${edge.rule.max_rate}x`
+      : "off (--max-behind 0)";
+  }
+  showPlayer({ ...s, stale: s.player ? s.player.stale : null });
   const parent = s.parent === "server" ? `server ${s.parent_server}` :
     s.parent ? `${s.parent.ip}:${s.parent.port}` : "none";
   $("me").textContent = `${s.ip}:${s.peer_port}`;
@@ -200,6 +290,7 @@ events.addEventListener("hello", (e) => {
 });
 events.addEventListener("block", (e) => offer(JSON.parse(e.data)));
 events.addEventListener("tree", (e) => drawTree(JSON.parse(e.data)));
+events.addEventListener("behind_live", (e) => showPlayer(JSON.parse(e.data)));
 for (const name of Object.keys(EVENT_TEXT)) {
   events.addEventListener(name, (e) => {
     logEvent(name, JSON.parse(e.data));
