@@ -31,7 +31,7 @@ STATUS = {"ip": str, "peer_port": int, "push_port": int, "channel": int, "max_ch
           "climbs": int, "last_block_at": (float, type(None)), "members": list,
           "refusals": dict, "behind_live_s": (float, type(None)), "play_rate": (float, type(None)),
           "player": (dict, type(None)), "store": dict, "tree": list, "problem": (str, type(None)),
-          "server_reachable": bool, "server_failures": int, "url": str,
+          "server_reachable": bool, "server_failures": int, "verify": dict, "url": str,
           "live_edge": (dict, type(None))}
 LIVE_EDGE = {"max_behind_s": float, "max_rate": float, "slew_per_s": float, "rate_step": float,
              "speed_up_from_s": float, "full_speed_at_s": float, "skip_behind_s": float,
@@ -39,7 +39,8 @@ LIVE_EDGE = {"max_behind_s": float, "max_rate": float, "slew_per_s": float, "rat
 STATS = {"ip": str, "channel": int, "max_children": int, "blocks_received": int,
          "bytes_received": int, "bytes_sent": int, "bytes_served": int, "blocks_repaired": int,
          "blocks_lost": int, "swaps": int, "climbs": int, "blocks_relayed": int,
-         "bytes_sent_to": dict, "rejoins": list, "behind_live": dict, "store": dict, "web": dict}
+         "bytes_sent_to": dict, "rejoins": list, "behind_live": dict, "store": dict, "verify": dict,
+         "web": dict}
 WEB_STATS = {"requests": int, "refused": int, "dropped_idle": int, "dropped_slow": int,
              "evicted": int, "events_sent": int, "connections": int, "event_streams": int,
              "recent_blocks": int, "remux": dict, "tree_report_bytes": int,
