@@ -17,6 +17,9 @@ import urllib.request
 import pytest
 
 from bench.cluster import Cluster, session_ports, wait_until
+from client import vod
+from client.library import Item
+from server.manifest import of_blocks
 from tests.library_helpers import TRACKER_PORT, start_tracker
 from tests.test_web_browser import browser  # noqa: F401 (the headless Chromium fixture)
 
@@ -56,6 +59,55 @@ def films_of(proc) -> list[dict]:
     except OSError:
         return []
 
+
+# -- pure: the playlist and the look-up (no sockets) ------------------------------------------
+
+class FakeLibrary:
+    def __init__(self, *items):
+        self._items = list(items)
+
+    def items(self):
+        return list(self._items)
+
+
+def film_item(name: str, durations: list[float], have=None, origin="share") -> Item:
+    blocks = [bytes([i]) * 10 for i in range(len(durations))]
+    manifest = of_blocks(name, "film", blocks, durations=durations)
+    return Item(manifest, set(range(len(blocks))) if have is None else have,
+                lambda i: blocks[i], None, origin)
+
+
+def test_the_vod_playlist_has_real_durations_running_offsets_and_an_end():
+    item = film_item("canal0", [2.0, 2.5, 1.75])
+    film = vod.Film(item, None)
+    lines = film.playlist().splitlines()
+    assert lines[:5] == ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:VOD",
+                         "#EXT-X-TARGETDURATION:3", "#EXT-X-MEDIA-SEQUENCE:0"]
+    assert lines[5:] == ["#EXTINF:2.000,", f"/library/{item.version}/0.ts",
+                         "#EXTINF:2.500,", f"/library/{item.version}/1.ts",
+                         "#EXTINF:1.750,", f"/library/{item.version}/2.ts", "#EXT-X-ENDLIST"]
+    assert [film.ts_offset(i) for i in range(3)] == [0.0, 2.0, 4.5]
+    assert film.to_json()["duration"] == 6.25
+
+
+def test_films_are_found_in_the_library_table_by_version_or_name_only():
+    whole = film_item("canal0", [2.0, 2.0])
+    partial = film_item("other", [2.0, 2.0], have={0}, origin="replica")
+    library = FakeLibrary(whole, partial)
+    assert vod.find_film(library, whole.version) is whole
+    assert vod.find_film(library, "canal0") is whole
+    assert [i.manifest.name for i in vod.complete_films(library)] == ["canal0"]
+    for bad in ("other", partial.version, "../canal0", "..", ".canal0", "canal0/..", "",
+                "nosuch", "/etc/passwd"):
+        assert vod.find_film(library, bad) is None, bad
+    assert vod.find_film(None, "canal0") is None and vod.complete_films(None) == []
+    assert vod.SEGMENT.match(f"/library/{whole.version}/1.ts")
+    for path in (f"/library/{whole.version}/../1.ts", f"/library/{whole.version}/1.mkv",
+                 "/library/canal0/1.ts", f"/library/{whole.version}/123456.ts"):
+        assert not vod.SEGMENT.match(path), path
+
+
+# -- real processes ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, films, long_film):
