@@ -18,7 +18,7 @@ import pytest
 
 from bench.cluster import Cluster, session_ports, wait_until
 from client import vod
-from client.library import Item
+from client.library import Item, TrackerClient
 from server.manifest import of_blocks
 from tests.library_helpers import TRACKER_PORT, start_tracker
 from tests.test_web_browser import browser  # noqa: F401 (the headless Chromium fixture)
@@ -120,18 +120,15 @@ def library(tmp_path_factory, films, long_film):
         share = shutil.copytree(long_film, workdir / "share")
         holder = cluster.start_client(server, "--tracker", where, "--share", str(share))
         wait_until(lambda: len(films_of(holder)) == 1, 60, "the holder's web view listing the film")
+        api = TrackerClient(tracker.ip, TRACKER_PORT)
+        wait_until(lambda: any(f["name"] == FILM and f["holders"] for f in api.search(FILM)), 60,
+                   "the tracker listing the holder")
         downloader = cluster.start_client(server, "--menu", "--tracker", where,
                                           stdin=subprocess.PIPE)
-        wait_until(lambda: Cluster.status_of(downloader), 30, "the downloader running")
-
-        def downloaded():
-            # (the tracker may not list the holder yet: ask again until the film comes)
-            if not (downloader.popen.stdin.closed or films_of(downloader)):
-                downloader.popen.stdin.write(f"get {FILM}\n".encode())
-                downloader.popen.stdin.flush()
-            return films_of(downloader)
-        wait_until(downloaded, 120, "the downloader's web view listing the downloaded film",
-                   interval=5)
+        downloader.popen.stdin.write(f"get {FILM}\n".encode())
+        downloader.popen.stdin.flush()
+        wait_until(lambda: films_of(downloader), 120,
+                   "the downloader's web view listing the downloaded film")
         yield holder, downloader
         downloader.popen.stdin.close()
 
