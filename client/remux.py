@@ -44,7 +44,7 @@ def remux_command(kind: str, ts_offset: float = 0.0) -> list[str]:
 @dataclass
 class _Job:
     key: tuple
-    data: bytes = field(repr=False)
+    data: bytes | Callable[[], bytes] = field(repr=False)
     ts_offset: float
     waiters: list = field(default_factory=list)
 
@@ -74,9 +74,14 @@ class Remuxer:
             self._thread.join(timeout=TIMEOUT + 5)
             self._thread = None
 
-    def request(self, number: int, kind: str, data: bytes, ts_offset: float,
+    def request(self, number, kind: str, data: bytes | Callable[[], bytes], ts_offset: float,
                 done: Callable[[bytes | None], None]) -> None:
-        """Call ``done(segment)`` (None on failure) from the worker, or now when cached."""
+        """Call ``done(segment)`` (None on failure) from the worker, or now when cached.
+
+        ``number`` names the segment (a live block's number, or a library film's
+        ``(version, index)``); ``data`` may be a function that reads the block,
+        so that a film's file is read by the worker, only when not cached.
+        """
         key = (number, kind)
         with self._lock:
             cached = self._cache.get(key)
@@ -101,15 +106,16 @@ class Remuxer:
             started = time.monotonic()
             result = None
             try:
-                done = self._run(remux_command(job.key[1], job.ts_offset), input=job.data,
+                data = job.data() if callable(job.data) else job.data
+                done = self._run(remux_command(job.key[1], job.ts_offset), input=data,
                                  capture_output=True, timeout=TIMEOUT)
                 if done.returncode == 0 and done.stdout:
                     result = done.stdout
                 else:
-                    log.warning("remux of block %d to %s failed: %s", job.key[0], job.key[1],
+                    log.warning("remux of block %s to %s failed: %s", job.key[0], job.key[1],
                                 done.stderr.decode(errors="replace").strip()[-300:])
             except (OSError, subprocess.SubprocessError) as exc:
-                log.warning("remux of block %d to %s failed: %s", job.key[0], job.key[1], exc)
+                log.warning("remux of block %s to %s failed: %s", job.key[0], job.key[1], exc)
             took = time.monotonic() - started
             with self._lock:
                 self._pending.pop(job.key, None)

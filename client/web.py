@@ -6,8 +6,9 @@ hostile connection costs a socket and a few bytes, never a thread:
 * at most :data:`MAX_CONNECTIONS` at once; when full, the oldest connection
   that has not yet sent a whole request is dropped for the new one;
 * a request head must be whole within :data:`HEAD_DEADLINE` seconds and
-  :data:`~client.httpwire.MAX_HEAD` bytes; only the paths of :data:`ROUTES`
-  and ``/seg/N.mp4|ts`` exist (no file system path is ever looked up);
+  :data:`~client.httpwire.MAX_HEAD` bytes; only the paths of :data:`ROUTES`,
+  ``/seg/N.mp4|ts`` and the library's films (:mod:`client.vod`: looked up in
+  the library's table) exist (no file system path is ever built from a request);
 * a reader that takes nothing for :data:`SEND_STALL` seconds, or lets more
   than :data:`MAX_OUTBUF` bytes of events pile up, is dropped.
 
@@ -29,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client import httpwire
+from client import httpwire, vod
 from client.httpwire import HttpError
 from client.links import connect_from, read_message
 from client.peerproto import FrameDecoder, PeerProtocolError, TreeAnswer, TreeQuery, encode
@@ -52,10 +53,11 @@ VIEWER_GRACE = 10.0
 SEGMENT = re.compile(r"^/seg/(\d{1,10})\.(mp4|ts)$")
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+                "/library.js": ("library.js", "text/javascript; charset=utf-8"),
                 "/style.css": ("style.css", "text/css; charset=utf-8"),
                 "/pace.js": ("pace.js", "text/javascript; charset=utf-8")}
 ROUTES = tuple(STATIC_FILES) + ("/live.m3u8", "/events", "/api/status", "/api/tree",
-                                "/api/stats", "/api/blocks")
+                                "/api/stats", "/api/blocks", "/api/library")
 
 
 @dataclass(eq=False)
@@ -99,6 +101,7 @@ class WebView:
         self._tree_lock = threading.Lock()
         self._tree: dict | None = None
         self._tree_asked = -VIEWER_GRACE
+        self._mimes: dict[str, str | None] = {}   # film version -> MSE type of its first block
         self.counters = {"requests": 0, "refused": 0, "dropped_idle": 0, "dropped_slow": 0,
                          "evicted": 0, "events_sent": 0, "tree_query_bytes": 0,
                          "tree_queries": 0}
@@ -331,6 +334,13 @@ class WebView:
             self._send(conn, httpwire.response(200, body.encode(), "application/json", head_only))
         elif match := SEGMENT.match(path):
             self._segment(conn, int(match.group(1)), match.group(2), head_only)
+        elif match := vod.PLAYLIST.match(path):
+            film = self._film(match.group(1))
+            self._send(conn, httpwire.response(200, film.playlist().encode(),
+                                               "application/vnd.apple.mpegurl", head_only))
+        elif match := vod.SEGMENT.match(path):
+            self._film_segment(conn, self._film(match.group(1)), int(match.group(2)),
+                               match.group(3), head_only)
         else:
             raise HttpError(404, "no such page")
 
@@ -345,7 +355,36 @@ class WebView:
         if path == "/api/blocks":
             with self._feed_lock:
                 return to_json({"blocks": [b.to_json() for b in self.feed.latest(64)]})
+        if path == "/api/library":
+            films = vod.complete_films(self.node.library)
+            return to_json({"films": [self._film_of(item).to_json() for item in films]})
         return None
+
+    def _film_of(self, item) -> vod.Film:
+        if item.version not in self._mimes:
+            self._mimes[item.version] = vod.first_block_mime(item)
+        return vod.Film(item, self._mimes[item.version])
+
+    def _film(self, key: str) -> vod.Film:
+        item = vod.find_film(self.node.library, key)
+        if item is None:
+            raise HttpError(404, "no such film in this client's library")
+        return self._film_of(item)
+
+    def _film_segment(self, conn: _Conn, film: vod.Film, index: int, kind: str,
+                      head_only: bool) -> None:
+        if index >= len(film.manifest):
+            raise HttpError(404, "the film has no such block")
+        conn.phase = "wait"
+        content_type = "video/mp4" if kind == "mp4" else "video/mp2t"
+
+        def done(segment: bytes | None) -> None:
+            self._posted.put(("segment", (conn, segment, content_type, head_only)))
+            self._wake()
+
+        item = film.item
+        self.remuxer.request((item.version, index), kind, lambda: item.read(index),
+                             film.ts_offset(index), done)
 
     def _segment(self, conn: _Conn, number: int, kind: str, head_only: bool) -> None:
         with self._feed_lock:
