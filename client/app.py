@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
