@@ -507,7 +507,7 @@ class Node(Joining, Upkeep):
         """Keep a slot for each of ``addrs`` (swap partners) for a few periods."""
         with self._lock:
             now = time.monotonic()
-            deadline = now + 2 * self.config.parent_silence
+            deadline = now + 2 * self.config.link_stall
             self._expected = {a: t for a, t in self._expected.items() if t > now}
             self._expected.update((a, deadline) for a in addrs)
 
@@ -564,8 +564,8 @@ class Node(Joining, Upkeep):
         after, missed = self.window.after(hello.have, hello.have_seq)
         if after is None and not hello.have and hello.catch_up:
             missed = self.window.latest(hello.catch_up)
-        child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.period / 4,
-                          send_timeout=self.config.parent_silence, on_gone=self._child_gone)
+        child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.keepalive_interval,
+                          send_timeout=self.config.link_stall, on_gone=self._child_gone)
         child.enqueue(Accept(max(self.depth, 1), self.path, after,
                              tuple(b.digest for b in missed)))
         self.children[hello.addr] = child
@@ -580,7 +580,7 @@ class Node(Joining, Upkeep):
 
     def _read_child(self, conn: socket.socket, decoder: FrameDecoder, child: ChildLink) -> None:
         """The child's side of the link: reports, and its goodbye."""
-        conn.settimeout(self.config.parent_silence + self.config.period)
+        conn.settimeout(self.config.link_stall + self.config.period)
         reason = "closed"
         try:
             while True:
@@ -815,6 +815,7 @@ class Node(Joining, Upkeep):
                 "problem": self.failure or self.problem,
                 "server_reachable": self.server_reachable,
                 "server_failures": self.server_failures,
+                "parent_silence": self.config.parent_silence,  # a silent parent is lost after this
             }
 
     def stats(self) -> dict:
