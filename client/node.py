@@ -96,6 +96,7 @@ class Node(Joining, Upkeep):
         self._repair: RepairJob | None = None
         self._held: list[tuple[Block, object]] = []
         self._gap_check = False                         # live blocks wait for it too
+        self._gap_waits_for_server = False              # ... until the server's first block
         self._backup: Candidate | None = None           # where I go if my parent dies
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
@@ -299,6 +300,9 @@ class Node(Joining, Upkeep):
                 if self._repair is not None or self._gap_check:
                     if len(self._held) < self.window.capacity:
                         self._held.append((block, source))
+                    if source == SERVER and self._gap_waits_for_server:
+                        self._gap_waits_for_server = False
+                        self._events.put(("server_gap", None, None))  # client.joining
                     return
             self._deliver_live(block, source)
         self._write_status()
@@ -706,6 +710,9 @@ class Node(Joining, Upkeep):
     def _handle_event(self, kind: str, link, arg) -> None:
         if kind == "swap_answer":
             self._on_swap_answer(link, arg)
+            return
+        if kind == "server_gap":
+            self._server_gap()
             return
         if kind == "stored":
             if time.monotonic() - self._last_block < self.config.period / 4:
