@@ -583,7 +583,8 @@ def test_a_frozen_parent_is_found_within_about_a_second_at_a_long_period(cluster
     print(f"frozen parent detected after {detected:.2f} s (bound {bound} s), "
           f"receiving again {rejoin['took']} s later; depth {rejoin['depth_before']} -> "
           f"{rejoin['depth_after']}")
-    # Generous (a loaded machine), and still short of the two periods silence used to take.
-    assert detected < period + bound, f"detected only after {detected:.2f} s"
+    # Generous (a loaded machine: 3 s over the 1 s bound), and still well short of
+    # the two periods (6 s) silence used to take.
+    assert detected < period + 1.0, f"detected only after {detected:.2f} s"
     assert (rejoin["depth_before"], rejoin["depth_after"]) == (3, 2), rejoin
     assert_continuous(leaf, films)
