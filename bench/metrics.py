@@ -187,6 +187,20 @@ def lag_by_depth(samples) -> dict:
     return {str(d): summary(v) for d, v in sorted(groups.items(), key=lambda kv: str(kv[0]).zfill(9))}
 
 
+def lag_per_hop(by_depth: dict) -> float | None:
+    """The median of the differences between the median lags of consecutive depths.
+
+    What one more relay costs a viewer. ``by_depth`` as :func:`lag_by_depth`
+    gives it; depths without samples (or 'unknown') are left out, and a
+    missing depth breaks the chain there (no difference across a gap).
+    None with fewer than two consecutive depths.
+    """
+    medians = {int(d): s["median"] for d, s in by_depth.items()
+               if d != "unknown" and s.get("median") is not None}
+    steps = [medians[d + 1] - medians[d] for d in sorted(medians) if d + 1 in medians]
+    return median(steps) if steps else None
+
+
 # ------------------------------------------------------------------- tree
 
 def best_depths(max_children: list[int], slots: int) -> dict[int, int]:

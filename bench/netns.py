@@ -49,6 +49,39 @@ IFNAMSIZ = 15                     # longest interface name Linux accepts
 _PREFIX_RE = re.compile(rf"^({NAME_BASE}(\d+)-)")
 
 
+def parse_caps(text: str) -> list[float]:
+    """``"16"`` or ``"2,8,20"``: one upload cap for every client, or caps spread over them.
+
+    Mbit/s, each >= 0 (0: no cap). ValueError with the reason otherwise.
+    """
+    try:
+        caps = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"not MBIT or MBIT1,MBIT2,... (numbers >= 0): {text!r}") from None
+    if not caps or min(caps) < 0:
+        raise ValueError(f"not MBIT or MBIT1,MBIT2,... (numbers >= 0): {text!r}")
+    return caps
+
+
+def cap_of(caps: list[float], index: int, count: int) -> float | None:
+    """Client ``index``'s cap of ``count``: the list split into equal runs, in order.
+
+    ``[2, 8, 20]`` over 30 clients: clients 0-9 get 2, 10-19 get 8, 20-29 get 20.
+    Clients beyond ``count`` (none in a normal run) get the last cap. None: no cap.
+    """
+    cap = caps[min(index * len(caps) // max(count, 1), len(caps) - 1)]
+    return cap or None
+
+
+def describe_caps(caps: list[float]) -> str:
+    """``16 Mbit/s``, ``2/8/20 Mbit/s in equal parts`` or ``no cap``."""
+    if not any(caps):
+        return "no cap"
+    if len(caps) == 1:
+        return f"{caps[0]:g} Mbit/s"
+    return "/".join(f"{c:g}" for c in caps) + " Mbit/s in equal parts"
+
+
 class NetnsError(RuntimeError):
     """A namespace or link could not be made; the message names the command."""
 
@@ -125,11 +158,13 @@ class Topology:
     Use it as a context manager, or call :meth:`close` in a ``finally``.
     """
 
-    def __init__(self, prefix: str | None = None, upload_mbit: float | None = 8.0,
+    def __init__(self, prefix: str | None = None, upload_mbit: float | list[float] | None = 8.0,
                  server_upload_mbit: float | None = None, burst: str = "32kbit",
-                 latency: str = "400ms"):
+                 latency: str = "400ms", clients: int = 1):
         self.prefix = prefix or prefix_of()
+        #: One cap for every client, or a list spread over ``clients`` clients (:func:`cap_of`).
         self.upload_mbit = upload_mbit
+        self.clients = clients
         self.server_upload_mbit = server_upload_mbit
         self.burst, self.latency = burst, latency
         self.bridge_ns = self._name("br")
@@ -189,7 +224,8 @@ class Topology:
         return self.add_host("s", SERVER_IP, self.server_upload_mbit)
 
     def add_client(self, index: int) -> Host:
-        return self.add_host(f"c{index}", client_address(index), self.upload_mbit)
+        caps = self.upload_mbit if isinstance(self.upload_mbit, list) else [self.upload_mbit or 0]
+        return self.add_host(f"c{index}", client_address(index), cap_of(caps, index, self.clients))
 
     def exec_prefix(self, ip: str) -> list[str]:
         """The argv prefix for a process with address ``ip`` (for :class:`bench.cluster.Cluster`)."""

@@ -85,6 +85,29 @@ def _fanouts(text: str) -> list[int]:
     return ks
 
 
+def _caps(text: str) -> list[float]:
+    try:
+        return netns.parse_caps(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: Named frame sizes of the sample films (``--film-size``); any WIDTHxHEIGHT works too.
+FILM_PRESETS = {
+    "small": "320x180",   # about 130 KB a 2-second block (0.5 Mbit/s): the default
+    "720p": "1280x720",   # about 980 KB a 2-second block (3.9 Mbit/s): a realistic stream
+}
+
+
+def _film_size(text: str) -> str:
+    size = FILM_PRESETS.get(text, text)
+    width, _, height = size.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"not WIDTHxHEIGHT nor one of {', '.join(FILM_PRESETS)}: "
+                                         f"{text!r}")
+    return size
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 10:
@@ -147,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of film blocks (default: sample films made in the temp folder)")
     p.add_argument("--film-seconds", type=int, default=120,
                    help="length of the sample films made when --films is not given")
-    p.add_argument("--film-size", default="320x180", help="frame size of the sample films")
+    p.add_argument("--film-size", type=_film_size, default="320x180", metavar="WxH|PRESET",
+                   help="frame size of the sample films: WIDTHxHEIGHT or a preset, "
+                        + ", ".join(f"{k} ({v})" for k, v in FILM_PRESETS.items()))
     p.add_argument("--code", default=None, metavar="GIT-REF",
                    help="run server, clients and separa.py from this commit (exported with "
                         "git archive into the temp folder) instead of the working tree")
@@ -157,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", action="store_true",
                    help="each client and the server on a host of its own (network namespace, "
                         "10.231.0.0/16, joined by a bridge), client uploads capped; needs root")
-    p.add_argument("--upload-mbit", type=float, default=8.0, metavar="MBIT",
-                   help="with --netns: each client host's upload cap (tbf); 0: no cap")
+    p.add_argument("--upload-mbit", type=_caps, default=[8.0], metavar="MBIT[,MBIT2,...]",
+                   help="with --netns: each client host's upload cap (tbf); 0: no cap; a list "
+                        "is spread over the clients in order, in equal parts (2,8,20: thirds)")
     p.add_argument("--server-upload-mbit", type=float, default=0.0, metavar="MBIT",
                    help="with --netns: the server host's upload cap; 0: no cap")
     p.add_argument("--client-server-port", type=int, default=None, metavar="PORT",
@@ -177,8 +203,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.exit(2, f"overlay.py: {reason}\n")
         if args.clients > 999:
             parser.error("--netns: at most 999 clients")
-    if args.upload_mbit < 0 or args.server_upload_mbit < 0:
-        parser.error("--upload-mbit and --server-upload-mbit must be >= 0")
+    if args.server_upload_mbit < 0:
+        parser.error("--server-upload-mbit must be >= 0")
     if args.clients < 1 or args.server_slots < 1 or not 1 <= args.channels <= 10:
         parser.error("need --clients >= 1, --server-slots >= 1, 1 <= --channels <= 10")
     if args.period <= 0 or args.duration <= 0 or args.join_spread < 0:
@@ -617,6 +643,7 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool) -> dic
         "all_receiving_after_s": (max(firsts) - min(starts)) if firsts and starts and
                                  len(firsts) == len(clients) else None,
         "lag_s_by_depth": metrics.lag_by_depth(lag_samples),
+        "lag_s_per_hop": metrics.lag_per_hop(metrics.lag_by_depth(lag_samples)),
         "lag_s": metrics.summary(lag for _, lag in lag_samples),
         "mean_lag_per_client_s": metrics.summary(lags_mean),
         "repair": {"failures": [{k: f[k] for k in ("action", "at", "victim", "affected", "repairs")}
@@ -722,6 +749,7 @@ def table(results: dict) -> str:
     add("startup s min/med/mean", lambda r: _triple(r["startup_s"], 2))
     add("all receiving after s", lambda r: _fmt(r["all_receiving_after_s"], 2))
     add("lag s med / p99 / max", lambda r: " / ".join(_fmt(r["lag_s"][k]) for k in ("median", "p99", "max")))
+    add("lag s per hop (median)", lambda r: _fmt(r.get("lag_s_per_hop")))
     add("lag s median by depth", lambda r: " ".join(f"{d}:{_fmt(s['median'])}"
                                                      for d, s in r["lag_s_by_depth"].items()))
     add("failures (affected)", lambda r: f"{len(r['repair']['failures'])} "
@@ -858,13 +886,15 @@ def title_of(args) -> str:
             f"T={args.duration:g}s spread={args.join_spread:g}s seed={args.seed}"
             + (f" {churn}" if churn else "")
             + (f" restart@{args.restart_server_at:g}s" if args.restart_server_at is not None else "")
-            + (f" netns up={args.upload_mbit:g}Mbit/s" if args.netns else ""))
+            + (" netns up=" + ",".join(f"{c:g}" for c in args.upload_mbit) + "Mbit/s"
+               if args.netns else ""))
 
 
 def network_of(args) -> str:
     if not args.netns:
         return "loopback 127.0.x.y"
-    caps = f"client upload {args.upload_mbit:g} Mbit/s" if args.upload_mbit else "no client cap"
+    caps = (f"client upload {netns.describe_caps(args.upload_mbit)}" if any(args.upload_mbit)
+            else "no client cap")
     if args.server_upload_mbit:
         caps += f", server upload {args.server_upload_mbit:g} Mbit/s"
     return f"netns 10.231.0.0/16 via a bridge, tbf {caps}"
@@ -895,10 +925,11 @@ def main(argv=None) -> int:
             films = make_films(args, tmp / "films", args.code_dir)
         digests = film_digests(films, args.channels)
         if args.netns:
-            args.topology = netns.Topology(netns.prefix_of(), upload_mbit=args.upload_mbit or None,
-                                           server_upload_mbit=args.server_upload_mbit or None)
+            args.topology = netns.Topology(netns.prefix_of(), upload_mbit=args.upload_mbit,
+                                           server_upload_mbit=args.server_upload_mbit or None,
+                                           clients=args.clients)
             say(args, f"netns: hosts {args.topology.prefix}*, client upload "
-                      f"{args.upload_mbit:g} Mbit/s")
+                      f"{netns.describe_caps(args.upload_mbit)}")
         results["film_blocks"] = [len(d) for d in digests]
         results["overlay"] = run_one(args, tmp / "overlay", films, digests, star=False)
         if args.baseline == "star":

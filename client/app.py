@@ -7,10 +7,8 @@ import ipaddress
 import json
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 

@@ -181,11 +181,12 @@ class Joining:
             self._server_member = True
             self._last_server_block = time.monotonic()
             self._skip = list(self.window.latest_digests(3))
-            self._gap_check = len(self.window) > 0
+            # The gap is looked for once the server's first block is in (deliver()
+            # holds it): asked sooner, the other direct clients may still be
+            # receiving the very block this client missed, and would say none was.
+            self._gap_check = self._gap_waits_for_server = len(self.window) > 0
         log.info("direct client of the server %s:%d, channel %d", self.server.host,
                  self.server.port, self.config.channel)
-        if self._gap_check:
-            self._fill_gap("on the way to the server", self._listed_direct_clients(), SERVER)
         self._tell_children_path()
         self._write_status()
         return True
@@ -213,6 +214,17 @@ class Joining:
             if self._wanted_channel == self.config.channel:
                 self._wanted_channel = None
         self._write_status()
+
+    def _server_gap(self) -> None:
+        """The server's first block is held: fetch what was missed on the way to the server.
+
+        By now the other direct clients had a whole period to store the
+        block of the round this client joined too late for.
+        """
+        with self._lock:
+            if self.parent != SERVER or not self._gap_check:
+                return
+        self._fill_gap("on the way to the server", self._listed_direct_clients(), SERVER)
 
     def _listed_direct_clients(self) -> list[Addr]:
         ips = self._server_call(self.server.clients, self.config.channel) or []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import socket
 import threading
 import time
@@ -79,6 +80,25 @@ def read_message_by(sock: socket.socket, decoder: FrameDecoder, deadline: float,
             raise socket.timeout("deadline passed before a whole message came")
         sock.settimeout(remaining)
         decoder.feed(sock.recv(chunk))
+
+
+def send_progressing(sock: socket.socket, data: bytes, stall: float) -> None:
+    """Send all of ``data``, failing only when no byte at all leaves for ``stall`` seconds.
+
+    ``sendall`` with a timeout bounds the whole send, which would cut a
+    healthy child that needs longer than that for one large block on a thin
+    uplink; here each piece waits at most ``stall`` seconds for room, and
+    any progress starts the wait anew. The socket's own timeout is left
+    alone (its reader uses it). ``socket.timeout`` when the peer stopped
+    taking bytes.
+    """
+    view = memoryview(data)
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    while view:
+        if not poller.poll(stall * 1000):
+            raise socket.timeout(f"no byte could be sent for {stall:.1f} s")
+        view = view[sock.send(view):]
 
 
 def addresses_of(host: str) -> frozenset[str]:
@@ -167,8 +187,10 @@ class ParentLink:
     """This client's connection to its parent relay.
 
     A reader thread turns incoming frames into node callbacks; silence longer
-    than ``silence`` seconds (no block, no keepalive) counts as the parent's
-    death, as does a reset or a malformed frame.
+    than ``silence`` seconds counts as the parent's death, as does a reset or
+    a malformed frame. Silence is judged on bytes, each ``recv`` waiting at
+    most ``silence``: a block that takes longer than that to arrive is
+    alive as long as its bytes keep coming.
     """
 
     def __init__(self, sock: socket.socket, decoder: FrameDecoder, addr, silence: float,
@@ -227,6 +249,8 @@ class ChildLink:
     Relaying to one child never waits on another: the node only enqueues.
     A child whose queue overflows is too slow; it is told (``Drop``) and cut.
     Keepalives go out whenever the queue stays empty for ``keepalive`` seconds.
+    A child whose socket takes no byte for ``send_timeout`` seconds is cut
+    (:func:`send_progressing`: a slow but moving send is never cut).
     """
 
     def __init__(self, sock: socket.socket, addr, backlog: int, keepalive: float,
@@ -238,7 +262,7 @@ class ChildLink:
         self._keepalive = keepalive
         self._on_gone = on_gone
         self._closing = threading.Event()
-        sock.settimeout(send_timeout)
+        self._send_timeout = send_timeout
         self._thread = threading.Thread(target=self._send_loop, name=f"child-{addr}")
 
     def start(self) -> None:
@@ -281,7 +305,7 @@ class ChildLink:
                 if message is None:
                     break
                 frame = encode(message)
-                self.sock.sendall(frame)
+                send_progressing(self.sock, frame, self._send_timeout)
                 if isinstance(message, Block):
                     self.bytes_sent += len(frame)
                     self.blocks_sent += 1

@@ -9,6 +9,9 @@ from typing import Callable
 
 from client.store import StoreLimit
 
+#: Seconds without a byte from the parent after which it counts as dead (any period).
+PARENT_SILENCE = 1.0
+
 
 class State(enum.Enum):
     """Where a client stands in the tree (the client state diagram of the report)."""
@@ -75,11 +78,34 @@ class Config:
         return self.period
 
     @property
-    def parent_silence(self) -> float:
-        """Silence (no block, no keepalive) after which a parent counts as dead.
+    def keepalive_interval(self) -> float:
+        """A relay's idle child link carries a keepalive this often (at most a quarter period).
 
-        Keepalives come every quarter period, so two periods is eight missed
-        keepalives: a frozen or unreachable parent, not a busy one.
+        Four of them fit in :attr:`parent_silence` whatever the period, so a
+        late one or two are not mistaken for a dead parent.
+        """
+        return min(self.period / 4, PARENT_SILENCE / 4)
+
+    @property
+    def parent_silence(self) -> float:
+        """Silence after which a parent counts as dead: no byte at all came in for that long.
+
+        Bytes, not frames: a relay on a thin uplink may take longer than this
+        to send one block, but the block's bytes keep arriving meanwhile (and
+        a keepalive cannot overtake the block it is queued behind). A frozen
+        or unplugged parent is therefore found within about a second, at any
+        period.
+        """
+        return PARENT_SILENCE
+
+    @property
+    def link_stall(self) -> float:
+        """How long a link may make no progress before its sending side gives up.
+
+        A relay cuts a child whose socket takes no byte for this long (a
+        frozen or overwhelmed child); a child that sends no report for this
+        long plus a period is gone. Longer than :attr:`parent_silence`: a
+        child's reports share its own, maybe saturated, uplink.
         """
         return max(2 * self.period, 1.5)
 

@@ -102,6 +102,7 @@ class Node(Joining, Upkeep):
         self._repair: RepairJob | None = None
         self._held: list[tuple[Block, object]] = []
         self._gap_check = False                         # live blocks wait for it too
+        self._gap_waits_for_server = False              # ... until the server's first block
         self._backup: Candidate | None = None           # where I go if my parent dies
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
@@ -305,6 +306,9 @@ class Node(Joining, Upkeep):
                 if self._repair is not None or self._gap_check:
                     if len(self._held) < self.window.capacity:
                         self._held.append((block, source))
+                    if source == SERVER and self._gap_waits_for_server:
+                        self._gap_waits_for_server = False
+                        self._events.put(("server_gap", None, None))  # client.joining
                     return
             self._deliver_live(block, source)
         self._write_status()
@@ -541,7 +545,7 @@ class Node(Joining, Upkeep):
         """Keep a slot for each of ``addrs`` (swap partners) for a few periods."""
         with self._lock:
             now = time.monotonic()
-            deadline = now + 2 * self.config.parent_silence
+            deadline = now + 2 * self.config.link_stall
             self._expected = {a: t for a, t in self._expected.items() if t > now}
             self._expected.update((a, deadline) for a in addrs)
 
@@ -598,8 +602,8 @@ class Node(Joining, Upkeep):
         after, missed = self.window.after(hello.have, hello.have_seq)
         if after is None and not hello.have and hello.catch_up:
             missed = self.window.latest(hello.catch_up)
-        child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.period / 4,
-                          send_timeout=self.config.parent_silence, on_gone=self._child_gone)
+        child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.keepalive_interval,
+                          send_timeout=self.config.link_stall, on_gone=self._child_gone)
         child.enqueue(Accept(max(self.depth, 1), self.path, after,
                              tuple(b.digest for b in missed)))
         self.children[hello.addr] = child
@@ -614,7 +618,7 @@ class Node(Joining, Upkeep):
 
     def _read_child(self, conn: socket.socket, decoder: FrameDecoder, child: ChildLink) -> None:
         """The child's side of the link: reports, and its goodbye."""
-        conn.settimeout(self.config.parent_silence + self.config.period)
+        conn.settimeout(self.config.link_stall + self.config.period)
         reason = "closed"
         try:
             while True:
@@ -746,6 +750,9 @@ class Node(Joining, Upkeep):
         if kind == "swap_answer":
             self._on_swap_answer(link, arg)
             return
+        if kind == "server_gap":
+            self._server_gap()
+            return
         if kind == "stored":
             if time.monotonic() - self._last_block < self.config.period / 4:
                 self._just_stored(arg)  # (else the controller was busy: wait for the next block)
@@ -857,6 +864,7 @@ class Node(Joining, Upkeep):
                 "problem": self.failure or self.problem,
                 "server_reachable": self.server_reachable,
                 "server_failures": self.server_failures,
+                "parent_silence": self.config.parent_silence,  # a silent parent is lost after this
             }
 
     def stats(self) -> dict:

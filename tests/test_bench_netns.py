@@ -106,6 +106,17 @@ def test_the_upload_cap_limits_a_client_host_and_not_the_uncapped_server():
     assert names_with(prefix) == []
 
 
+def test_a_list_of_caps_is_spread_over_the_client_hosts_in_order():
+    prefix = netns.prefix_of() + "u"
+    with netns.Topology(prefix, upload_mbit=[2, 8, 20], clients=3) as topology:
+        for index in range(3):
+            topology.add_client(index)
+        rates = [topology.qdisc(f"c{i}") for i in range(3)]
+    for rate, cap in zip(rates, ("2Mbit", "8Mbit", "20Mbit")):
+        assert "tbf" in rate and f"rate {cap}" in rate, rate
+    assert names_with(prefix) == []
+
+
 def test_cleanup_removes_what_a_dead_run_left_behind():
     dead = subprocess.Popen(["true"])
     dead.wait()                          # its pid names the "run", and it is gone
@@ -166,12 +177,13 @@ def test_a_quick_netns_run_reports_every_figure_and_leaves_no_namespace(tmp_path
             bench.wait()
     assert bench.returncode == 0, out + err
     assert "tbf" in qdisc and "4Mbit" in qdisc, qdisc
-    assert "continuity" in out
+    assert "continuity" in out and "lag s per hop" in out
     result = json.loads((tmp_path / "bench.json").read_text())
     run = result["overlay"]
     for section, keys in FIGURES.items():
         for key in keys:
             assert key in run[section], f"{section}.{key} missing"
+    assert "lag_s_per_hop" in run
     assert len(run["per_client"]) == 4 and run["survivors"] == 4
     assert all(c["ip"].startswith("10.231.") for c in run["per_client"])
     assert result["netns"]["prefix"] == prefix and result["netns"]["hosts"] == 5

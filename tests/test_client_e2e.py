@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 
 from bench.cluster import Cluster, session_ports, wait_until
 from client.peerproto import block_digest
@@ -538,3 +539,52 @@ def test_the_slot_of_a_frozen_direct_client_is_taken_back_and_nobody_loses_a_blo
             victim.kill()
         for proc in survivors:
             assert_continuous(proc, long_film)
+
+
+def test_a_frozen_parent_is_found_within_about_a_second_at_a_long_period(cluster, films):
+    """A chain root -> relay -> leaf with a 3 s period; the relay freezes between blocks.
+
+    Its keepalives stop: the leaf must count it lost by silence after the
+    second the client reports (status.json), not after two periods (6 s)
+    as before, and take its place under the root without a hole.
+    """
+    period = 3.0
+    server = cluster.start_server(max_clients=1, period=period, channels=1)
+    chain = []
+    for _ in range(3):
+        proc = cluster.start_client(server, "--balance-margin", "0", max_children=1,
+                                    period=period)
+        wait_until(lambda: status(proc).get("state") in ("direct", "attached"), 30,
+                   f"{proc.ip} to find a place")
+        chain.append(proc)
+    root, relay, leaf = chain
+    wait_until(lambda: receiving(chain, 2), 30, "the chain to receive")
+    assert status(leaf)["parent"] == {"ip": relay.ip, "port": PEER_PORT}
+    bound = status(leaf)["parent_silence"]
+    assert bound <= 1.0, f"the leaf counts a parent lost only after {bound} s of silence"
+    # Just after a block: the next one is a whole period away, only keepalives are due.
+    before = counts([leaf])
+    wait_until(lambda: received_more([leaf], before, 1), 3 * period, "a block at the leaf")
+    frozen_at = time.time()
+    relay.freeze()
+    try:
+        wait_until(lambda: status(leaf).get("rejoins", 0) >= 1, 6 * period,
+                   "the leaf to leave its frozen parent")
+        before = counts([leaf])
+        wait_until(lambda: received_more([leaf], before, 2), 6 * period,
+                   "the leaf to receive under its new parent")
+    finally:
+        relay.thaw()
+    assert status(leaf)["parent"] == {"ip": root.ip, "port": PEER_PORT}
+    assert leaf.stop() == 0
+    rejoin = json.loads((Cluster.store_of(leaf) / "stats.json").read_text())["rejoins"][0]
+    assert rejoin["cause"].endswith("lost: silent"), rejoin
+    detected = rejoin["at"] - frozen_at
+    print(f"frozen parent detected after {detected:.2f} s (bound {bound} s), "
+          f"receiving again {rejoin['took']} s later; depth {rejoin['depth_before']} -> "
+          f"{rejoin['depth_after']}")
+    # Generous (a loaded machine: 3 s over the 1 s bound), and still well short of
+    # the two periods (6 s) silence used to take.
+    assert detected < period + 1.0, f"detected only after {detected:.2f} s"
+    assert (rejoin["depth_before"], rejoin["depth_after"]) == (3, 2), rejoin
+    assert_continuous(leaf, films)

@@ -1,0 +1,59 @@
+"""The liveness rules of a relay's links: keepalive pace, silence, progress-based sends."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from client.links import send_progressing
+from client.model import Config
+
+
+@pytest.mark.parametrize("period", [0.5, 2.0, 8.0])
+def test_a_silent_parent_counts_lost_after_about_a_second_whatever_the_period(tmp_path, period):
+    config = Config("127.0.0.1", "127.0.0.1", 9090, 0, 2, tmp_path, period=period)
+    assert config.parent_silence <= 1.0
+    # Four keepalives fit in the silence: one or two late ones are not a death.
+    assert config.keepalive_interval <= config.parent_silence / 4
+    assert config.keepalive_interval <= period / 4
+    # The sending side is more patient than the receiving side.
+    assert config.link_stall > config.parent_silence
+
+
+def test_a_slow_but_moving_send_outlasts_the_stall_bound():
+    """1 MB to a reader that takes 64 kB every 0.05 s: about 0.8 s, with a stall bound of 0.3 s."""
+    sender, receiver = socket.socketpair()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    got = bytearray()
+    done = threading.Event()
+
+    def slow_reader():
+        while len(got) < 1_000_000 and not done.wait(0.05):
+            got.extend(receiver.recv(64 * 1024))
+
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    try:
+        sender.settimeout(5.0)
+        send_progressing(sender, b"x" * 1_000_000, stall=0.3)
+        reader.join(timeout=30)
+    finally:
+        done.set()
+        reader.join(timeout=5)
+        sender.close()
+        receiver.close()
+    assert len(got) == 1_000_000
+
+
+def test_a_peer_that_takes_nothing_is_cut_after_the_stall_bound():
+    sender, receiver = socket.socketpair()
+    try:
+        sender.settimeout(5.0)
+        with pytest.raises(socket.timeout):
+            send_progressing(sender, b"x" * 10_000_000, stall=0.2)
+    finally:
+        sender.close()
+        receiver.close()
