@@ -68,3 +68,23 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium driven by selenium (TOOLCHAIN.md), quit after the test."""
+    if not shutil.which("chromedriver") or not shutil.which("chromium"):
+        pytest.fail("chromium and chromium-driver are required (scripts/ensure-system.sh)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=1400,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -11,7 +11,6 @@ than the period the page's player keeps near live by the VLC player's rule
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -19,9 +18,6 @@ import time
 import urllib.request
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 
 from bench.cluster import REPO, Cluster, session_ports, wait_until
 from client.webfeed import live_edge_json
@@ -51,22 +47,6 @@ def messy_film(tmp_path_factory):
              "-c:a", "aac", "-ac", "2", "-f", "matroska", str(out / f"canal0_{i:05d}.mkv")],
             check=True, timeout=60)
     return out
-
-
-@pytest.fixture
-def browser():
-    if not shutil.which("chromedriver") or not shutil.which("chromium"):
-        pytest.fail("chromium and chromium-driver are required (scripts/ensure-system.sh)")
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                "--autoplay-policy=no-user-gesture-required", "--window-size=1400,900"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def parent_of(proc) -> str:

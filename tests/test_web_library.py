@@ -21,7 +21,6 @@ from client import vod
 from client.library import Item, TrackerClient
 from server.manifest import of_blocks
 from tests.library_helpers import TRACKER_PORT, start_tracker
-from tests.test_web_browser import browser  # noqa: F401 (the headless Chromium fixture)
 
 HTTP_PORT = session_ports().http
 FILM = "canal0"
