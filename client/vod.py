@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from client.mkvinfo import read_block_info
+from player.mkv import read_block_info
 from server.manifest import MAX_BLOCKS, VERSION_HEX, ManifestError, check_name
 
 #: ``/library/<version-or-name>.m3u8`` and ``/library/<version>/<index>.ts|mp4``.

@@ -14,7 +14,7 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 
-from client.mkvinfo import BlockInfo, read_block_info
+from player.mkv import BlockInfo, read_block_info
 from player.live import RATE_STEP, LiveEdge
 from player.machine import PlayerMachine
 

@@ -14,7 +14,7 @@ import pytest
 
 from client import httpwire
 from client.httpwire import HttpError
-from client.mkvinfo import read_block_info
+from player.mkv import read_block_info
 from client.peerproto import Addr, PeerProtocolError
 from client.remux import QUEUE_LIMIT, Remuxer, remux_command
 from client.treeview import SubtreeLedger, TreeNode, merge_tree, node_state, wire_nodes
