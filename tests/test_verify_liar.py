@@ -21,6 +21,8 @@ PORTS = session_ports()
 
 
 def status(proc) -> dict:
+    """The client's status; a client just started is waited for (its first status.json)."""
+    wait_until(lambda: Cluster.status_of(proc) is not None, 20, f"{proc.ip}'s first status")
     return Cluster.status_of(proc) or {}
 
 
