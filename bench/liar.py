@@ -42,6 +42,9 @@ class LyingRelay:
         self.joins: list[Addr] = []            # clients that asked it for a place
         self.swaps_declined = 0
         self.blocks_relayed = 0                # blocks sent to children (altered ones counted)
+        self.bytes_sent = 0                    # reported as a real relay reports its upload
+        self.free = FREE                       # the places it advertises (a test may set 0)
+        self.reports_sent = 0
         self._children: dict[Addr, socket.socket] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -89,7 +92,7 @@ class LyingRelay:
         return (1, ()) if self.claim_depth_one else (self.depth, self.path)
 
     def _candidate(self) -> Candidate:
-        return Candidate(self.me, self._place()[0], FREE, 0)
+        return Candidate(self.me, self._place()[0], self.free, self.bytes_sent)
 
     # -- the parent link --------------------------------------------------------
 
@@ -115,14 +118,16 @@ class LyingRelay:
             try:
                 child.sendall(frame)
                 self.blocks_relayed += 1
+                self.bytes_sent += len(frame)
             except OSError:
                 self._forget(addr)
 
     def _report(self) -> None:
         while not self._stop.wait(self.period / 2):
             try:
-                self._parent.sendall(encode(Report(FREE, 0, (self._candidate(),),
+                self._parent.sendall(encode(Report(self.free, self.bytes_sent, (self._candidate(),),
                                                    max_children=FREE)))
+                self.reports_sent += 1
             except OSError:
                 return
 
@@ -146,7 +151,7 @@ class LyingRelay:
                 return
             depth, path = self._place()
             if hello.kind == "probe":
-                conn.sendall(encode(Info(True, depth, FREE, 0, (self._candidate(),))))
+                conn.sendall(encode(Info(True, depth, self.free, self.bytes_sent, (self._candidate(),))))
             elif hello.kind == "fetch":
                 conn.sendall(encode(FetchEnd(hello.want)))
             else:

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from bench.cluster import Cluster, session_ports, wait_until
-from bench.liar import LyingRelay
+from bench.liar import FREE, LyingRelay
 from client import strangers
 from client.peerproto import Addr, block_digest
 
@@ -21,6 +21,8 @@ PORTS = session_ports()
 
 
 def status(proc) -> dict:
+    """The client's status; a client just started is waited for (its first status.json)."""
+    wait_until(lambda: Cluster.status_of(proc) is not None, 20, f"{proc.ip}'s first status")
     return Cluster.status_of(proc) or {}
 
 
@@ -43,8 +45,13 @@ def assert_complete(proc, film_dir) -> list[int]:
 
 
 def start_liar(parent, **kwargs) -> LyingRelay:
-    """A liar on a free address of 127.0.2.0/24: it sorts before every cluster address
-    (127.0.3.0 and up), so that of two equal places a joiner tries the liar's first."""
+    """A liar on a free address of 127.0.2.0/24 (below every cluster address).
+
+    Its address decides nothing (addresses compare as strings: 127.0.141.x
+    sorts before 127.0.2.x): the tests make the liar's place the best by the
+    placement's own rules (the shallowest free place that has sent the
+    fewest bytes), as a real relay's would be.
+    """
     for _ in range(50):
         ip = f"127.0.2.{random.randrange(2, 250)}"
         try:
@@ -92,8 +99,16 @@ def test_a_lying_relays_altered_blocks_are_stored_by_nobody(tmp_path, long_film)
             wait_until(lambda: status(honest).get("parent", {}) == {"ip": direct.ip,
                                                                     "port": PORTS.peer},
                        20, "the second client under the direct one (its free place)")
-            victims = [cluster.start_client(server, max_children=2, period=PERIOD)
-                       for _ in range(2)]
+            # One at a time: once the first relays blocks, whichever of the two depth-2
+            # places it took has sent more than the other, which the second victim prefers.
+            victims = [cluster.start_client(server, max_children=2, period=PERIOD)]
+            wait_until(lambda: status(victims[0]).get("state") == "attached"
+                       and status(victims[0]).get("blocks_received", 0) >= 4, 20,
+                       "the first victim placed")
+            wait_until(lambda: liar.bytes_sent > 0 or any(
+                c["bytes_sent"] > 0 for c in status(honest).get("children", [])), 10,
+                "the first victim's parent relaying to it (its next report says so)")
+            victims.append(cluster.start_client(server, max_children=2, period=PERIOD))
             everyone = [direct, honest, *victims]
             # The precondition: the liar's place is taken (else this test proves nothing).
             wait_until(lambda: liar.joins, 20, "a client to join the liar")
@@ -181,9 +196,23 @@ def test_a_child_that_declines_every_swap_stops_drawing_newcomers(tmp_path, long
         wait_until(lambda: status(direct).get("state") == "direct", 20, "the direct client")
         liar = start_liar(direct, honest_blocks=10**9)
         try:
-            honest = cluster.start_client(server, max_children=2, period=PERIOD)
+            # The honest child relays to a child of its own, so the liar (sending nothing) is
+            # the lightest child the direct client offers its place to, and the shallowest
+            # least-sending free place a newcomer would take if it were still advertised.
+            # No balance below: the honest child and its child keep their places.
+            honest = cluster.start_client(server, "--balance-margin", "0", max_children=2,
+                                          period=PERIOD)
             wait_until(lambda: (status(honest).get("parent") or {}).get("ip") == direct.ip, 20,
                        "the second client under the direct one")
+            liar.free = 0              # full for a moment: the third client goes to the honest one
+            reports = liar.reports_sent
+            wait_until(lambda: liar.reports_sent >= reports + 2, 5, "the liar reporting itself full")
+            below = cluster.start_client(server, "--balance-margin", "0", max_children=2,
+                                         period=PERIOD)
+            wait_until(lambda: (status(below).get("parent") or {}).get("ip") == honest.ip
+                       and status(below).get("blocks_received", 0) >= 2, 20,
+                       "a third client under the honest one")
+            liar.free = FREE
             wait_until(lambda: liar.swaps_declined >= 3, 40, "three swap offers declined")
             newcomer = cluster.start_client(server, max_children=2, period=PERIOD)
             wait_until(lambda: status(newcomer).get("state") == "attached"
