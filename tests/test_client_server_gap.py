@@ -11,6 +11,7 @@ can be held half-sent at exactly that moment.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import types
@@ -34,13 +35,17 @@ class StagedServer:
         self.requests: list[tuple[str, str]] = []
         self.arrived = threading.Condition()
         self._sock = listen_on(ip, port, 16)
+        self._sock.settimeout(0.2)  # accept() wakes to see a close(): closing alone does not wake it
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="staged-server")
         self._thread.start()
 
     def _serve(self) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
                 conn, (peer_ip, _) = self._sock.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
             with conn:
@@ -86,8 +91,9 @@ class StagedServer:
                 lambda: (code, ip) in self.requests[after:], timeout=timeout)
 
     def close(self) -> None:
-        self._sock.close()
+        self._closing.set()
         self._thread.join(timeout=10)
+        self._sock.close()
 
 
 def test_a_new_direct_client_fetches_the_block_still_on_its_way_to_the_other(
