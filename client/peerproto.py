@@ -409,7 +409,7 @@ class Report:
     ``parents`` gives, for each member, the index of its parent among the
     members (-1: the reporting child itself), so the whole subtree can be drawn;
     ``nodes``, once a period, the web view's summary of the child's whole
-    subtree (:mod:`client.treeview`; absent from the other reports).
+    subtree (:mod:`client.treenode`; absent from the other reports).
     """
 
     TYPE: ClassVar[int] = 11
@@ -442,7 +442,7 @@ class Report:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Report":
-        from client.treeview import wire_nodes  # (here: client.treeview imports this module)
+        from client.treenode import wire_nodes  # (here: client.treenode imports this module)
         return cls(obj.get("free"), obj.get("sent"), _candidates(obj.get("subtree", [])),
                    _addrs(obj.get("members", []), "members", MAX_MEMBERS),
                    obj.get("max_children", 0), _addrs(obj.get("children", []), "children"),
@@ -623,7 +623,7 @@ class TreeAnswer:
 
     @classmethod
     def from_json(cls, obj: dict) -> "TreeAnswer":
-        from client.treeview import wire_nodes  # (here: client.treeview imports this module)
+        from client.treenode import wire_nodes  # (here: client.treenode imports this module)
         return cls(wire_nodes(obj.get("nodes", [])))
 
 

@@ -20,7 +20,7 @@ from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, 
                               Keepalive, LibraryEnd, LibraryFetch, Move, PathUpdate,
                               PeerProtocolError, Redirect, Reject, Report, Swap, SwapAnswer,
                               TreeAnswer, TreeQuery, Vouch, VouchAnswer, block_digest, encode)
-from client.treeview import TreeNode
+from client.treenode import TreeNode
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
 MEMBERS_BOUND = getattr(peerproto, "MAX_MEMBERS", MAX_LIST)

@@ -17,7 +17,8 @@ from client.httpwire import HttpError
 from player.mkv import read_block_info
 from client.peerproto import Addr, PeerProtocolError
 from client.remux import QUEUE_LIMIT, Remuxer, remux_command
-from client.treeview import SubtreeLedger, TreeNode, merge_tree, node_state, wire_nodes
+from client.treenode import TreeNode, wire_nodes
+from client.treeview import SubtreeLedger, merge_tree, node_state
 from client.webfeed import BlockFeed, live_edge_json, status_events
 from player.live import LiveEdge
 
