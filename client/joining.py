@@ -12,7 +12,8 @@ import time
 
 from client import channels, places, tree
 from client.links import NoJoinAnswer, ParentLink, connect_from, read_message
-from client.model import SERVER, Rejoin, State
+from client.delivery import SERVER
+from client.model import Rejoin, State
 from client.peerproto import (MAX_WANT, Accept, Addr, Bye, Candidate, FrameDecoder, Hello, Info,
                               Move, PeerProtocolError, Redirect, Reject, Vouch, VouchAnswer, encode)
 from server import protocol as stock
@@ -180,11 +181,12 @@ class Joining:
             self._moved_at = time.monotonic()
             self._server_member = True
             self._last_server_block = time.monotonic()
-            self._skip = list(self.window.latest_digests(3))
-            # The gap is looked for once the server's first block is in (deliver()
+            # The gap is looked for once the server's first block is in (the gate
             # holds it): asked sooner, the other direct clients may still be
             # receiving the very block this client missed, and would say none was.
-            self._gap_check = self._gap_waits_for_server = len(self.window) > 0
+            resumed = len(self.window) > 0
+            self.gate.follow(SERVER, skip=self.window.latest_digests(3), gap_check=resumed,
+                             gap_waits_for_server=resumed)
         log.info("direct client of the server %s:%d, channel %d", self.server.host,
                  self.server.port, self.config.channel)
         self._tell_children_path()
@@ -222,7 +224,7 @@ class Joining:
         block of the round this client joined too late for.
         """
         with self._lock:
-            if self.parent != SERVER or not self._gap_check:
+            if self.parent != SERVER or not self.gate.gap_check:
                 return
         self._fill_gap("on the way to the server", self._listed_direct_clients(), SERVER)
 
@@ -238,11 +240,11 @@ class Joining:
         block sent meanwhile would be missing here and in our whole subtree.
         ``sources`` (other direct clients, or the new parent's ancestors)
         are asked in turn, with a probe that carries our latest blocks,
-        until one finds them. Live blocks wait (``_gap_check``) meanwhile.
+        until one finds them. Live blocks wait (the gate's ``gap_check``) meanwhile.
         """
         with self._lock:
             probe = Hello("probe", self.me, self.config.channel,
-                          have=self.window.latest_digests(HAVE_COUNT), have_seq=max(self._seq, 0))
+                          have=self.window.latest_digests(HAVE_COUNT), have_seq=max(self.gate.seq, 0))
             members = set(tree.members_below(self._relay_view()))
         missing, source = [], None
         for addr in sources:
@@ -255,13 +257,14 @@ class Joining:
                 missing, source = [d for d in info.missing if d not in ours], addr
                 break
         with self._deliver_lock, self._lock:
-            self._gap_check = False
             if missing and self.parent == parent:
                 log.info("missed %d block(s) %s: fetching them from %s", len(missing), why, source)
-                self._skip = [*self._skip, *missing]  # the parent may still send the newest
-                self._start_repair(missing, [source], self._pending_rejoin)
+                job = self._repair_job(missing, [source], self._pending_rejoin)
+                # The parent may still send the newest of them: they are skipped then.
+                self.gate.gap_checked(time.time(), job, missing)
+                job.start()
                 return
-            self._release_held()
+            self._perform(self.gate.gap_checked(time.time()))
 
     def _leave_server(self) -> None:
         """Free our slot at the server (``12X``) if it still counts us as a client."""
@@ -315,7 +318,7 @@ class Joining:
             catch_up = 0 if have else min(int(self.config.catch_up_seconds / self.config.period),
                                           self.window.capacity, MAX_WANT)
             hello = Hello("join", self.me, self.config.channel, self.config.max_children,
-                          have=have, have_seq=max(self._seq, 0),
+                          have=have, have_seq=max(self.gate.seq, 0),
                           subtree=tree.members_below(self._relay_view()),
                           catch_up=catch_up, moved_by=moved_by)
         decoder = FrameDecoder()
@@ -360,16 +363,18 @@ class Joining:
             latest = self.window.latest_digests(1)
             rejoin.resumed_after_latest = bool(latest) and answer.after == latest[0]
             # A parent that cannot place our latest block: ask further up.
-            self._gap_check = gap_check = bool(latest) and not answer.after
+            gap_check = bool(latest) and not answer.after
             if answer.after:
-                self._skip = self.window.since(answer.after)
-                missing = [d for d in answer.missing if d not in set(self._skip)]
+                skip = self.window.since(answer.after)
+                missing = [d for d in answer.missing if d not in set(skip)]
             else:
-                self._skip = list(self.window.latest_digests(3))
+                skip = list(self.window.latest_digests(3))
                 missing = [] if latest else list(answer.missing)
+            self.gate.follow(link, skip, gap_check=gap_check)
             if missing:
-                sources = [addr, *reversed(answer.path)]
-                self._start_repair(missing, sources, rejoin)
+                job = self._repair_job(missing, [addr, *reversed(answer.path)], rejoin)
+                self.gate.start_repair(job)
+                job.start()
         link.start()
         log.info("attached to %s at depth %d", addr, self.depth)
         if gap_check:

@@ -26,8 +26,6 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
-#: The parent of a direct client.
-SERVER = "server"
 
 
 @dataclass

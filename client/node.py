@@ -33,12 +33,13 @@ from client.joining import Joining
 from client.library import serve_fetch
 from client.links import (ChildLink, ParentLink, StockServer, addresses_of, listen_on,
                           read_message, read_message_by)
-from client.model import SERVER, Config, Counters, Rejoin, State
+from client.model import Config, Counters, Rejoin, State
 from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_WANT, Accept, Addr, Advice,
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryFetch, Move, PathUpdate, PeerProtocolError,
                               Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
                               Vouch, VouchAnswer, encode)
+from client.delivery import SERVER, Gate, Step
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
@@ -95,14 +96,11 @@ class Node(Joining, Upkeep):
         self.counters = Counters()
         self.rejoins: list[Rejoin] = []
         self._pending_rejoin: Rejoin | None = None
-        self._seq = -1
-        self._skip: list[bytes] = []
+        # Which block is stored next, and its number (client.delivery); its
+        # calls are made under the deliver lock, in arrival order.
+        self.gate = Gate(config.period, self.window.capacity)
         self._server_member = False
         self._sent_before: dict[str, int] = {}
-        self._repair: RepairJob | None = None
-        self._held: list[tuple[Block, object]] = []
-        self._gap_check = False                         # live blocks wait for it too
-        self._gap_waits_for_server = False              # ... until the server's first block
         self._backup: Candidate | None = None           # where I go if my parent dies
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
@@ -292,47 +290,32 @@ class Node(Joining, Upkeep):
     # -- blocks ------------------------------------------------------------
 
     def deliver(self, block: Block, source) -> None:
-        """Store a block from the current parent and relay it to every child.
+        """Store a block from the current parent (or the server) and relay it to every child.
 
-        Blocks from anyone but the current parent are ignored (a stale link,
-        or the server still pushing to a client that moved into the tree).
-        While a repair runs, live blocks wait so that storage stays in play
-        order.
+        The gate (:mod:`client.delivery`) ignores blocks from anyone else (a
+        stale link, or the server still pushing to a client that moved into
+        the tree), holds live blocks while a repair runs so that storage stays
+        in play order, and numbers the server's. A block from a parent is
+        stored only if the server's feed names it.
         """
         with self._deliver_lock:
-            with self._lock:
-                if source != (self.parent_link if self.parent != SERVER else SERVER):
-                    return
-                if self._repair is not None or self._gap_check:
-                    if len(self._held) < self.window.capacity:
-                        self._held.append((block, source))
-                    if source == SERVER and self._gap_waits_for_server:
-                        self._gap_waits_for_server = False
-                        self._events.put(("server_gap", None, None))  # client.joining
-                    return
-            self._deliver_live(block, source)
-        self._write_status()
-
-    def _deliver_live(self, block: Block, source) -> None:
-        """(Under the deliver lock.) Skip what we already have, number, store and relay."""
-        with self._lock:
-            if block.digest in self._skip:
-                # Stored before this parent resumed us: skip it and what preceded it.
-                del self._skip[:self._skip.index(block.digest) + 1]
-                return
-            self._skip = []
-        if source != SERVER and not self._authentic(block.digest, source.addr):
-            if self.parent_link is source:
+            if source != SERVER and source == self.gate.source and not self._authentic(
+                    block.digest, source.addr):
                 self._events.put(("forged", source, None))
-            return
-        with self._lock:
-            if source == SERVER:
-                self._seq = self._seq + 1 if self._seq >= 0 else int(time.time() / self.config.period)
-                block = Block(self._seq, block.digest, block.data)
+                return
+            stored = self._perform(self.gate.arrived(block, source, time.time()))
+        if stored:
+            self._write_status()
+
+    def _perform(self, step: Step) -> bool:
+        """(Under the deliver lock.) Store what the gate passed, in order; True if any."""
+        for passed in step.passes:
+            if passed.source == SERVER:
                 self._last_server_block = time.monotonic()
-            else:
-                self._seq = block.seq
-        self._store_and_relay(block)
+            self._store_and_relay(passed.block)
+        if step.check_gap:
+            self._events.put(("server_gap", None, None))  # client.joining
+        return bool(step.passes)
 
     def _authentic(self, digest: bytes, sender: Addr) -> bool:
         """May a block from ``sender`` be stored? A forged one gets the sender distrusted."""
@@ -382,55 +365,45 @@ class Node(Joining, Upkeep):
 
     # -- repairs -------------------------------------------------------------
 
-    def _start_repair(self, missing: list[bytes], sources: list[Addr],
-                      rejoin: Rejoin | None) -> None:
-        """(Under both locks.) Fetch ``missing`` from several sources; hold live blocks meanwhile."""
+    def _repair_job(self, missing: list[bytes], sources: list[Addr],
+                    rejoin: Rejoin | None) -> RepairJob:
+        """A job fetching ``missing`` from several sources (started once the gate holds live blocks)."""
         plan = RepairPlan(missing, sources, time.monotonic(), stall_after=max(self.config.period, 1.0))
-        job = RepairJob(plan, self.me, self.config.channel, self._repaired_block, self._repair_done,
-                        deadline=max(4 * self.config.period, 5.0), check=self._authentic)
-        self._repair = job
+        job = RepairJob(plan, self.me, self.config.channel,
+                        lambda digest, block: self._repaired_block(job, digest, block),
+                        self._repair_done, deadline=max(4 * self.config.period, 5.0),
+                        check=self._authentic)
         if rejoin is not None:
             rejoin.missed = len(missing)
         log.info("repairing %d missed block(s) from %s", len(missing),
                  ", ".join(str(s) for s in sources[:3]))
-        job.start()
+        return job
 
-    def _repaired_block(self, digest: bytes, block: Block | None) -> None:
+    def _repaired_block(self, job: RepairJob, digest: bytes, block: Block | None) -> None:
         if block is None:
             log.warning("block %s could not be repaired from any source: lost", digest.hex()[:8])
             with self._lock:
                 self.counters.blocks_lost += 1
             return
         with self._deliver_lock:
-            if self._repair is not None:
-                self._store_and_relay(block)
+            if self._perform(self.gate.repaired(job, block)):
                 with self._lock:
                     self.counters.blocks_repaired += 1
 
     def _repair_done(self, job: RepairJob) -> None:
         """Store the live blocks that waited, in order, and go back to live delivery."""
         with self._deliver_lock:
-            with self._lock:
-                if self._repair is not job:
-                    return
-                self._repair = None
-            self._release_held()
+            if self.gate.repair is not job:
+                return
+            self._perform(self.gate.repair_done(job, time.time()))
         log.info("repair done: %d block(s) from %s, %d lost", sum(job.fetched_from.values()),
                  job.fetched_from or "nobody", job.plan.lost)
         self._write_status()
 
-    def _release_held(self) -> None:
-        """(Under the deliver lock.) Deliver the live blocks that waited, in order."""
-        with self._lock:
-            held, self._held = self._held, []
-            current = self.parent_link if self.parent != SERVER else SERVER
-        for block, source in held:
-            if source == current:
-                self._deliver_live(block, source)
-
     def _cancel_repair(self) -> None:
+        """No live source any more: drop what was held, end the repair that ran."""
         with self._deliver_lock, self._lock:
-            job, self._repair, self._held = self._repair, None, []
+            job = self.gate.unfollow()
         if job is not None:
             job.cancel()
             job.join()
@@ -766,9 +739,9 @@ class Node(Joining, Upkeep):
         if kind == "channel":
             if self.state != State.IDLE:
                 self._leave()
-            with self._lock:
+            with self._deliver_lock, self._lock:
                 self.config.channel = arg
-                self._seq = -1
+                self.gate.new_channel()
                 self.window.clear()
             self._move_store(arg)
             self._find_place(f"switching to channel {arg}", server_first=True)
@@ -849,7 +822,7 @@ class Node(Joining, Upkeep):
                 "bytes_served": self.counters.bytes_served,
                 "blocks_repaired": self.counters.blocks_repaired,
                 "blocks_lost": self.counters.blocks_lost,
-                "repairing": self._repair is not None,
+                "repairing": self.gate.repair is not None,
                 "backup": str(self._backup.addr) if self._backup else None,
                 "rejoins": max(0, len(self.rejoins) - 1),
                 "swaps": self.counters.swaps,

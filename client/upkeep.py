@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from client import tree
 from client.links import ChildLink, ParentLink
-from client.model import SERVER, Rejoin, State
+from client.delivery import SERVER
+from client.model import Rejoin, State
 from client.peerproto import Addr, Advice, Bye, Candidate, Move, Redirect, Swap, SwapAnswer
 
 log = logging.getLogger("client.node")
@@ -94,14 +95,14 @@ class Upkeep:
 
     def _settled(self) -> bool:
         """(Under the lock.) In place, not repairing, not moved lately, no swap under way."""
-        return (self.state in (State.DIRECT, State.ATTACHED) and self._repair is None
+        return (self.state in (State.DIRECT, State.ATTACHED) and self.gate.repair is None
                 and time.monotonic() - self._moved_at >= self.config.swap_cooldown
                 and self._swap_offer is None and len(self.window) > 0)
 
     def _on_swap_offer(self, link: ParentLink, offer: Swap) -> None:
         """Our parent offers us its place: take it if nothing else is under way here."""
         with self._lock:
-            accept = (self.state == State.ATTACHED and self._repair is None
+            accept = (self.state == State.ATTACHED and self.gate.repair is None
                       and self._swap_offer is None)
             if accept:
                 # Ready before saying yes: the partners connect as soon as the parent hears it.
@@ -141,7 +142,7 @@ class Upkeep:
         which expects them; then this relay becomes the target's child.
         """
         link, target = offer.link, offer.link.addr
-        with self._lock:
+        with self._deliver_lock, self._lock:
             view = self.child_views.get(target, offer.view)
             others = [c for a, c in self.children.items() if a != target]
             # The target's children (as last reported), and anyone the target sends.
@@ -149,6 +150,7 @@ class Upkeep:
             was_direct = self.parent == SERVER
             parent_link, path = self.parent_link, self.path
             self.parent = self.parent_link = None
+            self.gate.unfollow()  # (no repair runs: a relay offers a swap only without one)
             self.state = State.ORPHANED
             self.counters.swaps += 1
             sent = self.counters.bytes_sent
@@ -230,7 +232,7 @@ class Upkeep:
         with self._lock:
             # Not the swap cooldown: swaps move the clients of a deep branch often
             # enough to keep them from ever climbing.
-            if (self.state != State.ATTACHED or self._repair is not None
+            if (self.state != State.ATTACHED or self.gate.repair is not None
                     or time.monotonic() - self._moved_at < self.config.settle_time):
                 return
             depth, old = self.depth, self.parent_link
