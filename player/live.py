@@ -9,7 +9,8 @@ at 1.0x falls behind forever. :class:`LiveEdge` turns the distance to live
 - from there to five eighths of ``max_behind`` the wanted rate rises
   linearly to ``max_rate`` (VLC keeps the pitch of the sound);
 - the rate moves towards the wanted one by at most ``slew`` per second and
-  in steps of :data:`RATE_STEP`, so that it never jumps;
+  by one step of :data:`RATE_STEP` at most per update, so that it never
+  jumps, even after an update that came late;
 - beyond ``skip_behind`` (three times ``max_behind`` unless given) catching
   up would take minutes: :meth:`LiveEdge.hopeless` says so, and the player
   skips ahead to :attr:`LiveEdge.resume_behind` (half of ``max_behind``).
@@ -74,7 +75,9 @@ class LiveEdge:
         elapsed = 0.0 if self._last is None else max(0.0, now - self._last)
         self._last = now
         target = self.wanted(behind)
-        step = self.slew * elapsed
+        # One step at most per update: a loop that was held up (a busy machine)
+        # catches up over the next updates instead of jumping.
+        step = min(self.slew * elapsed, RATE_STEP)
         self._exact += max(-step, min(step, target - self._exact))
         quantized = round(round(self._exact / RATE_STEP) * RATE_STEP, 2)
         self.rate = min(self.max_rate, max(1.0, quantized))

@@ -102,6 +102,16 @@ def test_the_rate_moves_by_at_most_the_slew_and_in_steps():
     assert down[-1] == 1.0 and all(b <= a for a, b in zip(down, down[1:]))
 
 
+def test_a_late_update_moves_the_rate_by_one_step_only():
+    """A player loop held up for seconds (a busy machine) must not make the rate jump."""
+    edge = LiveEdge(max_behind=8.0, max_rate=1.4, slew=0.1)
+    edge.update(20.0, 0.0)
+    rates = [edge.update(20.0, t) for t in (3.0, 6.0, 9.0)]  # each 3 s late: 0.3 of slew
+    assert rates == [1.02, 1.04, 1.06]
+    down = [edge.update(0.0, t) for t in (20.0, 30.0)]
+    assert down == [1.04, 1.02]
+
+
 def test_bad_bounds_are_refused():
     for kw in ({"max_behind": 0}, {"max_rate": 0.5}, {"max_behind": 8, "skip_behind": 6}):
         with pytest.raises(ValueError):
