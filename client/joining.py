@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 
-from client import channels, places, tree
+from client import channels, placement, places, tree
 from client.links import NoJoinAnswer, ParentLink, connect_from, read_message
 from client.delivery import SERVER
 from client.model import Rejoin, State
 from client.peerproto import (MAX_WANT, Accept, Addr, Bye, Candidate, FrameDecoder, Hello, Info,
-                              Move, PeerProtocolError, Redirect, Reject, Vouch, VouchAnswer, encode)
+                              Move, PeerProtocolError, Reject, Vouch, VouchAnswer, encode)
 from server import protocol as stock
 
 log = logging.getLogger("client.node")
@@ -51,21 +51,15 @@ class Joining:
                     moved_by: Addr | None = None) -> None:
         """Try places until one takes us (or we are stopping): the whole rejoin policy.
 
-        Order: the place we were sent to (``insist``: a swap partner or where
-        a leaving parent sent us, retried for a moment since it may still be
-        getting ready); the backup parent our parent advised (one
-        connection, no search); the server when asked (a new client, or one
-        the server served); then the given seeds (ancestors); then the
-        server's list of direct clients, probed so the best free place is
-        known; then the server. Repeats with a pause while nothing takes us;
-        the children stay attached meanwhile.
+        The order is :func:`client.placement.search`'s; the children stay
+        attached meanwhile.
         """
         rejoin = Rejoin(cause, time.monotonic(), time.time(), depth_before=self.depth)
         with self._lock:
             self.rejoins.append(rejoin)
             self._pending_rejoin = rejoin
             self._channel_problem = self.problem = None
-        self._search_place(rejoin, server_first, seeds, exclude, backup, insist, moved_by)
+        how = self._search_place(rejoin, server_first, seeds, exclude, backup, insist, moved_by)
         if self._channel_problem is not None:
             self._give_up_channel(self._channel_problem)
             return
@@ -73,54 +67,42 @@ class Joining:
             if self.state in (State.DIRECT, State.ATTACHED):
                 rejoin.depth_after = self.depth
         if rejoin.depth_after is not None:
-            log.info("placed at depth %d (was %d): %s", rejoin.depth_after,
-                     rejoin.depth_before, cause)
+            log.info("placed at depth %d (was %d; %s): %s", rejoin.depth_after,
+                     rejoin.depth_before, how, cause)
 
     def _search_place(self, rejoin: Rejoin, server_first: bool, seeds, exclude,
                       backup: Candidate | None, insist: Addr | None,
-                      moved_by: Addr | None) -> None:
-        """The body of :meth:`_find_place`; returns once placed or stopping."""
+                      moved_by: Addr | None) -> str | None:
+        """Drive the search of :mod:`client.placement` until placed, stopping or asked otherwise.
+
+        Each command is performed here, blocking (a connection, a server
+        request, a pause); the user's quit, leave or channel switch ends the
+        search before the next one. Returns how the place was found (None: not placed).
+        """
         with self._lock:
             members = tree.members_below(self._relay_view())
-        if insist is not None and insist not in members:
-            for _ in range(10):
-                answer = self._try_join(insist, rejoin, moved_by)
-                if answer is True:
-                    return
-                if not isinstance(answer, (Reject, Redirect)) or self._stopping.wait(self.config.period / 20):
-                    break
-            log.info("%s did not take us (%s): searching", insist, type(answer).__name__)
-        if (backup is not None and backup.addr not in exclude and backup.addr not in members
-                and self._try_join(backup.addr, rejoin) is True):
-            log.info("rejoined at the backup parent %s", backup.addr)
-            return
-        pause = self.config.period / 4
-        while not self._stopping.is_set():
-            if not self._events.empty() and self._peek_command():
-                return
-            if server_first and self._try_server():
-                return
-            if self._channel_problem is not None:
-                return
-            with self._lock:
-                members = tree.members_below(self._relay_view())
-            search = tree.JoinSearch(self.me, exclude=(*members, *exclude))
-            search.add(seeds)
-            if self._run_search(search, rejoin):
-                return
-            search.add(self._probe_listed(members))
-            if self._run_search(search, rejoin):
-                return
-            if not server_first and self._try_server():
-                return
-            if self._channel_problem is not None:
-                return
-            self._stopping.wait(pause)
-            # Back off further while the server is not reachable at all.
-            pause = min(pause * 2, self.config.period * (1 if self.server_reachable else 4))
-            # The parent we lost may be alive after all (it dropped us for a
-            # silence of ours) and, after a whole round, the only place left.
-            exclude = ()
+        search = placement.search(self.me, self.config.period, server_first, seeds, exclude,
+                                  backup, insist, moved_by, members)
+        command = next(search)
+        while not self._stopping.is_set() and not self._peek_command():
+            if isinstance(command, placement.Placed):
+                return command.how
+            if isinstance(command, placement.TryJoin):
+                answer = self._try_join(command.addr, rejoin, command.moved_by)
+            elif isinstance(command, placement.TryServer):
+                answer = (self._try_server(), self.server_reachable)
+                if self._channel_problem is not None:
+                    return None  # the server has no such channel (client.channels)
+            elif isinstance(command, placement.StartRound):
+                with self._lock:
+                    answer = tree.members_below(self._relay_view())
+            elif isinstance(command, placement.ProbeListed):
+                answer = self._probe_listed(command.members)
+            else:
+                self._stopping.wait(command.seconds)
+                answer = None
+            command = search.send(answer)
+        return None
 
     def _peek_command(self) -> bool:
         """True when the user asked for something else (quit, leave, another channel).
@@ -296,18 +278,6 @@ class Joining:
         except (OSError, EOFError, PeerProtocolError) as exc:
             log.info("peer %s: %s", addr, exc)
             return None
-
-    def _run_search(self, search: tree.JoinSearch, rejoin: Rejoin) -> bool:
-        while not self._stopping.is_set():
-            candidate = search.next()
-            if candidate is None:
-                return False
-            answer = self._try_join(candidate.addr, rejoin)
-            if answer is True:
-                return True
-            if isinstance(answer, Redirect):
-                search.add(answer.candidates)
-        return False
 
     def _try_join(self, addr: Addr, rejoin: Rejoin, moved_by: Addr | None = None):
         """Ask ``addr`` to be our parent; True once attached, else its answer."""
