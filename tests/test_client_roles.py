@@ -15,16 +15,17 @@ import time
 
 import pytest
 
-from bench.cluster import next_address, session_ports
+from bench.cluster import Cluster, next_address, session_ports, wait_until
 from client import roles
 from client.fetcher import RepairJob
-from client.links import ParentLink, StockServer, ask, read_message_by
+from client.links import ANSWER_DEADLINE, ParentLink, StockServer, ask, read_message_by
 from client.peerproto import (HEADER, JSON_MESSAGES, VERSION, Accept, Addr, Advice, Block, Bye,
                               Drop, FetchEnd, FrameDecoder, Hello, Info, Keepalive, LibraryEnd,
                               LibraryFetch, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
                               Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, VersionMismatch,
                               Vouch, VouchAnswer, encode)
 from client.repair import RepairPlan
+from server import protocol as stock
 
 A = Addr("10.0.0.1", 9092)
 B = Addr("10.0.0.2", 9092)
@@ -266,3 +267,140 @@ def test_a_server_that_trickles_its_list_is_cut_at_the_requests_deadline():
     finally:
         server.close()
     assert took < 2.5, took
+
+
+# ------------------------------------------------------ real processes
+
+PERIOD = 0.5
+
+
+def status(proc) -> dict:
+    return Cluster.status_of(proc) or {}
+
+
+class FakeDirect:
+    """A direct client of the server that is a bad peer: it takes a slot (``10X``),
+    drains the server's pushes, and answers every peer connection with ``answer(first)``
+    sent one byte every ``interval`` seconds (0: at once)."""
+
+    def __init__(self, server_ip: str, answer, interval: float = 0.0):
+        self.ip, self.ports = next_address(), session_ports()
+        self.answer, self.interval = answer, interval
+        self.stopping = threading.Event()
+        self.listeners = [socket.create_server((self.ip, p)) for p in (self.ports.push,
+                                                                         self.ports.peer)]
+        self.threads = [threading.Thread(target=self._accept, args=(sock, handle), daemon=True)
+                        for sock, handle in zip(self.listeners, (self._drain, self._answer))]
+        for sock in self.listeners:
+            sock.settimeout(0.1)
+        for thread in self.threads:
+            thread.start()
+        with socket.create_connection((server_ip, self.ports.server), 5,
+                                      source_address=(self.ip, 0)) as sock:
+            sock.sendall(stock.encode_request(stock.JOIN, 0))
+
+    @property
+    def addr(self) -> str:
+        return f"{self.ip}:{self.ports.peer}"
+
+    def _accept(self, listener, handle):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn):
+        with conn:
+            conn.settimeout(5)
+            try:
+                while conn.recv(65536):
+                    pass
+            except OSError:
+                pass
+
+    def _answer(self, conn):
+        with conn:
+            try:
+                first = read_message_by(conn, FrameDecoder(), time.monotonic() + 5)
+                data = encode(self.answer(first))
+                step = 1 if self.interval else len(data)
+                for start in range(0, len(data), step):
+                    if self.interval and self.stopping.wait(self.interval):
+                        return
+                    conn.sendall(data[start:start + step])
+                conn.settimeout(5)
+                conn.recv(1)
+            except (OSError, EOFError, PeerProtocolError):
+                pass
+
+    def close(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(5)
+        for sock in self.listeners:
+            sock.close()
+
+
+def start_tree(cluster, fake_answer, interval: float = 0.0):
+    """A server with two slots: a fake direct client in one, client A in the other;
+    then client B, which the full server sends into the tree (it probes both)."""
+    server = cluster.start_server(max_clients=2, period=PERIOD)
+    wait_until(lambda: _listening(server.ip, cluster.ports.server), 20, "the server")
+    fake = FakeDirect(server.ip, fake_answer, interval)
+    a = cluster.start_client(server, period=PERIOD)
+    wait_until(lambda: status(a).get("state") == "direct", 20, "A to be a direct client")
+    b = cluster.start_client(server, period=PERIOD)
+    return fake, a, b
+
+
+def _listening(ip: str, port: int) -> bool:
+    try:
+        socket.create_connection((ip, port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_hello_of_version_2_is_answered_and_a_version_refusal_is_shown(cluster):
+    fake, a, b = start_tree(cluster, lambda first: Reject("protocol version 1 is not supported "
+                                                          "here: this client speaks version 2",
+                                                          version=2))
+    try:
+        # A fake joiner written with the project's codec, speaking version 2.
+        joiner = next_address()
+        hello = Hello("join", Addr(joiner, cluster.ports.peer), 0).to_json() | {"version": 2}
+        with socket.create_connection((a.ip, cluster.ports.peer), 5,
+                                      source_address=(joiner, 0)) as sock:
+            sock.sendall(_frame(Hello.TYPE, hello))
+            answer = read_message_by(sock, FrameDecoder(), time.monotonic() + 5)
+        assert isinstance(answer, Reject) and answer.version == VERSION, answer
+        assert "version 2" in answer.reason and f"version {VERSION}" in answer.reason
+        wait_until(lambda: status(a)["refusals"].get("protocol violation", 0) >= 1, 10,
+                   "A to count the refusal")
+        # B probes the fake direct client, which refuses our version: B says so, and goes on.
+        wait_until(lambda: status(b).get("incompatible_peers") == {fake.addr: 2}, 20,
+                   "B to show the version refusal")
+        wait_until(lambda: status(b).get("state") == "attached", 20, "B to attach to A")
+        assert status(b)["parent"] == {"ip": a.ip, "port": cluster.ports.peer}
+    finally:
+        fake.close()
+
+
+def test_a_peer_that_trickles_its_answer_is_cut_at_the_deadline(cluster):
+    fake, a, b = start_tree(cluster, lambda first: Info(True, 1, 2, 0), interval=1.0)
+    try:
+        started = time.monotonic()
+        # The Info frame is over 100 bytes: a byte a second would hold B for minutes.
+        assert len(encode(Info(True, 1, 2, 0))) > 60
+        wait_until(lambda: status(b).get("state") == "attached", 30, "B to attach to A")
+        took = time.monotonic() - started
+        assert status(b)["parent"] == {"ip": a.ip, "port": cluster.ports.peer}
+        assert status(b)["cut_at_deadline"].get("probe", 0) >= 1, status(b)["cut_at_deadline"]
+        print(f"\ntrickling peer: B attached {took:.1f} s after it started "
+              f"(answer deadline {ANSWER_DEADLINE:.0f} s), cut: {status(b)['cut_at_deadline']}")
+    finally:
+        fake.close()
