@@ -122,6 +122,21 @@ def test_the_tables_refuse_unknown_names():
         roles.Role("bad", "s", {"s": {"Bye": "nowhere"}}, "a missing state")
 
 
+def test_the_docs_draw_each_role_from_its_table():
+    import importlib.util
+    from bench.cluster import REPO
+    spec = importlib.util.spec_from_file_location("relaytv_docs",
+                                                  REPO / "docs" / "_ext" / "relaytv_docs.py")
+    docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs)
+    for role in roles.ROLES.values():
+        dot = docs.role_dot(role)
+        for state, moves in role.table.items():
+            assert f'[label="{state}"]' in dot
+            for frame in moves:
+                assert frame in dot, (role.name, frame)
+
+
 # ------------------------------------------------------- version handshake
 
 def _frame(kind: int, obj: dict) -> bytes:
