@@ -303,6 +303,9 @@ class Joining:
         except (OSError, EOFError, PeerProtocolError) as exc:
             log.info("peer %s: %s", addr, exc)
             return None
+        except roles.OwnViolation:  # a bug of ours: said with its traceback, the search goes on
+            log.exception("question to %s not asked", addr)
+            return None
         self._check_version_refusal(addr, answer)
         return answer
 
@@ -363,8 +366,11 @@ class Joining:
             self._cut_at_deadline(roles.JOIN, addr)
             sock.close()
             return None
-        except (OSError, EOFError, PeerProtocolError) as exc:
-            log.info("join at %s failed: %s", addr, exc)
+        except (OSError, EOFError, PeerProtocolError, roles.OwnViolation) as exc:
+            if isinstance(exc, roles.OwnViolation):
+                log.exception("join at %s not asked", addr)
+            else:
+                log.info("join at %s failed: %s", addr, exc)
             sock.close()
             return None
         if not isinstance(answer, Accept):

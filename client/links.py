@@ -16,7 +16,7 @@ from typing import Callable
 
 from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message,
                               PeerProtocolError, encode)
-from client.roles import Conversation, ProtocolViolation
+from client.roles import Conversation, OwnViolation
 from client.supervise import checkpoint
 from server import protocol as stock
 
@@ -86,7 +86,7 @@ def read_message_by(sock: socket.socket, decoder: FrameDecoder, deadline: float,
 
 
 def send_checked(sock: socket.socket, conversation: Conversation, message: Message) -> None:
-    """Send one frame that the peer's role allows (else :class:`ProtocolViolation`, ours: a bug)."""
+    """Send one frame that the peer's role allows (else :class:`~client.roles.OwnViolation`: a bug)."""
     conversation.sending(message)
     sock.sendall(encode(message))
 
@@ -274,7 +274,7 @@ class ParentLink:
             with self._send_lock:
                 send_checked(self.sock, self._conversation, message)
             return True
-        except ProtocolViolation:
+        except OwnViolation:
             log.exception("not sent to the parent %s", self.addr)
             return False
         except OSError:
@@ -354,7 +354,7 @@ class ChildLink:
                     break
                 try:
                     self.conversation.sending(message)
-                except ProtocolViolation:
+                except OwnViolation:
                     log.exception("not sent to the child %s", self.addr)
                     continue
                 frame = encode(message)

@@ -7,8 +7,8 @@ leads to. A frame is named by its class, a :class:`~client.peerproto.Hello`
 by its kind too (``Hello(join)``). Each side of a connection keeps two
 :class:`Conversation` states: what the peer may send us (our role's table)
 and what we may send it (the peer's role's table, the mirror): anything
-else is a :class:`ProtocolViolation`. Blamed on the peer, it closes the link;
-blamed on us, it is a bug.
+else is a violation: the peer's (:class:`ProtocolViolation`) closes the
+link; ours (:class:`OwnViolation`) is a bug, logged with its traceback.
 
 The roles (their diagrams are drawn from these tables in the report):
 
@@ -45,17 +45,31 @@ FRAME_NAMES = frozenset({cls.__name__ for cls in (*pp.JSON_MESSAGES.values(), pp
                         - {"Hello"} | {f"Hello({k})" for k in ("join", "probe", "fetch")})
 
 
-class ProtocolViolation(pp.PeerProtocolError):
-    """A frame that the role's table does not allow in its state.
+class _Violation(Exception):
+    """A frame the role's table does not allow in its state: names the role, the state, the frame."""
 
-    ``blame`` is ``"peer"`` (it sent it: close the link) or ``"us"`` (we were
-    about to send it: a bug).
+    blame, _who = "", ""
+
+    def __init__(self, role: str, state: str, frame: str):
+        super().__init__(f"{role} link, state {state}: {self._who} {frame}, "
+                         "which is not allowed there")
+        self.role, self.state, self.frame = role, state, frame
+
+
+class ProtocolViolation(_Violation, pp.PeerProtocolError):
+    """The peer sent it: the link is closed, as for any other peer protocol error."""
+
+    blame, _who = "peer", "the peer sent"
+
+
+class OwnViolation(_Violation, RuntimeError):
+    """We were about to send it: a bug of ours (the frame is not sent, the traceback logged).
+
+    Not a :class:`~client.peerproto.PeerProtocolError`, so that no handler
+    blames the peer for it.
     """
 
-    def __init__(self, role: str, state: str, frame: str, blame: str = "peer"):
-        who = "the peer sent" if blame == "peer" else "we were about to send"
-        super().__init__(f"{role} link, state {state}: {who} {frame}, which is not allowed there")
-        self.role, self.state, self.frame, self.blame = role, state, frame, blame
+    blame, _who = "us", "we were about to send"
 
 
 @dataclass(frozen=True)
@@ -75,13 +89,13 @@ class Role:
                 raise ValueError(f"role {self.name}, state {state}: unknown frames {unknown} "
                                  f"or states {missing}")
 
-    def next(self, state: str, message, blame: str = "peer") -> str:
-        """The state after ``message`` arrives in ``state``; :class:`ProtocolViolation` if it may not."""
+    def next(self, state: str, message, error: type = ProtocolViolation) -> str:
+        """The state after ``message`` arrives in ``state``; ``error`` if it may not."""
         name = frame_name(message)
         try:
             return self.table.get(state, {})[name]
         except KeyError:
-            raise ProtocolViolation(self.name, state, name, blame) from None
+            raise error(self.name, state, name) from None
 
 
 _PARENT = {"attached": {"Block": "attached", "Keepalive": "attached", "Advice": "attached",
@@ -138,9 +152,9 @@ class Conversation:
         return self.state
 
     def sending(self, message) -> None:
-        """Check a frame before it goes out. :class:`ProtocolViolation` with blame "us": a bug."""
+        """Check a frame before it goes out. :class:`OwnViolation`: a bug."""
         if self.theirs is not None:
-            self.their_state = self.theirs.next(self.their_state, message, blame="us")
+            self.their_state = self.theirs.next(self.their_state, message, OwnViolation)
 
     def answering(self, first) -> None:
         """We are the peer side: after the stranger's first frame, answer as its role expects."""

@@ -503,6 +503,9 @@ class WebView:
             except (OSError, EOFError, PeerProtocolError) as exc:
                 log.info("web: no subtree from direct client %s: %s", ip, exc)
                 complete = False
+            except roles.OwnViolation:  # a bug of ours, not the peer's
+                log.exception("web: the tree query to %s", ip)
+                complete = False
         nodes = merge_tree([answers[0]] + answers[1:])
         return {"channel": channel, "self": f"{me['ip']}:{me['peer_port']}",
                 "updated_at": round(time.time(), 3), "complete": complete,

@@ -90,9 +90,11 @@ def test_what_we_send_is_checked_against_the_peers_role_and_blamed_on_us():
     talk.received(Hello("probe", A, 0))
     talk.answering(Hello("probe", A, 0))
     assert talk.theirs is roles.PROBE
-    with pytest.raises(roles.ProtocolViolation) as caught:
+    with pytest.raises(roles.OwnViolation) as caught:
         talk.sending(Accept(1))                  # a probe is answered with an Info
-    assert (caught.value.role, caught.value.blame) == ("probe", "us")
+    assert (caught.value.role, caught.value.state, caught.value.frame,
+            caught.value.blame) == ("probe", "asked", "Accept", "us")
+    assert not isinstance(caught.value, PeerProtocolError)   # no handler blames the peer
     talk.sending(Info(True, 1, 0, 0))
     assert talk.their_state == roles.DONE
 
@@ -195,7 +197,7 @@ def test_the_parent_link_refuses_to_send_what_a_child_may_not(caplog):
     with theirs:
         assert link.send(Report(0, 0))
         assert not link.send(Block.of(1, b"x"))          # our bug: logged with its traceback
-        assert any(r.exc_info and isinstance(r.exc_info[1], roles.ProtocolViolation)
+        assert any(r.exc_info and isinstance(r.exc_info[1], roles.OwnViolation)
                    for r in caplog.records)
         theirs.settimeout(1)
         assert read_message_by(theirs, FrameDecoder(), time.monotonic() + 1) == Report(0, 0)
