@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from client import roles
 from client.fetcher import RepairJob
 from client.library import (Library, TrackerClient, TrackerError, block_path, load_fetched,
                             manifest_path, part_folder, read_fragment, whole_file, write_atomically)
-from client.peerproto import Addr, Block, LibraryEnd, LibraryFetch, PeerProtocolError, Reject, encode
+from client.peerproto import Addr, Block, LibraryEnd, LibraryFetch, PeerProtocolError, Reject
 from client.repair import MAX_ACTIVE_SOURCES, RepairPlan
 from server.manifest import Manifest, ManifestError, check_name, from_ranges
 
@@ -49,27 +50,30 @@ class DownloadError(RuntimeError):
 class LibraryJob(RepairJob):
     """The repair fetcher over library frames; every block checked against the manifest."""
 
+    ROLE = roles.LIBRARY
+
     def __init__(self, plan: RepairPlan, own: Addr, manifest: Manifest,
                  on_block: Callable, on_done: Callable, deadline: float):
         super().__init__(plan, own, 0, on_block, on_done, deadline)
         self.manifest = manifest
         self.corrupt: dict[str, int] = {}  # holder: the first block it served wrong
 
-    def _request(self, keys: list) -> bytes:
-        return encode(LibraryFetch(self.own, self.manifest.version, tuple(keys)))
+    def _request(self, keys: list):
+        return LibraryFetch(self.own, self.manifest.version, tuple(keys))
 
     def _answer(self, source: Addr, message, wanted: set) -> tuple[str, object]:
-        if isinstance(message, Block) and message.seq in wanted:
+        if isinstance(message, Block):
+            if message.seq not in wanted:
+                raise PeerProtocolError(f"block {message.seq} was not asked for")
             if not self.manifest.matches(message.seq, message.data):
                 self.corrupt.setdefault(str(source), message.seq)
                 raise PeerProtocolError(f"block {message.seq} does not match its sha256")
             return "block", (message.seq, message.data)
-        if isinstance(message, LibraryEnd):
-            return "end", list(message.missing)
         if isinstance(message, Reject):
             log.info("library: %s refused: %s", source, message.reason)
             return "end", sorted(wanted)
-        raise PeerProtocolError(f"unexpected {type(message).__name__} in a library answer")
+        assert isinstance(message, LibraryEnd)  # (the only other frame LIBRARY allows)
+        return "end", list(message.missing)
 
 
 @dataclass

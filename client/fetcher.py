@@ -17,8 +17,9 @@ import threading
 import time
 from typing import Callable
 
-from client.links import RECV_CHUNK, connect_from
-from client.peerproto import Addr, Block, FetchEnd, FrameDecoder, Hello, PeerProtocolError, encode
+from client import roles
+from client.links import RECV_CHUNK, connect_from, send_checked
+from client.peerproto import Addr, Block, FetchEnd, FrameDecoder, Hello, PeerProtocolError, Reject
 from client.repair import RepairPlan
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,11 @@ class RepairJob:
 
     ``on_block(digest, block)`` gets each block in play order, ``block`` None
     for a block no source could give; ``on_done(job)`` is called once, always.
+    ``deadline`` bounds the whole job, each fetch's reads included.
     """
+
+    #: What a source may answer (client.roles).
+    ROLE = roles.FETCH
 
     def __init__(self, plan: RepairPlan, own: Addr, channel: int,
                  on_block: Callable[[bytes, Block | None], None],
@@ -47,6 +52,7 @@ class RepairJob:
         self._cancelled = threading.Event()
         self._fetchers: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._drive, name="repair")
+        self._until = clock() + deadline  # (set again when the driver starts)
         self.fetched_from: dict[str, int] = {}
         self.failures: dict[str, str] = {}  # source: why it stopped serving
         self.failed_at: dict[str, float] = {}  # source: when (Unix time) its part went to others
@@ -80,6 +86,7 @@ class RepairJob:
 
     def _run_plan(self) -> None:
         started = self._clock()
+        self._until = started + self._deadline
         self._launch(self.plan.start())
         tick = max(0.05, self.plan.stall_after / 4)
         while not self.plan.done and not self._cancelled.is_set():
@@ -135,18 +142,25 @@ class RepairJob:
             self._sockets.setdefault(source, []).append(sock)
         decoder = FrameDecoder()
         wanted = set(digests)
+        talk = roles.Conversation(self.ROLE, roles.PEER)
         try:
             sock.settimeout(self.plan.stall_after * 2)
-            sock.sendall(self._request(digests))
+            send_checked(sock, talk, self._request(digests))
             while True:
                 message = decoder.next_message()
                 if message is None:
+                    # The whole job's deadline bounds the fetch too: a trickle ends there.
+                    remaining = self._until - self._clock()
+                    if remaining <= 0:
+                        raise socket.timeout("the repair's deadline passed")
+                    sock.settimeout(min(self.plan.stall_after * 2, remaining))
                     # Bytes count as progress: a source paced by --repair-rate is slow, not stalled.
                     chunk = sock.recv(RECV_CHUNK)
                     decoder.feed(chunk)
                     if chunk:
                         self._reports.put(("progress", source, None))
                     continue
+                talk.received(message)
                 kind, payload = self._answer(source, message, wanted)
                 self._reports.put((kind, source, payload))
                 if kind == "end":
@@ -163,22 +177,26 @@ class RepairJob:
                     open_sockets.remove(sock)
             sock.close()
 
-    def _request(self, keys: list) -> bytes:
+    def _request(self, keys: list):
         """The frame that asks a source for ``keys`` (a repair asks by block identity)."""
-        return encode(Hello("fetch", self.own, self.channel, want=tuple(keys)))
+        return Hello("fetch", self.own, self.channel, want=tuple(keys))
 
     def _answer(self, source: Addr, message, wanted: set) -> tuple[str, object]:
-        """One message of a source's answer as a report: ``("block", (key, block))`` or
-        ``("end", keys it lacked)``; anything else breaks the protocol."""
-        if isinstance(message, Block) and message.digest in wanted:
+        """One message of a source's answer (one :data:`ROLE` allows) as a report:
+        ``("block", (key, block))`` or ``("end", keys it lacked)``."""
+        if isinstance(message, Block):
+            if message.digest not in wanted:
+                raise PeerProtocolError(f"block {message.digest.hex()[:8]} was not asked for")
             if self._check is not None and not self._check(message.digest, source):
                 # Forged (or not checkable now): this source's part goes to the others.
                 raise PeerProtocolError(f"block {message.digest.hex()[:8]} is not one the "
                                         "server's feed names")
             return "block", (message.digest, message)
-        if isinstance(message, FetchEnd):
-            return "end", list(message.missing)
-        raise PeerProtocolError(f"unexpected {type(message).__name__} in a fetch answer")
+        if isinstance(message, Reject):  # (another protocol version): it gives nothing
+            log.info("repair: %s refused: %s", source, message.reason)
+            return "end", list(wanted)
+        assert isinstance(message, FetchEnd)
+        return "end", list(message.missing)
 
     def _close(self, source: Addr) -> None:
         with self._lock:

@@ -8,20 +8,23 @@ functions of :mod:`client.tree`.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
-from client import channels, placement, places, tree
-from client.links import NoJoinAnswer, ParentLink, connect_from, read_message
+from client import channels, placement, places, roles, tree
 from client.delivery import SERVER
+from client.links import ANSWER_DEADLINE, NoJoinAnswer, ParentLink, ask, connect_from
 from client.model import Rejoin, State
-from client.peerproto import (MAX_WANT, Accept, Addr, Bye, Candidate, FrameDecoder, Hello, Info,
-                              Move, PeerProtocolError, Reject, Vouch, VouchAnswer, encode)
+from client.peerproto import (MAX_WANT, VERSION, Accept, Addr, Bye, Candidate, FrameDecoder, Hello,
+                              Info, Move, PeerProtocolError, Reject, Vouch, VouchAnswer)
 from server import protocol as stock
 
 log = logging.getLogger("client.node")
 
 #: How many of its latest block identities a joiner sends (``Hello.have``).
 HAVE_COUNT = 8
+#: Peers remembered in status.json ``incompatible_peers`` (those that refused our version).
+MAX_INCOMPATIBLE = 16
 
 
 class Joining:
@@ -269,15 +272,44 @@ class Joining:
                 found.extend(info.candidates)
         return found
 
-    def _ask(self, addr: Addr, hello: Hello):
-        """One request, one answer, connection closed."""
+    def _ask(self, addr: Addr, question):
+        """One question, one answer (within :data:`~client.links.ANSWER_DEADLINE`), connection closed."""
+        role = roles.ASKER[roles.frame_name(question)]
         try:
             with connect_from(self.config.ip, addr.ip, addr.port, 2.0) as sock:
-                sock.sendall(encode(hello))
-                return read_message(sock, FrameDecoder())
+                answer = ask(sock, roles.Conversation(role, roles.PEER), question,
+                             time.monotonic() + ANSWER_DEADLINE)
+        except socket.timeout:
+            self._cut_at_deadline(role, addr)
+            return None
         except (OSError, EOFError, PeerProtocolError) as exc:
             log.info("peer %s: %s", addr, exc)
             return None
+        except roles.OwnViolation:  # a bug of ours: said with its traceback, the search goes on
+            log.exception("question to %s not asked", addr)
+            return None
+        self._check_version_refusal(addr, answer)
+        return answer
+
+    def _cut_at_deadline(self, role: roles.Role, addr: Addr) -> None:
+        """A peer did not answer (or connect) in time: counted by role for status.json."""
+        log.info("peer %s: no whole %s answer within %.1f s", addr, role.name, ANSWER_DEADLINE)
+        with self._lock:
+            cut = self.counters.cut_at_deadline
+            cut[role.name] = cut.get(role.name, 0) + 1
+
+    def _check_version_refusal(self, addr: Addr, answer) -> None:
+        """A peer that refused our protocol version: said to the user (status.json)."""
+        if not isinstance(answer, Reject) or answer.version is None:
+            return
+        log.warning("peer %s speaks protocol version %d, this client %d: %s", addr,
+                    answer.version, VERSION, answer.reason)
+        with self._lock:
+            peers = self.counters.incompatible_peers
+            peers.pop(str(addr), None)
+            peers[str(addr)] = answer.version
+            while len(peers) > MAX_INCOMPATIBLE:
+                del peers[next(iter(peers))]
 
     def _try_join(self, addr: Addr, rejoin: Rejoin, moved_by: Addr | None = None):
         """Ask ``addr`` to be our parent; True once attached, else its answer."""
@@ -292,23 +324,30 @@ class Joining:
                           subtree=tree.members_below(self._relay_view()),
                           catch_up=catch_up, moved_by=moved_by)
         decoder = FrameDecoder()
+        talk = roles.Conversation(roles.JOIN, roles.PEER)  # what may come back (client.roles)
         try:
             sock = connect_from(self.config.ip, addr.ip, addr.port, 2.0)
         except OSError as exc:
             log.info("cannot reach %s: %s", addr, exc)
             return None
         try:
-            sock.settimeout(3.0)
-            sock.sendall(encode(hello))
-            answer = read_message(sock, decoder)
-        except (OSError, EOFError, PeerProtocolError) as exc:
-            log.info("join at %s failed: %s", addr, exc)
+            answer = ask(sock, talk, hello, time.monotonic() + ANSWER_DEADLINE, decoder)
+        except socket.timeout:
+            self._cut_at_deadline(roles.JOIN, addr)
+            sock.close()
+            return None
+        except (OSError, EOFError, PeerProtocolError, roles.OwnViolation) as exc:
+            if isinstance(exc, roles.OwnViolation):
+                log.exception("join at %s not asked", addr)
+            else:
+                log.info("join at %s failed: %s", addr, exc)
             sock.close()
             return None
         if not isinstance(answer, Accept):
             sock.close()
             if isinstance(answer, Reject):
                 log.info("%s refused us: %s", addr, answer.reason)
+                self._check_version_refusal(addr, answer)
             return answer
         if self.me in answer.path:
             log.warning("%s would put us under ourselves: refused", addr)
@@ -323,7 +362,7 @@ class Joining:
                 log.warning("place at %s not verified (%s): refused", addr, problem)
             return None
         link = ParentLink(sock, decoder, addr, self.config.parent_silence,
-                          self._on_parent_message, self._on_parent_lost)
+                          self._on_parent_message, self._on_parent_lost, talk)
         self._leave_server()
         with self._deliver_lock, self._lock:
             self.parent, self.parent_link, self.state = addr, link, State.ATTACHED

@@ -16,12 +16,15 @@ from typing import Callable
 
 from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message,
                               PeerProtocolError, encode)
+from client.roles import Conversation, OwnViolation
 from client.supervise import checkpoint
 from server import protocol as stock
 
 log = logging.getLogger(__name__)
 
 RECV_CHUNK = 256 * 1024
+#: Seconds an asked peer has for its whole answer (join, probe, vouch, tree query).
+ANSWER_DEADLINE = 3.0
 
 
 def connect_from(ip: str, host: str, port: int, timeout: float) -> socket.socket:
@@ -82,6 +85,25 @@ def read_message_by(sock: socket.socket, decoder: FrameDecoder, deadline: float,
         decoder.feed(sock.recv(chunk))
 
 
+def send_checked(sock: socket.socket, conversation: Conversation, message: Message) -> None:
+    """Send one frame that the peer's role allows (else :class:`~client.roles.OwnViolation`: a bug)."""
+    conversation.sending(message)
+    sock.sendall(encode(message))
+
+
+def ask(sock: socket.socket, conversation: Conversation, message: Message, deadline: float,
+        decoder: FrameDecoder | None = None,
+        clock: Callable[[], float] = time.monotonic) -> Message:
+    """Send ``message``, then the answer, both checked by ``conversation``, before ``deadline``.
+
+    ``socket.timeout`` when the whole answer is not in by then.
+    """
+    send_checked(sock, conversation, message)
+    answer = read_message_by(sock, decoder or FrameDecoder(), deadline, clock=clock)
+    conversation.received(answer)
+    return answer
+
+
 def send_progressing(sock: socket.socket, data: bytes, stall: float) -> None:
     """Send all of ``data``, failing only when no byte at all leaves for ``stall`` seconds.
 
@@ -134,17 +156,16 @@ class StockServer:
         self.host, self.port, self.own_ip, self.timeout = host, port, own_ip, timeout
 
     def _request(self, code: str, channel: int, answer_limit: int = 0) -> bytes:
+        """One request, its answer read until the server closes; all within ``timeout`` seconds."""
+        deadline = time.monotonic() + self.timeout
         with connect_from(self.own_ip, self.host, self.port, self.timeout) as sock:
             sock.sendall(stock.encode_request(code, channel))
             if not answer_limit:
                 return b""
-            data = bytearray()
-            while len(data) <= answer_limit:
-                chunk = sock.recv(answer_limit + 1 - len(data))
-                if not chunk:
-                    return bytes(data)
-                data += chunk
-            raise stock.BadAnswer(f"answer to {code}{channel} longer than {answer_limit} bytes")
+            data = _read_until_closed(sock, answer_limit, deadline)
+            if len(data) > answer_limit:
+                raise stock.BadAnswer(f"answer to {code}{channel} longer than {answer_limit} bytes")
+            return data
 
     def join(self, channel: int, answers: "queue.Queue[bytes]") -> bool:
         """Ask to be a direct client; True when the server answered ``10``."""
@@ -166,21 +187,38 @@ class StockServer:
         do not have without a word, and answer a count for every other
         one. OSError: the server is not reachable.
         """
+        deadline = time.monotonic() + self.timeout
+        data = bytearray()
         with connect_from(self.own_ip, self.host, self.port, self.timeout) as sock:
             sock.sendall(stock.encode_request(stock.COUNT, channel))
-            data = bytearray()
             try:
-                while len(data) <= stock.MAX_COUNT_ANSWER:
-                    chunk = sock.recv(stock.MAX_COUNT_ANSWER + 1 - len(data))
-                    if not chunk:
-                        break
-                    data += chunk
+                data = _read_until_closed(sock, stock.MAX_COUNT_ANSWER, deadline, data)
             except OSError:
                 pass  # reset or silence after the request: what came is the answer
         return stock.parse_count(bytes(data)) if data.strip() else None
 
     def leave(self, channel: int) -> None:
         self._request(stock.LEAVE, channel)
+
+
+def _read_until_closed(sock: socket.socket, limit: int, deadline: float,
+                       data: bytearray | None = None) -> bytes:
+    """What the peer sends until it closes (at most ``limit`` + 1 bytes), before ``deadline``.
+
+    ``data`` collects the bytes as they come (a caller that takes a timeout
+    as the end of the answer keeps what came). ``socket.timeout`` at the deadline.
+    """
+    data = bytearray() if data is None else data
+    while len(data) <= limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("the server's answer did not end in time")
+        sock.settimeout(remaining)
+        chunk = sock.recv(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 class ParentLink:
@@ -194,9 +232,11 @@ class ParentLink:
     """
 
     def __init__(self, sock: socket.socket, decoder: FrameDecoder, addr, silence: float,
-                 on_message: Callable, on_lost: Callable):
+                 on_message: Callable, on_lost: Callable, conversation: Conversation):
+        """``conversation``: the join's (:data:`client.roles.JOIN`), in its ``attached`` state."""
         self.sock, self.addr = sock, addr
         self._decoder = decoder
+        self._conversation = conversation
         self._on_message, self._on_lost = on_message, on_lost
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
@@ -210,7 +250,9 @@ class ParentLink:
         reason = "closed"
         try:
             while not self._closed.is_set():
-                self._on_message(self, read_message(self.sock, self._decoder))
+                message = read_message(self.sock, self._decoder)
+                self._conversation.received(message)
+                self._on_message(self, message)
                 checkpoint("parent-link")
         except socket.timeout:
             reason = "silent"
@@ -227,10 +269,14 @@ class ParentLink:
             self._on_lost(self, reason)
 
     def send(self, message: Message) -> bool:
+        """False when it could not be sent (or was one a child may not send: a bug, logged)."""
         try:
             with self._send_lock:
-                self.sock.sendall(encode(message))
+                send_checked(self.sock, self._conversation, message)
             return True
+        except OwnViolation:
+            log.exception("not sent to the parent %s", self.addr)
+            return False
         except OSError:
             return False
 
@@ -254,8 +300,10 @@ class ChildLink:
     """
 
     def __init__(self, sock: socket.socket, addr, backlog: int, keepalive: float,
-                 send_timeout: float, on_gone: Callable):
+                 send_timeout: float, on_gone: Callable, conversation: Conversation):
+        """``conversation``: the handshake's, answering a ``Hello(join)`` (its Accept not sent yet)."""
         self.sock, self.addr = sock, addr
+        self.conversation = conversation
         self.bytes_sent = 0
         self.blocks_sent = 0
         self._queue: queue.Queue = queue.Queue(maxsize=backlog)
@@ -304,6 +352,11 @@ class ChildLink:
                     message = Keepalive()
                 if message is None:
                     break
+                try:
+                    self.conversation.sending(message)
+                except OwnViolation:
+                    log.exception("not sent to the child %s", self.addr)
+                    continue
                 frame = encode(message)
                 send_progressing(self.sock, frame, self._send_timeout)
                 if isinstance(message, Block):

@@ -152,3 +152,5 @@ class Counters:
     swaps: int = 0
     climbs: int = 0
     last_block_at: float | None = None
+    cut_at_deadline: dict = field(default_factory=dict)     # peers not answering in time, by role
+    incompatible_peers: dict = field(default_factory=dict)  # "ip:port": the version it speaks

@@ -27,18 +27,18 @@ import struct
 import threading
 import time
 
-from client import channels, places, strangers, tree, verify
+from client import channels, places, roles, strangers, tree, verify
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
 from client.links import (ChildLink, ParentLink, StockServer, addresses_of, listen_on,
-                          read_message, read_message_by)
+                          read_message, read_message_by, send_checked)
 from client.model import Config, Counters, Rejoin, State
 from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_WANT, Accept, Addr, Advice,
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryFetch, Move, PathUpdate, PeerProtocolError,
                               Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
-                              Vouch, VouchAnswer, encode)
+                              VersionMismatch, Vouch, VouchAnswer, encode)
 from client.delivery import SERVER, Gate, Step
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 PUSH_BACKLOG = 2
 PEER_BACKLOG = 16
+#: Seconds a push connection (a join answer, a block) has for all its bytes.
+PUSH_DEADLINE = 30.0
 
 
 class Node(Joining, Upkeep):
@@ -264,9 +266,13 @@ class Node(Joining, Upkeep):
 
     def _handle_push(self, conn: socket.socket, peer_ip: str, ticket: strangers.Ticket) -> None:
         data = bytearray()
+        deadline = time.monotonic() + PUSH_DEADLINE
         try:
-            conn.settimeout(5.0)
             while len(data) <= MAX_BLOCK:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise socket.timeout(f"the push did not end within {PUSH_DEADLINE:.0f} s")
+                conn.settimeout(min(5.0, remaining))
                 chunk = conn.recv(1024 * 1024)
                 if not chunk:
                     break
@@ -476,21 +482,30 @@ class Node(Joining, Upkeep):
         # A stranger sends control frames only: no block is ever buffered for it.
         decoder = FrameDecoder(max_frame=MAX_CONTROL)
         deadline = time.monotonic() + strangers.HANDSHAKE_DEADLINE
+        talk = roles.Conversation(roles.PEER)  # what it may send first (client.roles)
         try:
             hello = read_message_by(conn, decoder, deadline, chunk=HEADER.size + MAX_CONTROL)
+            talk.received(hello)
+            talk.answering(hello)
             if isinstance(hello, TreeQuery):
-                conn.sendall(encode(TreeAnswer(tuple(self.subtree.subtree(self.snapshot())))))
+                send_checked(conn, talk, TreeAnswer(tuple(self.subtree.subtree(self.snapshot()))))
                 return
             if isinstance(hello, Vouch):  # a joiner checks the place it is offered (client.places)
                 with self._lock:
                     yes = hello.channel == self.config.channel and hello.child in self.children
-                conn.sendall(encode(VouchAnswer(yes)))
+                send_checked(conn, talk, VouchAnswer(yes))
                 return
-            if not isinstance(hello, (Hello, LibraryFetch)):
-                raise PeerProtocolError(f"expected Hello, got {type(hello).__name__}")
         except socket.timeout:
             self._blame.report(strangers.LIMIT, peer_ip, "no Hello within "
                                f"{strangers.HANDSHAKE_DEADLINE:.0f} s: connection cut")
+            return
+        except VersionMismatch as exc:
+            # Said, not just closed: the peer can tell its user why (client.roles).
+            self._blame.report(strangers.VIOLATION, peer_ip, f"{exc}: refused")
+            try:
+                conn.sendall(encode(roles.version_refusal(exc.theirs)))
+            except OSError:
+                pass
             return
         except PeerProtocolError as exc:
             self._blame.report(strangers.VIOLATION, peer_ip, f"{exc}: connection closed")
@@ -508,9 +523,9 @@ class Node(Joining, Upkeep):
         if isinstance(hello, LibraryFetch):
             serve_fetch(conn, hello, self.library, self._send_paced)  # the film library
         elif hello.kind == "probe":
-            conn.sendall(encode(self._info(hello)))
+            send_checked(conn, talk, self._info(hello))
         elif hello.kind == "join":
-            self._handle_join(conn, decoder, hello, ticket)
+            self._handle_join(conn, decoder, hello, ticket, talk)
         else:
             self._serve_fetch(conn, hello)
 
@@ -541,7 +556,7 @@ class Node(Joining, Upkeep):
                     after, tuple(b.digest for b in missed[-MAX_WANT:]))
 
     def _handle_join(self, conn: socket.socket, decoder: FrameDecoder, hello: Hello,
-                     ticket: strangers.Ticket) -> None:
+                     ticket: strangers.Ticket, talk: roles.Conversation) -> None:
         with self._deliver_lock, self._lock:
             clash = strangers.identity_clash(self.children, hello.addr)
             if clash is not None:
@@ -550,10 +565,10 @@ class Node(Joining, Upkeep):
             else:
                 decision = tree.decide_join(self._relay_view(), hello)
             if isinstance(decision, tree.AcceptJoin):
-                child = self._adopt(conn, hello)
+                child = self._adopt(conn, hello, talk)
         if isinstance(decision, tree.RedirectJoin):
             log.info("redirecting %s to %s", hello.addr, ", ".join(str(c.addr) for c in decision.candidates))
-            conn.sendall(encode(Redirect(decision.candidates)))
+            send_checked(conn, talk, Redirect(decision.candidates))
             return
         if isinstance(decision, tree.RejectJoin):
             if clash is not None:
@@ -561,13 +576,13 @@ class Node(Joining, Upkeep):
                                    f"{hello.addr}: {decision.reason}")
             else:
                 log.info("refusing %s: %s", hello.addr, decision.reason)
-            conn.sendall(encode(Reject(decision.reason)))
+            send_checked(conn, talk, Reject(decision.reason))
             return
         ticket.give_back_slot()     # children are bounded by max_children, not by the pool
         child.start()
         self._read_child(conn, decoder, child)
 
-    def _adopt(self, conn: socket.socket, hello: Hello) -> ChildLink:
+    def _adopt(self, conn: socket.socket, hello: Hello, talk: roles.Conversation) -> ChildLink:
         """Take a child (under both locks): queue the acceptance and what it missed."""
         old = self.children.pop(hello.addr, None)
         if old is not None:
@@ -576,7 +591,8 @@ class Node(Joining, Upkeep):
         if after is None and not hello.have and hello.catch_up:
             missed = self.window.latest(hello.catch_up)
         child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.keepalive_interval,
-                          send_timeout=self.config.link_stall, on_gone=self._child_gone)
+                          send_timeout=self.config.link_stall, on_gone=self._child_gone,
+                          conversation=talk)
         child.enqueue(Accept(max(self.depth, 1), self.path, after,
                              tuple(b.digest for b in missed)))
         self.children[hello.addr] = child
@@ -596,6 +612,7 @@ class Node(Joining, Upkeep):
         try:
             while True:
                 message = read_message(conn, decoder)
+                child.conversation.received(message)  # a child may send only these (client.roles)
                 if isinstance(message, Report):
                     with self._lock:
                         if self.children.get(child.addr) is child:
@@ -613,8 +630,6 @@ class Node(Joining, Upkeep):
                     break
                 elif isinstance(message, SwapAnswer):
                     self._events.put(("swap_answer", child, message.accept))
-                else:
-                    raise PeerProtocolError(f"a child may not send {type(message).__name__}")
         except socket.timeout:
             reason = "silent"
         except EOFError:
@@ -659,10 +674,8 @@ class Node(Joining, Upkeep):
             self._events.put(("swap", link, message))
         elif isinstance(message, PathUpdate):
             self._events.put(("path", link, message))
-        elif isinstance(message, (Move, Drop)):
+        elif isinstance(message, (Move, Drop)):  # (the link checked the rest: client.roles)
             self._events.put(("move" if isinstance(message, Move) else "drop", link, message))
-        else:
-            raise PeerProtocolError(f"a parent may not send {type(message).__name__}")
 
     def _on_parent_lost(self, link: ParentLink, reason: str) -> None:
         self._events.put(("lost", link, reason))
@@ -838,6 +851,8 @@ class Node(Joining, Upkeep):
                 "server_reachable": self.server_reachable,
                 "server_failures": self.server_failures,
                 "parent_silence": self.config.parent_silence,  # a silent parent is lost after this
+                "cut_at_deadline": dict(self.counters.cut_at_deadline),  # client.links.ANSWER_DEADLINE
+                "incompatible_peers": dict(self.counters.incompatible_peers),  # refused our version
             }
 
     def stats(self) -> dict:

@@ -52,6 +52,17 @@ class PeerProtocolError(ValueError):
     """The peer sent something this protocol does not allow."""
 
 
+class VersionMismatch(PeerProtocolError):
+    """A first frame of another version of this protocol: answered, not just closed.
+
+    ``theirs`` is the version the peer named.
+    """
+
+    def __init__(self, theirs):
+        super().__init__(f"unsupported protocol version {theirs!r}")
+        self.theirs = theirs
+
+
 def block_digest(data: bytes) -> bytes:
     """The channel-wide identity of a block: a hash of its bytes.
 
@@ -157,6 +168,14 @@ def _digests(value, name: str = "have", limit: int = 16) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+def _check_version(obj: dict) -> None:
+    """Before any other field: a peer of another version may have other fields too."""
+    theirs = obj.get("proto"), obj.get("version")
+    if theirs[0] == PROTOCOL and theirs[1] != VERSION:
+        _check_int(theirs[1], "version", 0, 2**31)
+        raise VersionMismatch(theirs[1])
+
+
 # -- messages -----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -194,7 +213,7 @@ class Hello:
         if self.proto != PROTOCOL:
             raise PeerProtocolError(f"not a {PROTOCOL} peer: {self.proto!r}")
         if self.version != VERSION:
-            raise PeerProtocolError(f"unsupported protocol version {self.version!r}")
+            raise VersionMismatch(self.version)
         if self.kind not in ("join", "probe", "fetch"):
             raise PeerProtocolError(f"unknown hello kind {self.kind!r}")
         _check_int(self.channel, "channel", 0, 9)
@@ -214,6 +233,7 @@ class Hello:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Hello":
+        _check_version(obj)
         return cls(kind=obj.get("kind"), addr=Addr.parse(obj), channel=obj.get("channel"),
                    max_children=obj.get("max_children", 0),
                    have=_digests(obj.get("have", [])),
@@ -293,9 +313,27 @@ class _Refusal:
 
 @dataclass(frozen=True)
 class Reject(_Refusal):
-    """The receiver will not take the joiner (not attached, loop, wrong channel...)."""
+    """The receiver will not take the joiner (not attached, loop, wrong channel...).
+
+    ``version``: set when the refusal is of a first frame of another protocol
+    version, to the version the receiver speaks (absent from the frame
+    otherwise; a client that does not know the field ignores it).
+    """
 
     TYPE: ClassVar[int] = 4
+    version: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.version is not None:
+            _check_int(self.version, "version", 0, 2**31)
+
+    def to_json(self) -> dict:
+        return {"reason": self.reason, **({"version": self.version} if self.version is not None else {})}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Reject":
+        return cls(obj.get("reason"), obj.get("version"))
 
 
 @dataclass(frozen=True)
@@ -650,7 +688,7 @@ class LibraryFetch:
         if self.proto != PROTOCOL:
             raise PeerProtocolError(f"not a {PROTOCOL} peer: {self.proto!r}")
         if self.version != VERSION:
-            raise PeerProtocolError(f"unsupported protocol version {self.version!r}")
+            raise VersionMismatch(self.version)
         if (not isinstance(self.film, str) or len(self.film) != 16
                 or any(c not in "0123456789abcdef" for c in self.film)):
             raise PeerProtocolError(f"bad film version {self.film!r}")
@@ -663,6 +701,7 @@ class LibraryFetch:
 
     @classmethod
     def from_json(cls, obj: dict) -> "LibraryFetch":
+        _check_version(obj)
         blocks = _check_list(obj.get("blocks"), "blocks", MAX_LIBRARY_WANT)
         return cls(Addr.parse(obj), obj.get("film"), tuple(blocks), obj.get("proto"),
                    obj.get("version"))

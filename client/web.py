@@ -32,8 +32,9 @@ from pathlib import Path
 
 from client import httpwire, vod
 from client.httpwire import HttpError
-from client.links import connect_from, read_message
-from client.peerproto import FrameDecoder, PeerProtocolError, TreeAnswer, TreeQuery, encode
+from client import roles
+from client.links import ANSWER_DEADLINE, ask, connect_from
+from client.peerproto import PeerProtocolError, TreeAnswer, TreeQuery, encode
 from client.remux import Remuxer
 from client.treeview import merge_tree, wire_size
 from client.webfeed import BlockFeed, live_edge_json, status_events, to_json
@@ -502,20 +503,23 @@ class WebView:
             except (OSError, EOFError, PeerProtocolError) as exc:
                 log.info("web: no subtree from direct client %s: %s", ip, exc)
                 complete = False
+            except roles.OwnViolation:  # a bug of ours, not the peer's
+                log.exception("web: the tree query to %s", ip)
+                complete = False
         nodes = merge_tree([answers[0]] + answers[1:])
         return {"channel": channel, "self": f"{me['ip']}:{me['peer_port']}",
                 "updated_at": round(time.time(), 3), "complete": complete,
                 "direct_clients": roots, "nodes": [n.to_json() for n in nodes]}
 
     def _ask_subtree(self, ip: str, port: int, channel: int):
+        query = TreeQuery(channel)
         with connect_from(self.node.config.ip, ip, port, timeout=2.0) as sock:
-            query = encode(TreeQuery(channel))
-            sock.sendall(query)
-            answer = read_message(sock, FrameDecoder())
-        if not isinstance(answer, TreeAnswer):
-            raise PeerProtocolError(f"expected a tree answer, got {type(answer).__name__}")
+            answer = ask(sock, roles.Conversation(roles.TREE, roles.PEER), query,
+                         time.monotonic() + ANSWER_DEADLINE)
+        if not isinstance(answer, TreeAnswer):  # (a Reject: another protocol version)
+            raise PeerProtocolError(f"{ip} refused the tree query: {answer.reason}")
         self.counters["tree_queries"] += 1
-        self.counters["tree_query_bytes"] += len(query) + wire_size(answer.nodes) + 5
+        self.counters["tree_query_bytes"] += len(encode(query)) + wire_size(answer.nodes) + 5
         return list(answer.nodes)
 
     def tree(self) -> dict:

@@ -131,7 +131,6 @@ def test_while_the_server_is_unreachable_the_pause_grows_to_four_periods():
 
 
 def test_members_are_read_anew_each_round():
-    world = World(listed=[Candidate(addr(3), 1, 1, 0)])
     search = placement.search(ME, PERIOD, server_first=False)
     assert next(search) == StartRound()
     assert search.send(frozenset()) == ProbeListed(frozenset())

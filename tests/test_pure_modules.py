@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PURE = ["client.delivery", "client.placement", "client.tree", "client.treenode", "client.repair", "client.places", "client.peerproto",
+PURE = ["client.delivery", "client.placement", "client.tree", "client.treenode", "client.repair",
+        "client.places", "client.peerproto", "client.roles",
         "server.protocol"]
 
 #: What pure code may not use: I/O, threads, clocks, processes.

@@ -32,7 +32,8 @@ STATUS = {"ip": str, "peer_port": int, "push_port": int, "channel": int, "max_ch
           "refusals": dict, "behind_live_s": (float, type(None)), "play_rate": (float, type(None)),
           "player": (dict, type(None)), "store": dict, "tree": list, "problem": (str, type(None)),
           "server_reachable": bool, "server_failures": int, "verify": dict,
-          "parent_silence": (float, int), "url": str,
+          "parent_silence": (float, int), "cut_at_deadline": dict, "incompatible_peers": dict,
+          "url": str,
           "live_edge": (dict, type(None))}
 LIVE_EDGE = {"max_behind_s": float, "max_rate": float, "slew_per_s": float, "rate_step": float,
              "speed_up_from_s": float, "full_speed_at_s": float, "skip_behind_s": float,

@@ -13,6 +13,9 @@
 * ``.. sequence::`` -- a sequence diagram (graphviz) from lines
   ``A -> B: message``; ``A -> A: text`` is a step taken by A alone.
 * ``.. menu-commands::`` -- the client menu's commands, from their docstrings.
+* ``.. role-diagram:: NAME`` -- one peer connection role of
+  :data:`client.roles.ROLES` as a graphviz digraph: its states as nodes,
+  the frames that may arrive as edge labels.
 * ``:pyval:`module.NAME``` -- the value of a constant, as code.
 
 Each of them records the source files of the modules it read as dependencies
@@ -301,6 +304,44 @@ class Sequence(_Generated):
         return out
 
 
+def role_dot(role) -> str:
+    """A role's table as a digraph: one node per state, one edge per (state, next state)."""
+    ids = {state: f"s{i}" for i, state in enumerate(role.table)}
+    out = [f"digraph role_{role.name} {{", "  rankdir=LR; nodesep=0.4; ranksep=0.9;",
+           '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontsize=10];',
+           "  edge [fontsize=8];",
+           '  start [shape=circle, label="", width=0.15, style=filled, fillcolor=black];']
+    for state, node in ids.items():
+        out.append(f"  {node} [label={_quote(state)}];")
+    edges: dict[tuple[str, str], list[str]] = {}
+    for state, moves in role.table.items():
+        for frame, after in moves.items():
+            edges.setdefault((state, after), []).append(frame)
+    if any(after not in ids for _, after in edges):
+        out.append('  end [shape=doublecircle, label="", width=0.12, style=filled, fillcolor=black];')
+    out.append(f"  start -> {ids[role.start]};")
+    for (state, after), frames in edges.items():
+        label = '"' + "\\n".join(frames) + '"'  # (frame names: no quote, no backslash)
+        out.append(f"  {ids[state]} -> {ids.get(after, 'end')} [label={label}];")
+    out.append("}")
+    return "\n".join(out)
+
+
+class RoleDiagram(_Generated):
+    """One role of :mod:`client.roles`, drawn from its table."""
+
+    required_arguments = 1
+    option_spec = {"caption": directives.unchanged}
+    MODULES = ("client.roles", "client.peerproto")
+
+    def lines(self):
+        role = importlib.import_module("client.roles").ROLES[self.arguments[0]]
+        caption = self.options.get("caption", f"Role ``{role.name}``: {role.doc}.")
+        out = [".. graphviz::", f"   :caption: {caption}", ""]
+        out.extend("   " + line for line in role_dot(role).splitlines())
+        return out
+
+
 def pyval_role(name, rawtext, text, lineno, inliner, options=None, content=None):
     try:
         value = _import(text)
@@ -318,8 +359,9 @@ def setup(app):
     app.add_directive("package-modules", PackageModules)
     app.add_directive("sequence", Sequence)
     app.add_directive("menu-commands", MenuCommands)
+    app.add_directive("role-diagram", RoleDiagram)
     app.add_role("pyval", pyval_role)
     # env_version: bumped when the directives' output changes, so that Sphinx
     # re-reads every page once instead of reusing pages read by the old code.
-    return {"version": "2", "env_version": 2,
+    return {"version": "3", "env_version": 3,
             "parallel_read_safe": True, "parallel_write_safe": True}
