@@ -163,7 +163,7 @@ class Joining:
         with self._deliver_lock, self._lock:
             self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
             self.parent_link = None
-            self._moved_at = time.monotonic()
+            self.moves.moved(time.monotonic())
             self._server_member = True
             self._last_server_block = time.monotonic()
             # The gap is looked for once the server's first block is in (the gate
@@ -366,7 +366,7 @@ class Joining:
         self._leave_server()
         with self._deliver_lock, self._lock:
             self.parent, self.parent_link, self.state = addr, link, State.ATTACHED
-            self._moved_at = time.monotonic()
+            self.moves.moved(time.monotonic())
             self.path, self.depth = answer.path + (addr,), answer.depth + 1
             self._backup = self._advice = None  # the new parent will advise
             latest = self.window.latest_digests(1)

@@ -45,7 +45,8 @@ from client.behind import PlayerWatch
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
 from client.supervise import checkpoint, supervised
 from client.treeview import SubtreeLedger
-from client.upkeep import SwapOffer, Upkeep
+from client.moves import Climb, Moves, OfferSwap, Situation
+from client.upkeep import Upkeep
 from server import protocol as stock
 
 __all__ = ["Node", "Config", "State", "SERVER"]
@@ -86,7 +87,6 @@ class Node(Joining, Upkeep):
         self.verifier = verify.Verifier(fetch, config.server_key, config.store / "server-key.pinned",
                                         enabled=config.verify, refetch=config.period / 4)
         self._distrusted: dict[Addr, float] = {}  # relays caught lying: not chosen until then
-        self._declines: dict[Addr, int] = {}      # swap offers each child declined in a row
 
         self.state = State.JOINING
         self.parent: str | Addr | None = None
@@ -107,13 +107,10 @@ class Node(Joining, Upkeep):
         self._advice: Candidate | None = None           # my children's backup if I die
         self._advice_sent: dict[Addr, Advice] = {}
         self._expected: dict[Addr, float] = {}          # swap partners, until a deadline
-        self._swap_offer: SwapOffer | None = None
-        self._moved_at = time.monotonic()             # last change of parent
-        self._children_changed_at = time.monotonic()
+        # When to swap, climb or watch for a slot, and the swap offer pending (client.moves).
+        self.moves = Moves(config.period, config.settle_time, config.swap_cooldown,
+                           time.monotonic())
         self._last_block = time.monotonic()
-        self._next_climb = time.monotonic()
-        self._swap_turn, self._climb_turn = tree.PhaseTurn(), tree.PhaseTurn()
-        self._slot_watch_until = 0.0  # monotonic: ask the server for the slot a dead parent left
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -537,13 +534,19 @@ class Node(Joining, Upkeep):
             self._expected = {a: t for a, t in self._expected.items() if t > now}
             self._expected.update((a, deadline) for a in addrs)
 
+    def _situation(self) -> Situation:
+        """(Under the lock.) The node as :mod:`client.moves` sees it, now."""
+        return Situation(time.monotonic(), self.state == State.DIRECT,
+                         self.state == State.ATTACHED, self.depth,
+                         self.gate.repair is not None, len(self.window) > 0)
+
     def _relay_view(self) -> tree.RelayView:
         with self._lock:
             return tree.RelayView(
                 me=self.me, channel=self.config.channel, max_children=self.config.max_children,
                 attached=self.state in (State.DIRECT, State.ATTACHED), depth=max(self.depth, 1),
                 path=self.path, sent=self.counters.bytes_sent,
-                children=places.advertised(self.child_views, self._declines),
+                children=places.advertised(self.child_views, self.moves.declines),
                 expected=frozenset(a for a, t in self._expected.items() if t > time.monotonic()))
 
     def _info(self, probe: Hello) -> Info:
@@ -599,7 +602,7 @@ class Node(Joining, Upkeep):
         self.child_views[hello.addr] = tree.ChildView(hello.addr, free=hello.max_children,
                                                       members=hello.subtree)
         self._advice_sent.pop(hello.addr, None)
-        self._children_changed_at = time.monotonic()
+        self.moves.children_changed(time.monotonic())
         log.info("new child %s (resumes %s, %d missed block(s) to fetch)", hello.addr,
                  "after its latest block" if after else "live", len(missed))
         self._write_status()
@@ -651,9 +654,8 @@ class Node(Joining, Upkeep):
                 return
             del self.children[child.addr]
             self.child_views.pop(child.addr, None)
-            self._declines.pop(child.addr, None)
             self.subtree.child_gone(child.addr)
-            self._children_changed_at = time.monotonic()
+            self.moves.child_gone(child.addr, time.monotonic())
             key = str(child.addr)
             self._sent_before[key] = self._sent_before.get(key, 0) + child.bytes_sent
         log.info("child %s gone: %s", child.addr, reason)
@@ -685,7 +687,6 @@ class Node(Joining, Upkeep):
     def _control_loop(self) -> None:
         tick = self.config.period / 4
         next_report = next_root_probe = time.monotonic()
-        self._next_climb = time.monotonic() + self._climb_interval()
         self._find_place(f"joining channel {self.config.channel}", server_first=True)
         while not self._stopping.is_set():
             checkpoint("controller")
@@ -718,16 +719,12 @@ class Node(Joining, Upkeep):
         block from above would reach nobody. The block's phase keeps moves
         that would collide apart (:func:`client.tree.may_swap`).
         """
-        swap_turn = self._swap_turn.turn(tree.may_swap(self.depth, digest))
-        climb_turn = self._climb_turn.turn(tree.may_climb(digest))
-        if (time.monotonic() < self._slot_watch_until and self.state == State.ATTACHED
-                and not tree.may_swap(1, digest)):
-            self._maybe_climb(to_server=True)
-        elif self.state in (State.DIRECT, State.ATTACHED) and swap_turn:
+        with self._lock:
+            move = self.moves.after_block(self._situation(), digest)
+        if isinstance(move, OfferSwap):
             self._maybe_swap()
-        elif time.monotonic() >= self._next_climb and climb_turn:
-            self._next_climb = time.monotonic() + self._climb_interval()
-            self._maybe_climb()
+        elif isinstance(move, Climb):
+            self._maybe_climb(to_server=move.to_server)
 
     def _handle_event(self, kind: str, link, arg) -> None:
         if kind == "report":
@@ -771,7 +768,7 @@ class Node(Joining, Upkeep):
             if parent_was_direct:
                 # The server frees the dead client's slot within a few periods:
                 # take it back (with our subtree) rather than wait for a climb.
-                self._slot_watch_until = time.monotonic() + SLOT_WATCH_PERIODS * self.config.period
+                self.moves.lost_direct_parent(time.monotonic())
         elif kind == "drop":
             self._orphaned(link.addr, f"parent {link.addr} dropped us: {arg.reason}")
         elif kind == "forged":
@@ -882,9 +879,6 @@ class Node(Joining, Upkeep):
 
 #: How long (in periods, at least 30 s) a relay caught lying is not chosen as a parent.
 DISTRUST_PERIODS = 30
-
-#: How long (in periods) an orphan of a direct client keeps asking the server for its slot.
-SLOT_WATCH_PERIODS = 12
 
 
 def _abort(sock: socket.socket) -> None:

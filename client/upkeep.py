@@ -6,7 +6,6 @@ A mixin of :class:`client.node.Node`, driven by the controller's tick.
 from __future__ import annotations
 
 import logging
-import random
 import time
 
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ CLIMB_ATTEMPTS = 4
 
 @dataclass(frozen=True)
 class SwapOffer:
-    """A swap offered to a child and not answered yet.
+    """A swap offered to a child and not answered yet (the token :mod:`client.moves` keeps).
 
     The child's link and view are kept from the moment of the offer: a child
     that accepts closes its link right after answering, so by the time the
@@ -36,7 +35,6 @@ class SwapOffer:
     link: ChildLink
     view: tree.ChildView
     swap: Swap
-    deadline: float     # monotonic: forgotten after this
 
 
 class Upkeep:
@@ -72,11 +70,10 @@ class Upkeep:
         """
         with self._lock:
             now = time.monotonic()
-            if self._swap_offer is not None and now > self._swap_offer.deadline:
-                log.info("balance: %s did not answer the swap offer", self._swap_offer.link.addr)
-                self._swap_offer = None
-            if (self.config.balance_blocks <= 0 or not self._settled()
-                    or now - self._children_changed_at < self.config.settle_time):
+            silent = self.moves.expired_offer(now)
+            if silent is not None:
+                log.info("balance: %s did not answer the swap offer", silent)
+            if self.config.balance_blocks <= 0 or not self.moves.may_offer(self._situation()):
                 return
             view = self._relay_view()
             block_size = sum(len(b.data) for b in self.window.latest(4)) / min(4, len(self.window))
@@ -89,21 +86,13 @@ class Upkeep:
             offer = Swap(None if was_direct else self.parent, self.path, (self.me, *others),
                          server=was_direct)
             link = self.children[target]
-            self._swap_offer = SwapOffer(link, view.children[target], offer,
-                                         now + self.config.period)
+            self.moves.offered(SwapOffer(link, view.children[target], offer), target, now)
         link.enqueue(offer)
-
-    def _settled(self) -> bool:
-        """(Under the lock.) In place, not repairing, not moved lately, no swap under way."""
-        return (self.state in (State.DIRECT, State.ATTACHED) and self.gate.repair is None
-                and time.monotonic() - self._moved_at >= self.config.swap_cooldown
-                and self._swap_offer is None and len(self.window) > 0)
 
     def _on_swap_offer(self, link: ParentLink, offer: Swap) -> None:
         """Our parent offers us its place: take it if nothing else is under way here."""
         with self._lock:
-            accept = (self.state == State.ATTACHED and self.gate.repair is None
-                      and self._swap_offer is None)
+            accept = self.moves.may_accept(self._situation())
             if accept:
                 # Ready before saying yes: the partners connect as soon as the parent hears it.
                 self._expect(offer.expected)
@@ -117,22 +106,18 @@ class Upkeep:
     def _on_swap_answer(self, link: ChildLink, accept: bool) -> None:
         """A child answered our offer: carry the swap out, or forget it."""
         with self._lock:
-            offer = self._swap_offer
+            offer = self.moves.offer.token if self.moves.offer is not None else None
             if offer is None or offer.link is not link:
                 return
-            self._swap_offer = None
-            # Declined in a row: past a few, its free places are not advertised (client.places).
-            self._declines[link.addr] = 0 if accept else self._declines.get(link.addr, 0) + 1
-            late = (self.parent == SERVER and
-                    time.monotonic() - self._last_server_block > self.config.period / 4)
-        if not accept:
+            verdict = self.moves.answered(offer, accept, time.monotonic(), self.parent == SERVER,
+                                          self._last_server_block)
+        if verdict == "declined":
             log.info("balance: %s declined the swap", link.addr)
-            return
-        if late:
-            # Too far from the last block to hand the server slot over safely; the
-            # child is already on its way, so go ahead: its repair covers the gap.
-            log.info("balance: handing the server slot over late")
-        self._swap_with(offer)
+        elif verdict == "late":
+            log.info("balance: %s accepted too late in the period to hand the server slot "
+                     "over: keeping it (the child comes back)", link.addr)
+        elif verdict == "carry":
+            self._swap_with(offer)
 
     def _swap_with(self, offer: SwapOffer) -> None:
         """Hand the child that accepted ``offer`` this relay's place and other children.
@@ -214,10 +199,6 @@ class Upkeep:
                 search.add(shallower(answer.candidates))
         return False
 
-    def _climb_interval(self) -> float:
-        """Every 3 to 6 periods, at random, so that clients do not all look at once."""
-        return self.config.period * random.uniform(3, 6)
-
     def _maybe_climb(self, to_server: bool = False) -> None:
         """Move up a level when a shallower place is free: the tree compacts again after churn.
 
@@ -230,10 +211,7 @@ class Upkeep:
         the slot it left, whatever its depth now.
         """
         with self._lock:
-            # Not the swap cooldown: swaps move the clients of a deep branch often
-            # enough to keep them from ever climbing.
-            if (self.state != State.ATTACHED or self.gate.repair is not None
-                    or time.monotonic() - self._moved_at < self.config.settle_time):
+            if not self.moves.may_climb(self._situation()):
                 return
             depth, old = self.depth, self.parent_link
             members = tree.members_below(self._relay_view())
