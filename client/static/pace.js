@@ -21,12 +21,13 @@ class LiveEdge {
     return 1.0 + share * (this.rule.max_rate - 1.0);
   }
 
-  // Move the rate towards what `behind` calls for, by at most slew_per_s per second,
-  // in steps of rate_step; the rate to play at now (`now` in seconds).
+  // Move the rate towards what `behind` calls for, by at most slew_per_s per second
+  // and one rate_step per update (a late update does not jump), in steps of
+  // rate_step; the rate to play at now (`now` in seconds).
   update(behind, now) {
     const elapsed = this.last === null ? 0 : Math.max(0, now - this.last);
     this.last = now;
-    const step = this.rule.slew_per_s * elapsed;
+    const step = Math.min(this.rule.slew_per_s * elapsed, this.rule.rate_step);
     this.exact += Math.max(-step, Math.min(step, this.wanted(behind) - this.exact));
     const q = this.rule.rate_step;
     const quantized = Math.round(Math.round(this.exact / q) * q * 100) / 100;
