@@ -13,6 +13,7 @@ import time
 
 from client import channels, placement, places, roles, tree
 from client.delivery import SERVER
+from client.inputs import USER_COMMANDS
 from client.links import ANSWER_DEADLINE, NoJoinAnswer, ParentLink, ask, connect_from
 from client.model import Rejoin, State
 from client.peerproto import (MAX_WANT, VERSION, Accept, Addr, Bye, Candidate, FrameDecoder, Hello,
@@ -112,8 +113,8 @@ class Joining:
 
         The event stays queued for the loop, which acts on it once the search returns.
         """
-        with self._events.mutex:
-            return any(event[0] in ("leave", "idle", "channel") for event in self._events.queue)
+        with self._inputs.mutex:
+            return any(isinstance(event, USER_COMMANDS) for event in self._inputs.queue)
 
     def _server_call(self, call, *args):
         """One request to the server; None when it failed (said once while the server is away)."""

@@ -7,15 +7,20 @@ Threads, each with one job and a way to end:
 * peer listener: other clients' connections (join, probe), one handler each,
   which becomes the child's reader when the join is accepted;
 * controller: every decision that takes time (joining, rejoining, leaving),
-  driven by an event queue and a tick;
+  driven by a queue of :mod:`client.inputs` and a tick;
 * one reader for the parent link, one sender per child link;
 * during a repair, a driver and one fetcher per source (:mod:`client.fetcher`).
 
-The join and rejoin policy lives in :mod:`client.joining`, the upkeep of the
-tree (backup parents, balance rotation, climbing) in :mod:`client.upkeep`;
-both are mixins of :class:`Node` run by the controller. State is owned by the node and guarded by one lock; blocks pass through
-:meth:`Node.deliver` under a second lock so that storing and relaying happen
-in one order for everyone.
+The decisions are pure machines the node drives: the search for a place
+(:mod:`client.placement`), the order and numbering of stored blocks
+(:mod:`client.delivery`), the client's own moves (:mod:`client.moves`), the
+join answers and the tree's shape (:mod:`client.tree`), the repair plan
+(:mod:`client.repair`) and who may send what on each link
+(:mod:`client.roles`). Carrying them out is :mod:`client.joining`'s (join,
+rejoin, leave) and :mod:`client.upkeep`'s (backup parents, swaps, climbs),
+mixins of :class:`Node` run by the controller. State is owned by the node
+and guarded by one lock; blocks pass through the gate under a second lock
+so that storing and relaying happen in one order for everyone.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import struct
 import threading
 import time
 
-from client import channels, places, roles, strangers, tree, verify
+from client import channels, inputs, places, roles, strangers, tree, verify
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
@@ -71,7 +76,7 @@ class Node(Joining, Upkeep):
         self.server = StockServer(config.server_host, config.server_port, config.ip)
         self._lock = threading.RLock()
         self._deliver_lock = threading.Lock()
-        self._events: queue.Queue = queue.Queue()
+        self._inputs: queue.Queue = queue.Queue()  # client.inputs, for the controller
         self._join_answers: queue.Queue = queue.Queue()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -110,7 +115,6 @@ class Node(Joining, Upkeep):
         # When to swap, climb or watch for a slot, and the swap offer pending (client.moves).
         self.moves = Moves(config.period, config.settle_time, config.swap_cooldown,
                            time.monotonic())
-        self._last_block = time.monotonic()
         self._last_server_block = time.monotonic()
         self._push_sock: socket.socket | None = None
         self._peer_sock: socket.socket | None = None
@@ -159,7 +163,7 @@ class Node(Joining, Upkeep):
         """Leave gracefully (server, parent, children told), then end every thread."""
         if self._stopping.is_set():
             return
-        self._events.put(("leave", None, None))
+        self._inputs.put(inputs.Leave(time.monotonic()))
         for thread in self._threads:
             if thread.name == "controller":
                 thread.join(timeout=10)
@@ -208,7 +212,7 @@ class Node(Joining, Upkeep):
             if self._wanted_channel == channel:
                 return False
             self._wanted_channel = channel
-        self._events.put(("channel", None, channel))
+        self._inputs.put(inputs.SwitchChannel(time.monotonic(), channel))
         return True
 
     def leave_channel(self) -> bool:
@@ -220,7 +224,7 @@ class Node(Joining, Upkeep):
             if self._wanted_channel is None:
                 return False
             self._wanted_channel = None
-        self._events.put(("idle", None, None))
+        self._inputs.put(inputs.GoIdle(time.monotonic()))
         return True
 
     def check_channel(self, channel: int) -> str | None:
@@ -304,7 +308,7 @@ class Node(Joining, Upkeep):
         with self._deliver_lock:
             if source != SERVER and source == self.gate.source and not self._authentic(
                     block.digest, source.addr):
-                self._events.put(("forged", source, None))
+                self._inputs.put(inputs.ParentForged(time.monotonic(), source))
                 return
             stored = self._perform(self.gate.arrived(block, source, time.time()))
         if stored:
@@ -317,7 +321,7 @@ class Node(Joining, Upkeep):
                 self._last_server_block = time.monotonic()
             self._store_and_relay(passed.block)
         if step.check_gap:
-            self._events.put(("server_gap", None, None))  # client.joining
+            self._inputs.put(inputs.ServerBlockHeld(time.monotonic()))  # client.joining
         return bool(step.passes)
 
     def _authentic(self, digest: bytes, sender: Addr) -> bool:
@@ -343,7 +347,6 @@ class Node(Joining, Upkeep):
         with self._lock:
             children = list(self.children.values())
         stored_at = time.time()
-        self._last_block = time.monotonic()
         self.store.write(block.data, block.seq)  # a refusal (full disk) is said once; relay goes on
         if self.recorder is not None:
             self.recorder.keep(self.config.channel, block.data)  # --record (client/record.py)
@@ -353,7 +356,7 @@ class Node(Joining, Upkeep):
         for watch in self.watchers:
             watch("block", Stored(block, stored_at))
         # Only now: moves made then must follow the relay.
-        self._events.put(("stored", None, block.digest))
+        self._inputs.put(inputs.BlockStored(time.monotonic(), block.digest))
         with self._lock:
             self.counters.blocks_received += 1
             self.counters.bytes_received += len(block.data)
@@ -625,14 +628,14 @@ class Node(Joining, Upkeep):
                                 parents=message.parents)
                             if message.nodes and self.subtree.child_reported(child.addr,
                                                                              message.nodes):
-                                self._events.put(("report", None, None))  # pass it up now
+                                self._inputs.put(inputs.SubtreeChanged(time.monotonic()))
                 elif isinstance(message, Bye):
                     reason = "left"
                     if message.successor is not None:
                         self._expect((message.successor,))  # its slot is for the swap partner
                     break
                 elif isinstance(message, SwapAnswer):
-                    self._events.put(("swap_answer", child, message.accept))
+                    self._inputs.put(inputs.SwapAnswered(time.monotonic(), child, message.accept))
         except socket.timeout:
             reason = "silent"
         except EOFError:
@@ -672,15 +675,11 @@ class Node(Joining, Upkeep):
             with self._lock:
                 if link is self.parent_link:
                     self._backup, self._advice = message.backup, message.advice
-        elif isinstance(message, Swap):
-            self._events.put(("swap", link, message))
-        elif isinstance(message, PathUpdate):
-            self._events.put(("path", link, message))
-        elif isinstance(message, (Move, Drop)):  # (the link checked the rest: client.roles)
-            self._events.put(("move" if isinstance(message, Move) else "drop", link, message))
+        else:  # Swap, PathUpdate, Move, Drop (the link checked the rest: client.roles)
+            self._inputs.put(inputs.FromParent(time.monotonic(), link, message))
 
     def _on_parent_lost(self, link: ParentLink, reason: str) -> None:
-        self._events.put(("lost", link, reason))
+        self._inputs.put(inputs.ParentLost(time.monotonic(), link, reason))
 
     # -- the controller ------------------------------------------------------
 
@@ -691,14 +690,14 @@ class Node(Joining, Upkeep):
         while not self._stopping.is_set():
             checkpoint("controller")
             try:
-                kind, link, arg = self._events.get(timeout=tick)
+                event = self._inputs.get(timeout=tick)
             except queue.Empty:
-                kind = None
-            if kind == "leave":
+                event = None
+            if isinstance(event, inputs.Leave):
                 self._leave()
                 return
-            if kind is not None:
-                self._handle_event(kind, link, arg)
+            if event is not None:
+                self._handle_input(event)
             if self.state == State.DIRECT and (
                     time.monotonic() - self._last_server_block > self.config.server_silence):
                 self._orphaned(None, "no block from the server for "
@@ -726,58 +725,57 @@ class Node(Joining, Upkeep):
         elif isinstance(move, Climb):
             self._maybe_climb(to_server=move.to_server)
 
-    def _handle_event(self, kind: str, link, arg) -> None:
-        if kind == "report":
+    def _handle_input(self, event) -> None:
+        """One input of :mod:`client.inputs` (all but Leave, which ends the loop)."""
+        if isinstance(event, inputs.SubtreeChanged):
             self._report_to_parent()
-            return
-        if kind == "swap_answer":
-            self._on_swap_answer(link, arg)
-            return
-        if kind == "server_gap":
+        elif isinstance(event, inputs.SwapAnswered):
+            self._on_swap_answer(event.child, event.accept)
+        elif isinstance(event, inputs.ServerBlockHeld):
             self._server_gap()
-            return
-        if kind == "stored":
-            if time.monotonic() - self._last_block < self.config.period / 4:
-                self._just_stored(arg)  # (else the controller was busy: wait for the next block)
-            return
-        if kind == "idle":
+        elif isinstance(event, inputs.BlockStored):
+            if time.monotonic() - event.now < self.config.period / 4:
+                self._just_stored(event.digest)  # (else the controller was busy: wait for the next)
+        elif isinstance(event, inputs.GoIdle):
             if self.state != State.IDLE:
                 self._leave()
                 self.state = State.IDLE
             self._write_status()
-            return
-        if kind == "channel":
+        elif isinstance(event, inputs.SwitchChannel):
             if self.state != State.IDLE:
                 self._leave()
             with self._deliver_lock, self._lock:
-                self.config.channel = arg
+                self.config.channel = event.channel
                 self.gate.new_channel()
                 self.window.clear()
-            self._move_store(arg)
-            self._find_place(f"switching to channel {arg}", server_first=True)
-            return
-        if link is not self.parent_link or link is None:
-            return  # an event of a link we already left
-        if kind == "swap":
-            self._on_swap_offer(link, arg)
-        elif kind == "path":
-            self._on_path(arg)
-        elif kind == "lost":
+            self._move_store(event.channel)
+            self._find_place(f"switching to channel {event.channel}", server_first=True)
+        elif event.link is self.parent_link and event.link is not None:
+            self._from_parent(event)
+        # (else an input of a link we already left)
+
+    def _from_parent(self, event) -> None:
+        """An input of the current parent link."""
+        link = event.link
+        if isinstance(event, inputs.ParentLost):
             parent_was_direct = len(self.path) == 1
-            self._orphaned(link.addr, f"parent {link.addr} lost: {arg}")
+            self._orphaned(link.addr, f"parent {link.addr} lost: {event.reason}")
             if parent_was_direct:
-                # The server frees the dead client's slot within a few periods:
-                # take it back (with our subtree) rather than wait for a climb.
-                self.moves.lost_direct_parent(time.monotonic())
-        elif kind == "drop":
-            self._orphaned(link.addr, f"parent {link.addr} dropped us: {arg.reason}")
-        elif kind == "forged":
+                self.moves.lost_direct_parent(time.monotonic())  # (client.moves)
+        elif isinstance(event, inputs.ParentForged):
             self._orphaned(link.addr, f"parent {link.addr} relayed a forged block")
-        elif kind == "move":
-            seeds = [Candidate(a, i + 1, 1, 0) for i, a in enumerate(arg.candidates)]
+        elif isinstance(event.message, Swap):
+            self._on_swap_offer(link, event.message)
+        elif isinstance(event.message, PathUpdate):
+            self._on_path(event.message)
+        elif isinstance(event.message, Drop):
+            self._orphaned(link.addr, f"parent {link.addr} dropped us: {event.message.reason}")
+        elif isinstance(event.message, Move):
+            move = event.message
+            seeds = [Candidate(a, i + 1, 1, 0) for i, a in enumerate(move.candidates)]
             self._orphaned(link.addr, f"parent {link.addr} is leaving", seeds=seeds,
-                           server_first=arg.server,
-                           insist=arg.candidates[-1] if arg.candidates else None,
+                           server_first=move.server,
+                           insist=move.candidates[-1] if move.candidates else None,
                            moved_by=link.addr)
 
     # -- the tree around this client --------------------------------------------
