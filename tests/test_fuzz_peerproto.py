@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.cluster import next_address, wait_until
+from client.inputs import Leave
 from client.links import connect_from, read_message
 from client.model import Config
 from client.node import Node
@@ -121,7 +122,7 @@ def node(tmp_path):
                     period=0.5, player=False, feed_port=0)
     node = Node(config)
     def control_loop():          # no server, no joining: the handshake alone
-        while node._events.get()[0] != "leave":
+        while not isinstance(node._inputs.get(), Leave):
             pass
 
     node._control_loop = control_loop

@@ -119,7 +119,17 @@ def test_the_film_shows_in_a_window(films, tmp_path, xvfb):
         wait_until(playing_second_block, 10, "the second block")  # the window was reused
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "player-window.png"
-        rgb = screenshot(xvfb, shot)
+        width, height = SCREEN
+
+        def picture_on_screen():
+            # VLC says "playing" when it starts the block; its first frame may reach
+            # the screen a moment later on a busy machine: shoot until it is there.
+            rgb = screenshot(xvfb, shot)
+            return rgb if picture_box(rgb, width, height) is not None else None
+        try:
+            rgb = wait_until(picture_on_screen, 1.5, "a picture in the window", interval=0.1)
+        except TimeoutError:
+            raise AssertionError("the screen is black") from None
         assert "played canal0_00001.mkv" not in log_path.read_text(), "shot taken too late"
     finally:
         player.send_signal(signal.SIGTERM)
@@ -128,11 +138,8 @@ def test_the_film_shows_in_a_window(films, tmp_path, xvfb):
     assert rc == 0, log
     assert "--vout=xcb_x11" in log and "--avcodec-hw=none" in log
 
-    width, height = SCREEN
     assert len(rgb) == width * height * 3
-    box = picture_box(rgb, width, height)
-    assert box is not None, "the screen is black"
-    x0, y0, x1, y1 = box
+    x0, y0, x1, y1 = box = picture_box(rgb, width, height)
     # The film is 320x180 and VLC shows it at its own size.
     assert x1 - x0 >= 280 and y1 - y0 >= 150, box
     brightness, colours = region_stats(rgb, width, box)
