@@ -768,13 +768,84 @@ class VouchAnswer:
         return cls(obj.get("yes"))
 
 
+#: Digests one :class:`DigestQuery` may ask about (a live block, or a few repaired ones).
+MAX_CHECK = 16
+#: Milliseconds a :class:`DigestQuery` may ask its witness to wait for the server's block.
+MAX_CHECK_WAIT_MS = 5000
+
+
+def _check_digests(digests, name: str) -> None:
+    if not isinstance(digests, tuple) or len(digests) > MAX_CHECK or not all(
+            isinstance(d, bytes) and len(d) == DIGEST_SIZE for d in digests):
+        raise PeerProtocolError(f"bad {name}: not a tuple of at most {MAX_CHECK} digests")
+
+
+@dataclass(frozen=True)
+class DigestQuery:
+    """First (and only) frame of a connection that asks a direct client: did the server
+    send you these blocks? (the cross-check with the stock server, :mod:`client.crosscheck`).
+
+    The asked client may wait up to ``wait_ms`` for the server's next block
+    before it answers, so that a block it is about to get is confirmed, not
+    refuted.
+    """
+
+    TYPE: ClassVar[int] = 47
+    channel: int
+    want: tuple[bytes, ...]
+    wait_ms: int = 0
+
+    def __post_init__(self):
+        _check_int(self.channel, "channel", 0, 9)
+        _check_digests(self.want, "want")
+        _check_int(self.wait_ms, "wait_ms", 0, MAX_CHECK_WAIT_MS)
+
+    def to_json(self) -> dict:
+        return {"channel": self.channel, "want": [d.hex() for d in self.want],
+                "wait_ms": self.wait_ms}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "DigestQuery":
+        return cls(obj.get("channel"), _digests(obj.get("want", []), "want", MAX_CHECK),
+                   obj.get("wait_ms", 0))
+
+
+@dataclass(frozen=True)
+class DigestAnswer:
+    """Answer to a :class:`DigestQuery`: which of the asked blocks the server sent the
+    receiver (``got``); whether a block of the server came after the question (``fresh``:
+    it is listening now); how long its unbroken memory of the server's blocks reaches back
+    (``covered_ms``). A refutation needs the last two (:mod:`client.crosscheck`)."""
+
+    TYPE: ClassVar[int] = 48
+    got: tuple[bytes, ...] = ()
+    fresh: bool = False
+    covered_ms: int = 0
+
+    def __post_init__(self):
+        _check_digests(self.got, "got")
+        if not isinstance(self.fresh, bool):
+            raise PeerProtocolError(f"bad fresh {self.fresh!r}")
+        _check_int(self.covered_ms, "covered_ms", 0, 2**31)
+
+    def to_json(self) -> dict:
+        return {"got": [d.hex() for d in self.got], "fresh": self.fresh,
+                "covered_ms": self.covered_ms}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "DigestAnswer":
+        return cls(_digests(obj.get("got", []), "got", MAX_CHECK), obj.get("fresh", False),
+                   obj.get("covered_ms", 0))
+
+
 Message = (Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye
            | Report | Info | Advice | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer
-           | LibraryFetch | LibraryEnd | Vouch | VouchAnswer)
+           | LibraryFetch | LibraryEnd | Vouch | VouchAnswer | DigestQuery | DigestAnswer)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
                                             Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap,
                                             SwapAnswer, TreeQuery, TreeAnswer, LibraryFetch,
-                                            LibraryEnd, Vouch, VouchAnswer)}
+                                            LibraryEnd, Vouch, VouchAnswer, DigestQuery,
+                                            DigestAnswer)}
 
 
 def encode(message: Message) -> bytes:

@@ -16,7 +16,7 @@ The roles (their diagrams are drawn from these tables in the report):
   ``Hello(join)`` that is accepted makes it a ``child`` link;
 * ``join``: our join attempt, as we see the answer; an ``Accept`` makes it
   a ``parent`` link;
-* ``probe``, ``vouch``, ``tree``: one question, one answer;
+* ``probe``, ``vouch``, ``digest``, ``tree``: one question, one answer;
 * ``fetch`` (a repair) and ``library`` (a download): blocks, then an end.
 
 Every answer role takes a :class:`~client.peerproto.Reject` as its first
@@ -109,7 +109,7 @@ CHILD = Role("child", "child", _CHILD,
              "what a child may send us once we accepted it")
 PEER = Role("peer", "hello", {
     "hello": {"Hello(join)": "child", "Hello(probe)": DONE, "Hello(fetch)": DONE,
-              "LibraryFetch": DONE, "TreeQuery": DONE, "Vouch": DONE},
+              "LibraryFetch": DONE, "TreeQuery": DONE, "Vouch": DONE, "DigestQuery": DONE},
     **_CHILD}, "a stranger on our peer port, from its first frame (Hello(join): a child link)")
 JOIN = Role("join", "asked", {
     "asked": {"Accept": "attached", "Redirect": DONE, "Reject": DONE},
@@ -118,6 +118,8 @@ PROBE = Role("probe", "asked", {"asked": {"Info": DONE, "Reject": DONE}},
              "the answer to our Hello(probe)")
 VOUCH = Role("vouch", "asked", {"asked": {"VouchAnswer": DONE, "Reject": DONE}},
              "the answer to our Vouch")
+DIGEST = Role("digest", "asked", {"asked": {"DigestAnswer": DONE, "Reject": DONE}},
+              "the answer to our DigestQuery (the cross-check with the stock server)")
 TREE = Role("tree", "asked", {"asked": {"TreeAnswer": DONE, "Reject": DONE}},
             "the answer to our TreeQuery (the web view)")
 FETCH = Role("fetch", "asked", {"asked": {"Block": "asked", "FetchEnd": DONE, "Reject": DONE}},
@@ -126,11 +128,12 @@ LIBRARY = Role("library", "asked", {"asked": {"Block": "asked", "LibraryEnd": DO
                                               "Reject": DONE}},
                "the answer to our LibraryFetch (a download)")
 
-ROLES = {r.name: r for r in (PEER, CHILD, JOIN, PARENT, PROBE, VOUCH, TREE, FETCH, LIBRARY)}
+ROLES = {r.name: r for r in (PEER, CHILD, JOIN, PARENT, PROBE, VOUCH, DIGEST, TREE, FETCH,
+                             LIBRARY)}
 
 #: The role of the asker, by the first frame it sent: what we, answering, may send it.
 ASKER = {"Hello(join)": JOIN, "Hello(probe)": PROBE, "Hello(fetch)": FETCH,
-         "LibraryFetch": LIBRARY, "TreeQuery": TREE, "Vouch": VOUCH}
+         "LibraryFetch": LIBRARY, "TreeQuery": TREE, "Vouch": VOUCH, "DigestQuery": DIGEST}
 
 
 class Conversation:

@@ -19,7 +19,8 @@ from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, 
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryEnd, LibraryFetch, Move, PathUpdate,
                               PeerProtocolError, Redirect, Reject, Report, Swap, SwapAnswer,
-                              TreeAnswer, TreeQuery, Vouch, VouchAnswer, block_digest, encode)
+                              TreeAnswer, TreeQuery, Vouch, VouchAnswer, DigestQuery, DigestAnswer,
+                              block_digest, encode)
 from client.treenode import TreeNode
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
@@ -120,6 +121,10 @@ MESSAGES = [
     Vouch(0, addr(25)),
     VouchAnswer(True),
     VouchAnswer(False),
+    DigestQuery(0, (D1, D2), 750),
+    DigestQuery(9, ()),
+    DigestAnswer((D1,), True, 12000),
+    DigestAnswer(),
 ]
 
 
@@ -155,7 +160,7 @@ def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
     assert covered == set(JSON_MESSAGES.values()) | {Block}
     # 20-29: the web view, 30-39: the library, 45-49: verification
-    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21, 30, 31, 45, 46}
+    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21, 30, 31, 45, 46, 47, 48}
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
     assert Block.TYPE not in JSON_MESSAGES
 
@@ -563,6 +568,13 @@ MALFORMED = [
                  "candidates": [_c(ip="localhost")]}, "info-candidate-bad-ip"),
     (Info.TYPE, {"attached": True, "depth": 1, "free": 0, "sent": 0,
                  "candidates": [_c()] * (MAX_LIST + 1)}, "info-candidates-65"),
+    (DigestQuery.TYPE, {"channel": 0, "want": [D1.hex()] * 17}, "digestquery-want-17"),
+    (DigestQuery.TYPE, {"channel": 0, "want": ["ab"]}, "digestquery-bad-digest"),
+    (DigestQuery.TYPE, {"channel": 0, "want": [], "wait_ms": 5001}, "digestquery-wait-long"),
+    (DigestQuery.TYPE, {"channel": 10, "want": []}, "digestquery-channel-10"),
+    (DigestAnswer.TYPE, {"got": [D1.hex()] * 17}, "digestanswer-got-17"),
+    (DigestAnswer.TYPE, {"got": [], "fresh": 1}, "digestanswer-fresh-int"),
+    (DigestAnswer.TYPE, {"got": [], "covered_ms": -1}, "digestanswer-covered-neg"),
 ]
 MALFORMED += [(Hello.TYPE, _hello(ip=ip), f"hello-ip-{ip!r}") for ip in BAD_IPS]
 MALFORMED += [(Hello.TYPE, _hello(port=port), f"hello-port-{port!r}") for port in BAD_PORTS]

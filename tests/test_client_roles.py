@@ -23,7 +23,7 @@ from client.peerproto import (HEADER, JSON_MESSAGES, VERSION, Accept, Addr, Advi
                               Drop, FetchEnd, FrameDecoder, Hello, Info, Keepalive, LibraryEnd,
                               LibraryFetch, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
                               Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, VersionMismatch,
-                              Vouch, VouchAnswer, encode)
+                              Vouch, VouchAnswer, DigestQuery, DigestAnswer, encode)
 from client.repair import RepairPlan
 from server import protocol as stock
 
@@ -40,7 +40,8 @@ SAMPLES = {
     "FetchEnd": FetchEnd(), "Swap": Swap(B, (), ()), "SwapAnswer": SwapAnswer(True),
     "TreeQuery": TreeQuery(0), "TreeAnswer": TreeAnswer(), "LibraryFetch":
     LibraryFetch(A, "0123456789abcdef", (0,)), "LibraryEnd": LibraryEnd(), "Vouch": Vouch(0, B),
-    "VouchAnswer": VouchAnswer(True),
+    "VouchAnswer": VouchAnswer(True), "DigestQuery": DigestQuery(0, (bytes(16),)),
+    "DigestAnswer": DigestAnswer(),
 }
 
 

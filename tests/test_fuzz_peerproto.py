@@ -25,7 +25,8 @@ from client.model import Config
 from client.node import Node
 from client.peerproto import (MAX_CONTROL, Accept, Addr, Advice, Block, Bye, Candidate, FetchEnd,
                               FrameDecoder, Hello, Info, Keepalive, PathUpdate, PeerProtocolError,
-                              Report, Swap, SwapAnswer, TreeQuery, Vouch, VouchAnswer, encode)
+                              Report, Swap, SwapAnswer, TreeQuery, Vouch, VouchAnswer, DigestQuery,
+                              DigestAnswer, encode)
 from server.feed import FeedError, decode_document, encode_document
 
 SEED = int(os.environ.get("RELAYTV_FUZZ_SEED", "16"))
@@ -39,7 +40,8 @@ CORPUS = [encode(m) for m in (
     Keepalive(), PathUpdate(3, (A, B)), Bye(B), Report(1, 2, (Candidate(A, 1, 2, 3),), (B,)),
     Info(True, 2, 1, 0, (Candidate(B, 2, 1, 0),)), Advice(Candidate(A, 1, 1, 0)),
     FetchEnd((bytes(16),)), Swap(A, (B,), (A, B)), SwapAnswer(True), TreeQuery(0),
-    Vouch(0, A), VouchAnswer(False))]
+    Vouch(0, A), VouchAnswer(False), DigestQuery(0, (bytes(16),), 100),
+    DigestAnswer((bytes(16),), True, 5000))]
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
