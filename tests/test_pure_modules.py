@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 PURE = ["client.delivery", "client.inputs", "client.moves", "client.placement", "client.tree", "client.treenode", "client.repair",
+        "client.crosscheck",
         "client.places", "client.peerproto", "client.roles",
         "server.protocol"]
 
