@@ -159,6 +159,9 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
                             "pinned on first use, with a warning)")
     group.add_argument("--no-verify", action="store_true",
                        help="store blocks unchecked (for benchmarks only)")
+    group.add_argument("--no-crosscheck", action="store_true",
+                       help="with a server without a feed (the stock server), store blocks from "
+                            "other clients without asking a direct client (for benchmarks only)")
 
 
 #: The store limit of a client with a player, when --store-limit is not given.
@@ -230,7 +233,7 @@ def main(argv=None) -> int:
                     player=not args.no_player,
                     store_of_channel=None if args.store else store_of_channel,
                     feed_port=args.feed_port, server_key=args.server_key,
-                    verify=not args.no_verify)
+                    verify=not args.no_verify, crosscheck=not args.no_crosscheck)
     signals = StopSignals(interrupt=None if args.no_menu else at_menu_prompt).install()
     node = Node(config)
     # A failed core thread stops the program the way SIGTERM does (the stop wakes a

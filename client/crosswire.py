@@ -90,7 +90,10 @@ class CrossChecker:
             finally:
                 self._waiting -= waits
             self._answered += 1
-        send_checked(conn, talk, answer)
+        try:
+            send_checked(conn, talk, answer)
+        except OSError as exc:
+            log.info("cross-check: the answer could not be sent: %s", exc)
 
     def snapshot(self) -> dict:
         """The counts, read without the question's lock: a question may take seconds, and the

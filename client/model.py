@@ -52,6 +52,7 @@ class Config:
     feed_port: int = 6062           # the server's signed digest feed (client.verify); 0: none
     server_key: bytes | None = None  # --server-key: the feed's key; None: pinned on first use
     verify: bool = True             # --no-verify (benchmarks only): store blocks unchecked
+    crosscheck: bool = True         # --no-crosscheck (benchmarks only): no feed, no cross-check
 
     @property
     def swap_cooldown(self) -> float:

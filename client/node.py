@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 
-from client import channels, inputs, places, roles, strangers, tree, verify
+from client import channels, crosswire, inputs, places, roles, strangers, tree, verify
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
@@ -43,7 +43,7 @@ from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_WANT, Accept, 
                               Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryFetch, Move, PathUpdate, PeerProtocolError,
                               Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
-                              VersionMismatch, Vouch, VouchAnswer, encode)
+                              VersionMismatch, Vouch, VouchAnswer, DigestQuery, encode)
 from client.delivery import SERVER, Gate, Step
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
@@ -91,6 +91,11 @@ class Node(Joining, Upkeep):
         fetch = verify.http_fetcher(config.ip, config.server_host, config.feed_port)
         self.verifier = verify.Verifier(fetch, config.server_key, config.store / "server-key.pinned",
                                         enabled=config.verify, refetch=config.period / 4)
+        # Without a feed (the stock server): direct clients vouch for blocks (client.crosscheck).
+        self.crosscheck = crosswire.CrossChecker(
+            self.me, config.period, config.window_seconds,
+            lambda: self._server_call(self.server.clients, self.config.channel),
+            enabled=config.verify and config.crosscheck)
         self._distrusted: dict[Addr, float] = {}  # relays caught lying: not chosen until then
 
         self.state = State.JOINING
@@ -292,7 +297,9 @@ class Node(Joining, Upkeep):
         elif bytes(data) in (stock.JOINED, stock.FULL):
             self._join_answers.put(bytes(data))
         elif data.startswith(stock.EBML_MAGIC):
-            self.deliver(Block.of(0, bytes(data)), SERVER)
+            block = Block.of(0, bytes(data))
+            self.crosscheck.witnessed(self.config.channel, block.digest)  # what we vouch for
+            self.deliver(block, SERVER)
         else:
             log.warning("push from %s is neither a join answer nor a Matroska block "
                         "(%d bytes): ignored", peer_ip, len(data))
@@ -330,9 +337,13 @@ class Node(Joining, Upkeep):
     def _authentic(self, digest: bytes, sender: Addr) -> bool:
         """May a block from ``sender`` be stored? A forged one gets the sender distrusted."""
         verdict = self.verifier.check(self.config.channel, digest)
+        if verdict is verify.Verdict.STOCK:   # no feed: ask a direct client (client.crosscheck)
+            with self._lock:
+                path = self.path
+            verdict = self.crosscheck.check(self.config.channel, digest, sender, path)
         if verdict is verify.Verdict.FORGED:
             self._distrust(sender, f"sent block {digest.hex()[:8]}, which the server's feed "
-                           "does not name: discarded")
+                           "(or, without one, a direct client) refutes: discarded")
         return verdict in (verify.Verdict.GENUINE, verify.Verdict.STOCK)
 
     def _distrust(self, addr: Addr, why: str) -> None:
@@ -518,6 +529,9 @@ class Node(Joining, Upkeep):
             return
         finally:
             ticket.handshake_done()
+        if isinstance(hello, DigestQuery):   # after the handshake: it may wait for a block
+            self.crosscheck.serve(conn, talk, hello)
+            return
         if hello.addr.ip != peer_ip:
             self._blame.report(strangers.LIE, peer_ip, f"{type(hello).__name__} claims "
                                f"{hello.addr.ip}: connection closed")
@@ -841,7 +855,8 @@ class Node(Joining, Upkeep):
                 "last_block_at": self.counters.last_block_at,
                 "members": [str(a) for a in tree.members_below(self._relay_view())],
                 "refusals": dict(self._blame.counts),   # strangers refused, by blame
-                "verify": self.verifier.snapshot(),     # authenticated blocks (client.verify)
+                "verify": {**self.verifier.snapshot(),  # authenticated blocks (client.verify)
+                           "crosscheck": self.crosscheck.snapshot()},   # (client.crosscheck)
                 **self.player_watch.snapshot(),
                 "store": self.store.status(),
                 "tree": tree.subtree(self._relay_view()),

@@ -1,0 +1,97 @@
+"""A lying relay against a real tree and a server without a feed: the cross-check, end to end.
+
+The server runs with ``--feed-port 0``: it sends bytes only, as the stock
+server does. The liar (:mod:`bench.liar`) attaches below a direct client and
+rewrites 64 bytes in every block it relays; the direct clients vouch for what
+the server sent them (:mod:`client.crosscheck`). Issue 16.
+"""
+
+from __future__ import annotations
+
+from bench.cluster import Cluster, wait_until
+from client import strangers
+from client.peerproto import Addr
+from tests.test_verify_liar import PERIOD, PORTS, assert_complete, start_liar, status, stored
+
+#: The clients' recent window (s): a witness refutes once it has listened this long (and 2 periods).
+WINDOW = "5"
+
+
+def start_stock_server(cluster, *flags):
+    server = cluster.start_server("--feed-port", "0", max_clients=1, period=PERIOD)
+    direct = cluster.start_client(server, "--window", WINDOW, *flags, max_children=2,
+                                  period=PERIOD)
+    wait_until(lambda: status(direct).get("state") == "direct", 20, "the direct client")
+    # The witness must have listened over a window (and two periods) before it can refute.
+    wait_until(lambda: status(direct).get("blocks_received", 0) >= 2 * float(WINDOW) / PERIOD,
+               30, "the direct client's first window of blocks")
+    return server, direct
+
+
+def client(cluster, server, *flags):
+    return cluster.start_client(server, "--window", WINDOW, *flags, max_children=2, period=PERIOD)
+
+
+def test_with_a_feedless_server_the_liars_blocks_are_stored_by_nobody(tmp_path, long_film):
+    with Cluster(tmp_path, long_film) as cluster:
+        server, direct = start_stock_server(cluster)
+        liar = start_liar(direct, honest_blocks=4)
+        try:
+            wait_until(lambda: len(status(direct).get("children", [])) == 1, 10, "the liar attached")
+            honest = client(cluster, server)
+            wait_until(lambda: status(honest).get("parent", {}) == {"ip": direct.ip,
+                                                                    "port": PORTS.peer},
+                       20, "the second client under the direct one (its free place)")
+            victims = [client(cluster, server)]
+            wait_until(lambda: status(victims[0]).get("state") == "attached"
+                       and status(victims[0]).get("blocks_received", 0) >= 4, 20,
+                       "the first victim placed")
+            wait_until(lambda: liar.bytes_sent > 0 or any(
+                c["bytes_sent"] > 0 for c in status(honest).get("children", [])), 10,
+                "the first victim's parent relaying to it (its next report says so)")
+            victims.append(client(cluster, server))
+            everyone = [direct, honest, *victims]
+            wait_until(lambda: liar.joins, 20, "a client to join the liar")
+            fooled = [p for p in victims if Addr(p.ip, PORTS.peer) in liar.joins]
+            assert fooled                      # the precondition: else this test proves nothing
+            wait_until(lambda: all(status(p).get("refusals", {}).get(strangers.LIE, 0) >= 1
+                                   and status(p).get("state") == "attached"
+                                   and status(p)["parent"]["ip"] != liar.me.ip for p in fooled),
+                       30, "the fooled clients to catch the liar and move away")
+            wait_until(lambda: not liar.children(), 10, "the liar dropped by every child")
+            joins = len(liar.joins)
+            before = {p.ip: status(p)["blocks_received"] for p in everyone}
+            wait_until(lambda: all(status(p)["blocks_received"] >= before[p.ip] + 12
+                                   for p in everyone) and all(not status(p)["repairing"]
+                                                              for p in everyone),
+                       40, "everyone to store 12 more blocks")
+            again = liar.joins[joins:]
+            assert not [p.ip for p in fooled if Addr(p.ip, PORTS.peer) in again], \
+                "a client that caught the liar chose it again"
+            assert liar.blocks_relayed >= 1           # it did send altered blocks
+            for proc in fooled:
+                check = status(proc)["verify"]["crosscheck"]
+                assert status(proc)["verify"]["mode"] == "stock"      # no feed: the cross-check
+                assert check["refuted"] >= 1 and check["confirmed"] >= 1
+            assert status(direct)["verify"]["crosscheck"]["answered"] >= 1   # the witness
+            for proc in everyone:
+                assert_complete(proc, long_film)
+        finally:
+            liar.stop()
+
+
+def test_without_the_crosscheck_a_feedless_servers_tree_stores_the_liars_blocks(tmp_path,
+                                                                                long_film):
+    """The control experiment (shows the test above can fail): the cross-check off."""
+    with Cluster(tmp_path, long_film) as cluster:
+        server = cluster.start_server("--feed-port", "0", max_clients=1, period=PERIOD)
+        direct = cluster.start_client(server, "--no-crosscheck", max_children=1, period=PERIOD)
+        wait_until(lambda: status(direct).get("state") == "direct", 20, "the direct client")
+        liar = start_liar(direct)
+        try:
+            victim = client(cluster, server, "--no-crosscheck")
+            wait_until(lambda: status(victim).get("blocks_received", 0) >= 3, 20,
+                       "the victim under the liar to store blocks")
+            assert -1 in stored(victim, long_film)
+        finally:
+            liar.stop()
