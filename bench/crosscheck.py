@@ -108,7 +108,7 @@ def show(name: str, result: dict) -> None:
         lag = median(row["lags"]) if row["lags"] else float("nan")
         print(f"  depth {depth}: {row['clients']} client(s), {row['checked']} block(s) checked "
               f"({row['lone']} lone, {row['unanswered']} unanswered, {row['refuted']} refuted; "
-              f"{row['lies']} relay(s) blamed), wait mean {1000 * row['wait_s'] / checked:.1f} ms "
+              f"{row['lies']} lie refusal(s), of places or blocks), wait mean {1000 * row['wait_s'] / checked:.1f} ms "
               f"max {1000 * row['wait_max_s']:.1f} ms, "
               f"{row['queries'] / checked:.2f} question(s) and "
               f"{row['control_bytes'] / checked:.0f} control bytes per block, "

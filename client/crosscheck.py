@@ -48,8 +48,10 @@ from client.peerproto import MAX_CHECK_WAIT_MS, Addr, DigestAnswer, DigestQuery,
 
 #: Digests of the server's blocks a witness remembers (its answers' reach).
 KEEP = 128
-#: Periods without a server block that end a witness's unbroken run (it is no longer listening).
-RUN_GAP = 3
+#: Periods between two server blocks that break a witness's unbroken run: a push it missed
+#: (the server goes on to the next client when a send fails) starts its memory anew, so that
+#: it never refutes the block it missed; longer than this without one, it is not listening.
+RUN_GAP = 1.5
 #: Witnesses asked per block at most, until one answers conclusively.
 MAX_WITNESSES = 3
 #: Periods a copy of the server's ``11X`` list is used before it is asked again.

@@ -107,6 +107,19 @@ def test_a_witness_that_stopped_listening_answers_at_once_and_claims_no_coverage
     assert w.answer(DigestQuery(1, (d(3),)), late + 2, late + 2) == DigestAnswer()  # other channel
 
 
+def test_a_push_the_witness_missed_starts_its_memory_anew_so_it_never_refutes_that_block():
+    w = Witness(PERIOD)
+    for n in range(40):
+        if n != 30:                                          # the server's send of 30 failed
+            w.saw(0, d(n), n * PERIOD)
+    now = 39 * PERIOD + 0.1
+    assert w.covered(now) == pytest.approx(now - 31 * PERIOD)
+    check = CrossCheck(ME, PORT, PERIOD, WINDOW, lambda *_: w.answer(
+        DigestQuery(0, (d(30),)), now - 1, now), lambda: ["10.0.0.1"], lambda: now)
+    assert check.check(0, d(30), a(5), (a(1), a(5))) is Outcome.UNANSWERED   # not refuted
+    assert RUN_GAP * PERIOD < 2 * PERIOD
+
+
 def test_a_witness_remembers_keep_blocks_and_its_coverage_is_what_it_remembers():
     w = Witness(PERIOD)
     for n in range(KEEP + 10):
