@@ -80,6 +80,44 @@ def test_with_a_feedless_server_the_liars_blocks_are_stored_by_nobody(tmp_path, 
             liar.stop()
 
 
+def test_the_witness_is_a_direct_client_of_another_branch_when_there_is_one(tmp_path, long_film):
+    """Two direct clients: the liar's victim asks the one that is not its own ancestor."""
+    still = ("--balance-margin", "0")           # no balance swap: the places stay as set here
+    with Cluster(tmp_path, long_film) as cluster:
+        server = cluster.start_server("--feed-port", "0", max_clients=2, period=PERIOD)
+        mine = cluster.start_client(server, "--window", WINDOW, *still, max_children=1,
+                                    period=PERIOD)
+        wait_until(lambda: status(mine).get("state") == "direct", 20, "the first direct client")
+        other = cluster.start_client(server, "--window", WINDOW, *still, max_children=2,
+                                     period=PERIOD)
+        wait_until(lambda: status(other).get("state") == "direct", 20, "the second direct client")
+        wait_until(lambda: status(other).get("blocks_received", 0) >= 2 * float(WINDOW) / PERIOD,
+                   30, "the second direct client's first window of blocks")
+        liar = start_liar(mine)                   # it takes the first one's only place
+        try:
+            fillers = [cluster.start_client(server, "--window", WINDOW, *still, max_children=0,
+                                            period=PERIOD) for _ in range(2)]
+            wait_until(lambda: all(status(f).get("parent", {}).get("ip") == other.ip
+                                   for f in fillers), 20, "the second one's places taken")
+            victim = client(cluster, server, *still)
+            wait_until(lambda: Addr(victim.ip, PORTS.peer) in liar.joins, 20,
+                       "the victim under the liar (the only free place)")
+            fillers[1].stop()                     # a place for the victim to go to
+            wait_until(lambda: status(victim).get("refusals", {}).get(strangers.LIE, 0) >= 1
+                       and (status(victim).get("parent") or {}).get("ip") == other.ip
+                       and status(victim).get("blocks_received", 0) >= 6, 30,
+                       "the victim to catch the liar and move under the other direct client")
+            assert status(victim)["verify"]["crosscheck"]["refuted"] >= 1
+            # Only the victim asks the second one (the fillers' sender is the second one: they
+            # ask the first), so these answers are the victim's, from outside its branch.
+            assert status(other)["verify"]["crosscheck"]["answered"] >= 1
+            assert liar.blocks_relayed >= 1 and not liar.children()
+            for proc in (mine, other, fillers[0], victim):
+                assert_complete(proc, long_film)
+        finally:
+            liar.stop()
+
+
 def test_without_the_crosscheck_a_feedless_servers_tree_stores_the_liars_blocks(tmp_path,
                                                                                 long_film):
     """The control experiment (shows the test above can fail): the cross-check off."""
