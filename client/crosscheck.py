@@ -162,7 +162,8 @@ class CrossCheck:
         #: Seconds a witness must have listened to refute: the oldest genuine block a relay
         #: still passes on (its window) plus the delay a block may have on its way down.
         self.need = window + 2 * period
-        #: How long a witness may wait for the server's next block (a round and a quarter).
+        #: How long the witnesses of one block may wait for the server's next block, together
+        #: (a round and a quarter): the block is held that long at most, plus the round trips.
         self.wait_ms = min(int(WAIT_PERIODS * period * 1000), MAX_CHECK_WAIT_MS)
         self._ask, self._list_direct, self._clock = ask, list_direct, clock
         self._confirmed: dict[bytes, float] = {}     # digest -> cached until
@@ -183,8 +184,10 @@ class CrossCheck:
         witnesses = independent(self._direct(started), self.port, self.me, sender, path)
         if not witnesses:
             return self._count(Outcome.LONE, started)
-        query = DigestQuery(channel, (digest,), self.wait_ms)
         for witness in witnesses[:MAX_WITNESSES]:
+            # One wait for the block, shared by its witnesses: the block is held meanwhile.
+            left = self.wait_ms - int((self._clock() - started) * 1000)
+            query = DigestQuery(channel, (digest,), max(0, left))
             answer = self._ask(witness, query)
             self.counts["queries"] += 1
             self.counts["control_bytes"] += len(encode(query)) + (

@@ -145,6 +145,7 @@ class World:
         self.list_calls = 0
         self.silent: set[Addr] = set()
         self.rounds = 10_000                   # the numbers of the rounds sent during a wait
+        self.waits: list[int] = []             # the wait each question asked for
 
     def send_round(self, n: int, skip=()) -> None:
         for addr, w in self.witnesses.items():
@@ -156,6 +157,7 @@ class World:
         self.asked.append(witness)
         if witness in self.silent:
             return None
+        self.waits.append(query.wait_ms)
         asked, w = self.clock.now, self.witnesses[witness]
         answer = w.answer(query, asked, asked)
         if answer is None:
@@ -219,6 +221,7 @@ def test_a_witness_too_new_to_refute_is_inconclusive_and_the_next_one_is_asked()
     assert check.check(0, b"\x07" * 16, a(5), (a(1), a(5))) is Outcome.UNANSWERED
     assert world.asked == [a(2), a(3), a(1)][:MAX_WITNESSES]
     assert check.counts["unanswered_queries"] == MAX_WITNESSES
+    assert world.waits == [2500, 1500, 500]   # one wait for the block, shared by its witnesses
 
 
 def test_a_silent_witness_is_passed_over_for_the_next():
