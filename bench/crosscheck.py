@@ -84,11 +84,13 @@ def run(root: Path, args, crosscheck: bool) -> dict:
             row = result["by_depth"].setdefault(depth, {"clients": 0, "checked": 0, "wait_s": 0.0,
                                                         "wait_max_s": 0.0, "control_bytes": 0,
                                                         "queries": 0, "lone": 0, "lags": [],
-                                                        "refuted": 0, "unanswered": 0, "lies": 0})
+                                                        "refuted": 0, "unanswered": 0, "lies": 0,
+                                                        "long": 0})
             row["clients"] += 1
             row["checked"] += checked
             row["lone"] += check["lone"]
             row["refuted"] += check["refuted"]
+            row["long"] += check["waits_over_100ms"]
             row["unanswered"] += check["unanswered"]
             row["lies"] += status["refusals"].get("lie", 0)
             row["wait_s"] += check["wait_s"]
@@ -103,15 +105,21 @@ def run(root: Path, args, crosscheck: bool) -> dict:
 
 def show(name: str, result: dict) -> None:
     print(f"{name}: median block {result['block_bytes'] / 1000:.0f} kB")
-    for depth, row in sorted(result["by_depth"].items()):
+    rows = sorted(result["by_depth"].items())
+    total = {k: sum(r[k] for _, r in rows) for k in ("clients", "checked", "lone", "unanswered",
+                                                     "refuted", "lies", "wait_s", "long",
+                                                     "control_bytes", "queries")}
+    total["wait_max_s"] = max(r["wait_max_s"] for _, r in rows)
+    total["lags"] = [lag for _, r in rows for lag in r["lags"]]
+    for label, row in [*((f"depth {d}", r) for d, r in rows), ("all", total)]:
         checked = max(row["checked"], 1)
         lag = median(row["lags"]) if row["lags"] else float("nan")
-        print(f"  depth {depth}: {row['clients']} client(s), {row['checked']} block(s) checked "
+        print(f"  {label}: {row['clients']} client(s), {row['checked']} block(s) checked "
               f"({row['lone']} lone, {row['unanswered']} unanswered, {row['refuted']} refuted; "
-              f"{row['lies']} lie refusal(s), of places or blocks), wait mean {1000 * row['wait_s'] / checked:.1f} ms "
-              f"max {1000 * row['wait_max_s']:.1f} ms, "
-              f"{row['queries'] / checked:.2f} question(s) and "
-              f"{row['control_bytes'] / checked:.0f} control bytes per block, "
+              f"{row['lies']} lie refusal(s), of places or blocks); held mean "
+              f"{1000 * row['wait_s'] / checked:.1f} ms, max {1000 * row['wait_max_s']:.0f} ms, "
+              f"{row['long']} over 100 ms; {row['queries'] / checked:.2f} question(s) and "
+              f"{row['control_bytes'] / checked:.0f} control bytes per block; "
               f"lag median {1000 * lag:.1f} ms")
 
 
