@@ -17,8 +17,9 @@ sent it that block (:class:`~client.peerproto.DigestQuery`), and:
   still pass on): **refuted**, the node treats the block as forged;
 * no answer, or one that shows neither (a witness that has just become a
   direct client, or is not one any more): the next witness is asked, at most
-  :data:`MAX_WITNESSES`; when none answers conclusively the block is
-  **unanswered**;
+  :data:`MAX_WITNESSES` (the server's list asked again first when a witness
+  was gone: a balance swap changes the direct clients); when none answers
+  conclusively the block is **unanswered**;
 * no direct client but the sender and this client (a lone chain: the only
   first-hand witness is the relay itself): **lone**.
 
@@ -184,26 +185,41 @@ class CrossCheck:
         witnesses = independent(self._direct(started), self.port, self.me, sender, path)
         if not witnesses:
             return self._count(Outcome.LONE, started)
-        for witness in witnesses[:MAX_WITNESSES]:
-            # One wait for the block, shared by its witnesses: the block is held meanwhile.
-            left = self.wait_ms - int((self._clock() - started) * 1000)
-            query = DigestQuery(channel, (digest,), max(0, left))
-            answer = self._ask(witness, query)
-            self.counts["queries"] += 1
-            self.counts["control_bytes"] += len(encode(query)) + (
-                len(encode(answer)) if answer is not None else 0)
-            outcome = judge(digest, answer, self.need)
-            if outcome is Outcome.CONFIRMED:
-                self._confirmed[digest] = self._clock() + self.need
-            if outcome is not None:
-                return self._count(outcome, started)
-            self.counts["unanswered_queries"] += 1
-        # The list may be stale: ask the server again with the next block (once a period at most).
-        self._listed_at = self._clock() - (LIST_REFRESH - 1) * self.period
+        asked: set[Addr] = set()
+        while witnesses and len(asked) < MAX_WITNESSES:
+            stale = False
+            for witness in witnesses[:MAX_WITNESSES - len(asked)]:
+                asked.add(witness)
+                answer = self._question(channel, digest, witness, started)
+                outcome = judge(digest, answer, self.need)
+                if outcome is Outcome.CONFIRMED:
+                    self._confirmed[digest] = self._clock() + self.need
+                if outcome is not None:
+                    return self._count(outcome, started)
+                self.counts["unanswered_queries"] += 1
+                stale |= answer is None or answer.covered_ms == 0   # gone, or not direct now
+            # A witness that is not a direct client any more (a balance swap moved it): the
+            # server's list is stale; the new direct clients are asked (a list a period old at most).
+            witnesses = [w for w in independent(self._direct(self._clock(), stale), self.port,
+                                                self.me, sender, path) if w not in asked]
         return self._count(Outcome.UNANSWERED, started)
 
-    def _direct(self, now: float) -> list[str]:
-        if self._listed_at is None or now - self._listed_at >= LIST_REFRESH * self.period:
+    def _question(self, channel: int, digest: bytes, witness: Addr,
+                  started: float) -> DigestAnswer | None:
+        # One wait for the block, shared by its witnesses: the block is held meanwhile.
+        left = self.wait_ms - int((self._clock() - started) * 1000)
+        query = DigestQuery(channel, (digest,), max(0, left))
+        answer = self._ask(witness, query)
+        self.counts["queries"] += 1
+        self.counts["control_bytes"] += len(encode(query)) + (
+            len(encode(answer)) if answer is not None else 0)
+        return answer
+
+    def _direct(self, now: float, stale: bool = False) -> list[str]:
+        """The server's list: asked again every :data:`LIST_REFRESH` periods, or after a period
+        when it proved ``stale``."""
+        if self._listed_at is None or now - self._listed_at >= (
+                self.period if stale else LIST_REFRESH * self.period):
             listed = self._list_direct()
             if listed is not None:
                 self._listed = list(listed)

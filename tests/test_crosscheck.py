@@ -265,6 +265,24 @@ def test_the_servers_list_is_asked_once_every_few_periods_and_again_soon_after_n
     assert world.list_calls == 3                          # the list may have been stale
 
 
+def test_a_witness_that_left_the_server_makes_the_list_asked_again_and_the_new_one_asked():
+    clock = Clock()
+    world = World(clock, direct=("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+    world.listed = ["10.0.0.1", "10.0.0.2"]
+    n = run_for(world, clock, 40)
+    check = world.checker()
+    world.send_round(n)
+    assert check.check(0, d(n), a(1), (a(1),)) is Outcome.CONFIRMED     # asks 10.0.0.2
+    # A balance swap: 10.0.0.2 handed its slot to 10.0.0.3: the server lists 1 and 3 now.
+    world.listed = ["10.0.0.1", "10.0.0.3"]
+    clock.now += 4 * PERIOD
+    for i in range(1, 5):
+        world.send_round(n + i, skip=(a(2),))
+    world.asked.clear()
+    assert check.check(0, d(n + 4), a(1), (a(1),)) is Outcome.CONFIRMED
+    assert world.asked == [a(2), a(3)] and world.list_calls == 2
+
+
 def test_the_wait_asked_for_is_a_round_and_a_quarter_within_the_protocols_bound():
     world = World(Clock())
     assert world.checker().wait_ms == 2500
