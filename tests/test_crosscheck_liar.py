@@ -97,7 +97,7 @@ def test_the_witness_is_a_direct_client_of_another_branch_when_there_is_one(tmp_
         try:
             fillers = [cluster.start_client(server, "--window", WINDOW, *still, max_children=0,
                                             period=PERIOD) for _ in range(2)]
-            wait_until(lambda: all(status(f).get("parent", {}).get("ip") == other.ip
+            wait_until(lambda: all((status(f).get("parent") or {}).get("ip") == other.ip
                                    for f in fillers), 20, "the second one's places taken")
             victim = client(cluster, server, *still)
             wait_until(lambda: Addr(victim.ip, PORTS.peer) in liar.joins, 20,
