@@ -85,12 +85,13 @@ def run(root: Path, args, crosscheck: bool) -> dict:
                                                         "wait_max_s": 0.0, "control_bytes": 0,
                                                         "queries": 0, "lone": 0, "lags": [],
                                                         "refuted": 0, "unanswered": 0, "lies": 0,
-                                                        "long": 0})
+                                                        "long": 0, "long_s": 0.0})
             row["clients"] += 1
             row["checked"] += checked
             row["lone"] += check["lone"]
             row["refuted"] += check["refuted"]
             row["long"] += check["waits_over_100ms"]
+            row["long_s"] += check["wait_over_100ms_s"]
             row["unanswered"] += check["unanswered"]
             row["lies"] += status["refusals"].get("lie", 0)
             row["wait_s"] += check["wait_s"]
@@ -107,7 +108,7 @@ def show(name: str, result: dict) -> None:
     print(f"{name}: median block {result['block_bytes'] / 1000:.0f} kB")
     rows = sorted(result["by_depth"].items())
     total = {k: sum(r[k] for _, r in rows) for k in ("clients", "checked", "lone", "unanswered",
-                                                     "refuted", "lies", "wait_s", "long",
+                                                     "refuted", "lies", "wait_s", "long", "long_s",
                                                      "control_bytes", "queries")}
     total["wait_max_s"] = max(r["wait_max_s"] for _, r in rows)
     total["lags"] = [lag for _, r in rows for lag in r["lags"]]
@@ -118,7 +119,9 @@ def show(name: str, result: dict) -> None:
               f"({row['lone']} lone, {row['unanswered']} unanswered, {row['refuted']} refuted; "
               f"{row['lies']} lie refusal(s), of places or blocks); held mean "
               f"{1000 * row['wait_s'] / checked:.1f} ms, max {1000 * row['wait_max_s']:.0f} ms, "
-              f"{row['long']} over 100 ms; {row['queries'] / checked:.2f} question(s) and "
+              f"{row['long']} over 100 ms, the others "
+              f"{1000 * (row['wait_s'] - row['long_s']) / max(row['checked'] - row['long'], 1):.1f} "
+              f"ms; {row['queries'] / checked:.2f} question(s) and "
               f"{row['control_bytes'] / checked:.0f} control bytes per block; "
               f"lag median {1000 * lag:.1f} ms")
 

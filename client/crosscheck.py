@@ -172,7 +172,8 @@ class CrossCheck:
         self._listed_at: float | None = None
         self.counts = {"confirmed": 0, "refuted": 0, "unanswered": 0, "lone": 0, "cached": 0,
                        "queries": 0, "unanswered_queries": 0, "control_bytes": 0,
-                       "wait_s": 0.0, "wait_max_s": 0.0, "waits_over_100ms": 0}
+                       "wait_s": 0.0, "wait_max_s": 0.0, "waits_over_100ms": 0,
+                       "wait_over_100ms_s": 0.0}
 
     def check(self, channel: int, digest: bytes, sender: Addr,
               path: tuple[Addr, ...]) -> Outcome:
@@ -231,6 +232,8 @@ class CrossCheck:
         self.counts[outcome.value] += 1
         self.counts["wait_s"] += waited
         self.counts["wait_max_s"] = max(self.counts["wait_max_s"], waited)
-        self.counts["waits_over_100ms"] += waited > 0.1
+        if waited > 0.1:
+            self.counts["waits_over_100ms"] += 1
+            self.counts["wait_over_100ms_s"] += waited
         return outcome
 
