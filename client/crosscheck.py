@@ -13,8 +13,9 @@ sent it that block (:class:`~client.peerproto.DigestQuery`), and:
 * the witness did not, although it got a server block after the question
   came (it is listening, and its round has passed) and its unbroken memory of
   the server's blocks reaches back over :attr:`CrossCheck.need` seconds (the
-  sender's recent window plus the relay delay: any genuine block a relay may
-  still pass on): **refuted**, the node treats the block as forged;
+  recent window, this client's ``--window`` taken for the sender's, plus the
+  relay delay: any genuine block a relay may still pass on): **refuted**, the
+  node treats the block as forged;
 * no answer, or one that shows neither (a witness that has just become a
   direct client, or is not one any more): the next witness is asked, at most
   :data:`MAX_WITNESSES` (the server's list asked again first when a witness
