@@ -18,7 +18,7 @@ from client.crosscheck import (KEEP, LIST_REFRESH, MAX_WITNESSES, RUN_GAP, Cross
 from client.crosswire import MAX_WAITING, CrossChecker
 from client.links import read_message_by
 from client.peerproto import (MAX_CHECK_WAIT_MS, Addr, DigestAnswer, DigestQuery, FrameDecoder,
-                              block_digest, encode)
+                              block_digest)
 
 PORT = 9092
 PERIOD = 2.0
