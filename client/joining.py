@@ -92,7 +92,7 @@ class Joining:
             if isinstance(command, placement.Placed):
                 return command.how
             if isinstance(command, placement.TryJoin):
-                answer = self._try_join(command.addr, rejoin, command.moved_by)
+                answer = self._try_join(command.addr, rejoin, command.moved_by, command.insisted)
             elif isinstance(command, placement.TryServer):
                 answer = (self._try_server(), self.server_reachable)
                 if self._channel_problem is not None:
@@ -312,8 +312,13 @@ class Joining:
             while len(peers) > MAX_INCOMPATIBLE:
                 del peers[next(iter(peers))]
 
-    def _try_join(self, addr: Addr, rejoin: Rejoin, moved_by: Addr | None = None):
-        """Ask ``addr`` to be our parent; True once attached, else its answer."""
+    def _try_join(self, addr: Addr, rejoin: Rejoin, moved_by: Addr | None = None,
+                  insisted: bool = False):
+        """Ask ``addr`` to be our parent; True once attached, else its answer.
+
+        ``insisted``: ``addr`` is the place we were sent to (a swap partner, or
+        where a leaving parent sent us).
+        """
         if self._is_distrusted(addr):
             return None  # caught lying lately (client.verify)
         with self._lock:
@@ -357,6 +362,12 @@ class Joining:
         problem = self._place_problem(addr, answer)
         if problem is not None:
             sock.close()
+            if not answer.path and insisted:
+                # Sent here by a swap or a leaving parent: a partner taking a server slot
+                # accepts its partners a few milliseconds before the server lists it.
+                # Not a lie (yet): refused for now, and asked again (client.placement).
+                log.info("place at %s not verified yet (%s): asking again", addr, problem)
+                return Reject(f"place not verified yet: {problem}")
             if not answer.path:  # a false depth-1 claim: a lie of the offering relay alone
                 self._distrust(addr, f"{problem}: place refused")
             else:

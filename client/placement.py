@@ -42,6 +42,7 @@ class TryJoin:
 
     addr: Addr
     moved_by: Addr | None = None
+    insisted: bool = False      # the place we were sent to, asked again while it gets ready
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def search(me: Addr, period: float, server_first: bool, seeds: Iterable[Candidat
     seeds, exclude, members = list(seeds), tuple(exclude), frozenset(members)
     if insist is not None and insist not in members:
         for attempt in range(INSIST_TRIES):
-            answer = yield TryJoin(insist, moved_by)
+            answer = yield TryJoin(insist, moved_by, insisted=True)
             if answer is True:
                 yield Placed("insisted")
                 return

@@ -348,6 +348,8 @@ def test_balance_rotation_lets_every_relay_capable_client_send(cluster, films):
         raise AssertionError(f"the tree stayed deeper than 4; last depths seen: {seen[-5:]}")
     assert sum(s["swaps"] for s in statuses.values()) >= 2
     assert all(len(s["children"]) <= 2 for s in statuses.values())
+    # Honest swaps, server slot included: nobody took a partner for a liar.
+    assert {p.ip: status(p)["refusals"] for p in clients if status(p)["refusals"].get("lie")} == {}
     for proc in clients:
         assert_continuous(proc, films)
 

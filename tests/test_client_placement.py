@@ -84,8 +84,8 @@ def test_the_place_we_were_sent_to_is_asked_again_while_it_gets_ready():
     result = world.run(placement.search(ME, PERIOD, server_first=False, insist=addr(6),
                                         moved_by=addr(2)))
     assert result == Placed("insisted")
-    assert world.log == [TryJoin(addr(6), addr(2)), Pause(PERIOD / 20), TryJoin(addr(6), addr(2)),
-                         Pause(PERIOD / 20), TryJoin(addr(6), addr(2)), Placed("insisted")]
+    assert world.log == [TryJoin(addr(6), addr(2), True), Pause(PERIOD / 20), TryJoin(addr(6), addr(2), True),
+                         Pause(PERIOD / 20), TryJoin(addr(6), addr(2), True), Placed("insisted")]
 
 
 def test_an_unreachable_insisted_place_is_given_up_at_once_for_the_backup():
@@ -94,13 +94,13 @@ def test_an_unreachable_insisted_place_is_given_up_at_once_for_the_backup():
     result = world.run(placement.search(ME, PERIOD, server_first=False, insist=addr(6),
                                         backup=backup))
     assert result == Placed("backup")
-    assert world.log == [TryJoin(addr(6)), TryJoin(addr(8)), Placed("backup")]
+    assert world.log == [TryJoin(addr(6), insisted=True), TryJoin(addr(8)), Placed("backup")]
 
 
 def test_the_insisted_place_is_asked_a_bounded_number_of_times():
     world = World(answers={addr(6): [Reject("full")] * 50}, server_joins=True)
     world.run(placement.search(ME, PERIOD, server_first=False, insist=addr(6)))
-    assert world.log.count(TryJoin(addr(6))) == placement.INSIST_TRIES
+    assert world.log.count(TryJoin(addr(6), insisted=True)) == placement.INSIST_TRIES
 
 
 def test_a_backup_in_our_own_subtree_is_not_asked():
