@@ -1,0 +1,250 @@
+"""What this client's uplink delivers, and how many children it can feed: pure, passive.
+
+Nothing here sends a byte of its own. The child links' sender threads tell
+an :class:`Uplink` what they wrote and what the kernel still holds
+(``written - queued`` is what the child has acknowledged, so bytes that only
+went into a socket buffer never count as delivered), at each write of a
+block and while the block drains. From that:
+
+* each link's **drain rate**: bytes it delivered while it had bytes waiting
+  (:class:`LinkMeter`). A link that empties between two looks gives only a
+  lower bound (it may have been faster), and is counted as one;
+* the **uplink estimate**: all links' delivered bytes over the time at least
+  one of them had bytes waiting (the union of their busy intervals), in
+  stretches of :data:`SEGMENT` seconds; the best stretch of the last
+  :data:`WINDOW` seconds. A block pushed to several children at once thus
+  measures their sum; a stretch shorter than :data:`MIN_BUSY` is a lower
+  bound (``bytes / MIN_BUSY``: they left within that time), which is all a
+  link much faster than the stream ever shows, and all it needs to;
+* :func:`places`: the children the estimate can feed with :data:`HEADROOM`;
+* :func:`to_move`: the child to send elsewhere when a link falls behind.
+
+Time is passed in (``now``, monotonic seconds): no clock, no thread, no
+socket. The caller serialises the calls (the sender threads share one lock).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Hashable, Iterable
+
+#: A child costs a stream's rate times this: room for the stream's own ups and downs
+#: (blocks differ in size), for repairs served and for the control frames.
+HEADROOM = 1.25
+
+#: Places offered while the uplink has never been measured (see :func:`places`).
+TRIAL_PLACES = 1
+
+#: Seconds of busy sending behind one drain-rate sample of a link.
+MIN_SPAN = 0.1
+
+#: Busy time shorter than this is not resolved: its bytes give ``bytes / MIN_BUSY``, a lower bound.
+MIN_BUSY = 0.05
+
+#: Seconds over which the links' busy intervals are summed into one uplink sample.
+SEGMENT = 0.5
+
+#: The uplink estimate is the best sample of this many seconds before the latest one.
+WINDOW = 20.0
+
+#: A link is behind when its backlog takes longer than this many periods to drain.
+BEHIND_PERIODS = 1.5
+
+#: ... or when this many blocks wait in its queue (the queue's bound is larger: a block is
+#: never dropped before the move).
+QUEUE_ALARM = 3
+
+#: Weight of a new sample in a link's drain rate.
+SMOOTHING = 0.5
+
+
+@dataclass(frozen=True)
+class Busy:
+    """``bytes`` delivered between ``start`` and ``end`` by a link with bytes waiting.
+
+    ``drained``: the link was empty at ``end``; it emptied at some moment of
+    the interval, so ``bytes / (end - start)`` is a lower bound of its rate.
+    """
+
+    start: float
+    end: float
+    bytes: int
+    drained: bool
+
+
+class LinkMeter:
+    """One child link: its drain rate, from what it delivered while backlogged."""
+
+    def __init__(self):
+        self._last: tuple[float, int, int, bool] | None = None
+        self._span_bytes = 0
+        self._span_time = 0.0
+        self.rate: float | None = None  # bytes/s
+        self.queued = 0                 # bytes the kernel held at the latest look
+        self.writing = False            # a block's bytes are still being written
+
+    def observe(self, now: float, delivered: int, queued: int, writing: bool = False) -> Busy | None:
+        """A look at the link: ``delivered`` (bytes acknowledged so far), ``queued`` (bytes in
+        the kernel); ``writing``: more bytes of a block are about to be written.
+
+        Returns the busy interval since the previous look, or None when the link
+        was idle then (an interval that starts idle says nothing of the rate).
+        """
+        last, self._last = self._last, (now, delivered, queued, writing)
+        self.queued, self.writing = queued, writing
+        if last is None:
+            return None
+        then, before, queued_before, was_writing = last
+        if not (queued_before > 0 or was_writing) or now < then:
+            return None
+        busy = Busy(then, now, max(0, delivered - before), queued == 0 and not writing)
+        self._learn(busy)
+        return busy
+
+    def _learn(self, busy: Busy) -> None:
+        self._span_bytes += busy.bytes
+        self._span_time += busy.end - busy.start
+        if self._span_time < MIN_SPAN and not busy.drained:
+            return
+        if self._span_bytes > 0:
+            sample = self._span_bytes / max(self._span_time, MIN_BUSY)
+            self.rate = sample if self.rate is None else (
+                SMOOTHING * sample + (1 - SMOOTHING) * self.rate)
+        self._span_bytes, self._span_time = 0, 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.queued > 0 or self.writing
+
+
+def union_length(intervals: Iterable[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of ``intervals``."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+class Uplink:
+    """This client's uplink, as its child links see it (see the module's docstring).
+
+    ``stale_after``: seconds after its latest sample that an estimate is
+    forgotten (the uplink is unknown again, and a child is tried again).
+    """
+
+    def __init__(self, stale_after: float):
+        self.stale_after = stale_after
+        self._links: dict[Hashable, LinkMeter] = {}
+        self._pending: list[Busy] = []
+        self._segment_start: float | None = None
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def observe(self, key: Hashable, now: float, delivered: int, queued: int,
+                writing: bool = False) -> None:
+        """A look at link ``key`` (see :meth:`LinkMeter.observe`)."""
+        meter = self._links.setdefault(key, LinkMeter())
+        busy = meter.observe(now, delivered, queued, writing)
+        if busy is not None:
+            if self._segment_start is None:
+                self._segment_start = busy.start
+            self._pending.append(busy)
+        if self._segment_start is not None and (
+                now - self._segment_start >= SEGMENT
+                or not any(m.busy for m in self._links.values())):
+            self._close_segment(now)
+
+    def _close_segment(self, now: float) -> None:
+        delivered = sum(b.bytes for b in self._pending)
+        busy = union_length((b.start, b.end) for b in self._pending)
+        self._pending, self._segment_start = [], None
+        if delivered <= 0:
+            return
+        self._samples.append((now, delivered / max(busy, MIN_BUSY)))
+        while self._samples and now - self._samples[0][0] > WINDOW:
+            self._samples.popleft()
+
+    def forget(self, key: Hashable) -> None:
+        """Link ``key`` is gone (its samples stay in the estimate)."""
+        self._links.pop(key, None)
+
+    def rate_of(self, key: Hashable) -> float | None:
+        """Link ``key``'s drain rate, bytes/s; None while unmeasured."""
+        meter = self._links.get(key)
+        return meter.rate if meter else None
+
+    def estimate(self, now: float) -> float | None:
+        """Bytes/s the uplink delivers; None while never measured or stale."""
+        if not self._samples or now - self._samples[-1][0] > self.stale_after:
+            return None
+        return max(rate for _, rate in self._samples)
+
+
+def stream_rate(block_sizes: Iterable[int], period: float) -> float | None:
+    """The stream's bytes/s: the mean of the latest blocks' sizes, one block a period."""
+    sizes = list(block_sizes)
+    if not sizes or period <= 0:
+        return None
+    return sum(sizes) / len(sizes) / period
+
+
+def places(max_children: int, estimate: float | None, stream: float | None) -> int:
+    """How many children this client offers to feed: never more than ``max_children`` (K).
+
+    ``estimate // (stream * HEADROOM)``: a client whose uplink cannot carry
+    one stream with headroom relays to nobody, whatever K is.
+
+    Unmeasured (nothing was ever sent, or the estimate went stale), it
+    offers :data:`TRIAL_PLACES`: an uplink is only measured by sending, and
+    a client that offered nothing until measured would never be. One child
+    on trial costs little: if the uplink cannot feed it, its link falls
+    behind within a block or two and the child is moved (:func:`to_move`)
+    long before its queue would drop a block; it rejoins elsewhere and
+    repairs what it missed. Offering K on trust instead would load a weak
+    uplink with K children at once, and lose blocks on every one of them.
+    """
+    if max_children <= 0:
+        return 0
+    if estimate is None or not stream:
+        return min(max_children, TRIAL_PLACES)
+    return max(0, min(max_children, int(estimate // (stream * HEADROOM))))
+
+
+@dataclass(frozen=True)
+class LinkLoad:
+    """A child link as :func:`to_move` weighs it."""
+
+    key: Hashable
+    backlog: int            # bytes not yet delivered: queued here, and in the kernel
+    blocks: int             # blocks waiting in its queue
+    rate: float | None      # its drain rate, bytes/s (None: unmeasured)
+
+
+def behind(load: LinkLoad, period: float) -> bool:
+    """The link cannot drain what it holds within :data:`BEHIND_PERIODS` periods,
+    or blocks pile up in its queue: the next blocks would only add to it."""
+    if load.blocks >= QUEUE_ALARM:
+        return True
+    return load.rate is not None and load.backlog > load.rate * period * BEHIND_PERIODS
+
+
+def to_move(loads: Iterable[LinkLoad], period: float):
+    """The child to send elsewhere, or None: when any link is behind, the slowest one.
+
+    Among the links with a backlog (an idle link costs the uplink nothing);
+    slowest by drain rate (an unmeasured link with a backlog counts as the
+    slowest), then by the largest backlog. When the uplink itself is short,
+    every link lags and moving any child frees a share for the rest; when
+    one child's own link is slow, that child is the one that goes.
+    """
+    loads = [load for load in loads if load.backlog > 0 or load.blocks > 0]
+    if not any(behind(load, period) for load in loads):
+        return None
+    slowest = min(loads, key=lambda load: (load.rate if load.rate is not None else 0.0,
+                                           -load.backlog))
+    return slowest.key

@@ -1,0 +1,163 @@
+"""The uplink estimate, the admission rule and the move rule (client.capacity), with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from client import capacity
+from client.capacity import LinkLoad, LinkMeter, Uplink
+
+MB = 1_000_000
+
+
+class FakeLink:
+    """A child link on a simulated uplink: blocks written into a kernel buffer that drains
+    at ``rate`` bytes/s (its share), looked at every ``step`` seconds as the sender does."""
+
+    def __init__(self, uplink: Uplink, key, buffer: int = 4 * MB):
+        self.uplink, self.key, self.buffer = uplink, key, buffer
+        self.written = self.delivered = 0
+
+    @property
+    def queued(self) -> int:
+        return self.written - self.delivered
+
+    def look(self, now: float, writing: bool = False) -> None:
+        self.uplink.observe(self.key, now, self.delivered, self.queued, writing)
+
+
+def push(uplink: Uplink, links: list[FakeLink], block: int, rate: float, start: float = 0.0,
+         step: float = 0.02) -> float:
+    """One block to every link at once over an uplink of ``rate`` bytes/s shared equally
+    among the links still draining; returns the time the last one is done."""
+    now = start
+    for link in links:
+        link.look(now, writing=True)
+        link.written += block        # into the kernel's buffer at once: counts as nothing yet
+        link.look(now)
+    while any(link.queued for link in links):
+        busy = [link for link in links if link.queued]
+        share = rate * step / len(busy)
+        now += step
+        for link in busy:
+            link.delivered += min(link.queued, int(share))
+        for link in links:
+            if link in busy:
+                link.look(now)
+    return now
+
+
+def test_one_backlogged_child_measures_the_uplink_not_the_socket_buffer():
+    uplink = Uplink(stale_after=300)
+    link = FakeLink(uplink, "a")
+    end = push(uplink, [link], block=MB, rate=1 * MB)   # 1 MB/s: 1 s for the block
+    assert end == pytest.approx(1.0, abs=0.05)
+    assert uplink.estimate(end) == pytest.approx(1 * MB, rel=0.1)
+    assert uplink.rate_of("a") == pytest.approx(1 * MB, rel=0.1)
+
+
+def test_a_block_pushed_to_several_children_measures_their_sum():
+    uplink = Uplink(stale_after=300)
+    links = [FakeLink(uplink, k) for k in "abc"]
+    end = push(uplink, links, block=MB, rate=3 * MB)
+    assert uplink.estimate(end) == pytest.approx(3 * MB, rel=0.1)
+    for key in "abc":   # each link drains at its share
+        assert uplink.rate_of(key) == pytest.approx(1 * MB, rel=0.15)
+
+
+def test_a_link_faster_than_the_blocks_gives_a_lower_bound_that_is_plenty():
+    uplink = Uplink(stale_after=300)
+    link = FakeLink(uplink, "a")
+    # 100 KB gone before the next look, 20 ms later: at least 100 KB per MIN_BUSY.
+    link.look(0.0, writing=True)
+    link.written += 100_000
+    link.delivered += 100_000
+    link.look(0.0)
+    link.look(0.02)
+    assert uplink.estimate(0.02) == pytest.approx(100_000 / capacity.MIN_BUSY)
+    assert capacity.places(3, uplink.estimate(0.02), stream=1_000_000) == 1  # 2 MB/s: 1.6 streams of 1 MB/s with headroom
+    assert capacity.places(3, uplink.estimate(0.02), stream=10_000) == 3
+
+
+def test_an_idle_stretch_says_nothing_and_a_keepalive_alone_is_not_a_sample():
+    meter = LinkMeter()
+    assert meter.observe(0.0, 0, 0) is None
+    assert meter.observe(5.0, 20, 0) is None     # idle before: the 20 bytes went in a moment
+    assert meter.rate is None
+
+
+def test_the_estimate_is_the_best_of_the_window_and_goes_stale():
+    uplink = Uplink(stale_after=60)
+    link = FakeLink(uplink, "a")
+    end = push(uplink, [link], block=MB, rate=2 * MB)
+    end = push(uplink, [link], block=MB, rate=0.5 * MB, start=end + 1)
+    assert uplink.estimate(end) == pytest.approx(2 * MB, rel=0.1)   # within WINDOW
+    later = end + capacity.WINDOW + 1
+    end = push(uplink, [link], block=MB, rate=0.5 * MB, start=later)
+    assert uplink.estimate(end) == pytest.approx(0.5 * MB, rel=0.1)  # the fast one aged out
+    assert uplink.estimate(end + 59) is not None
+    assert uplink.estimate(end + 61) is None                          # stale: unknown again
+
+
+def test_a_frozen_child_does_not_drag_the_estimate_down():
+    uplink = Uplink(stale_after=300)
+    fast, frozen = FakeLink(uplink, "fast"), FakeLink(uplink, "frozen")
+    frozen.look(0.0, writing=True)
+    frozen.written += MB                 # never acknowledged
+    frozen.look(0.0)
+    end = push(uplink, [fast], block=MB, rate=1 * MB)
+    frozen.look(end)
+    assert uplink.estimate(end) >= 0.5 * MB
+    assert uplink.rate_of("fast") == pytest.approx(1 * MB, rel=0.1)
+
+
+def test_places_never_exceed_k_and_a_weak_uplink_relays_to_nobody():
+    stream = 100_000
+    assert capacity.places(3, 10 * MB, stream) == 3               # room for far more: K
+    assert capacity.places(3, 2.6 * stream, stream) == 2          # 2.6 / 1.25 = 2.08
+    assert capacity.places(3, 2.4 * stream, stream) == 1
+    assert capacity.places(3, 1.2 * stream, stream) == 0          # not one stream with headroom
+    assert capacity.places(0, 10 * MB, stream) == 0
+    assert capacity.places(3, None, stream) == capacity.TRIAL_PLACES  # never measured: a trial
+    assert capacity.places(3, 10 * MB, None) == capacity.TRIAL_PLACES
+    assert capacity.stream_rate([200_000, 100_000], period=2.0) == 75_000
+    assert capacity.stream_rate([], period=2.0) is None
+
+
+def test_a_weak_uplink_is_measured_on_its_trial_child_and_then_offers_nothing():
+    stream = 125_000                                   # bytes/s: 250 kB blocks every 2 s
+    uplink = Uplink(stale_after=300)
+    assert capacity.places(3, uplink.estimate(0.0), stream) == 1
+    link = FakeLink(uplink, "trial")
+    link.look(0.0, writing=True)
+    link.written += 250_000
+    now = 0.0
+    for _ in range(30):                                # 0.6 s at 60 kB/s
+        now += 0.02
+        link.delivered += 1_200
+        link.look(now)
+    load = LinkLoad("trial", link.queued, 0, uplink.rate_of("trial"))
+    assert capacity.behind(load, period=2.0)           # 214 kB at 60 kB/s: over 3 s
+    assert capacity.to_move([load], period=2.0) == "trial"
+    assert capacity.places(3, uplink.estimate(now), stream) == 0
+
+
+def test_the_slowest_child_with_a_backlog_is_moved_and_only_when_one_is_behind():
+    period = 2.0
+    fine = LinkLoad("fine", backlog=100_000, blocks=0, rate=500_000)
+    slow = LinkLoad("slow", backlog=400_000, blocks=1, rate=120_000)   # 3.3 s to drain
+    idle = LinkLoad("idle", backlog=0, blocks=0, rate=None)
+    assert not capacity.behind(fine, period) and capacity.behind(slow, period)
+    assert capacity.to_move([fine, idle], period) is None
+    assert capacity.to_move([fine, slow, idle], period) == "slow"
+    piled = LinkLoad("piled", backlog=50_000, blocks=capacity.QUEUE_ALARM, rate=None)
+    assert capacity.to_move([fine, piled], period) == "piled"
+    # The uplink short for everyone: all behind, the slowest goes.
+    a = LinkLoad("a", backlog=900_000, blocks=1, rate=200_000)
+    b = LinkLoad("b", backlog=900_000, blocks=1, rate=150_000)
+    assert capacity.to_move([a, b], period) == "b"
+
+
+def test_union_length_of_overlapping_intervals():
+    assert capacity.union_length([(0, 1), (0.5, 2), (3, 4)]) == pytest.approx(3.0)
+    assert capacity.union_length([]) == 0.0
