@@ -107,10 +107,10 @@ class LinkMeter:
         self._span_time += busy.end - busy.start
         if self._span_time < MIN_SPAN and not busy.drained:
             return
-        if self._span_bytes > 0:
-            sample = self._span_bytes / max(self._span_time, MIN_BUSY)
-            self.rate = sample if self.rate is None else (
-                SMOOTHING * sample + (1 - SMOOTHING) * self.rate)
+        # A stuck link (a frozen child) samples 0: its rate falls, and it is the slowest.
+        sample = self._span_bytes / max(self._span_time, MIN_BUSY)
+        self.rate = sample if self.rate is None else (
+            SMOOTHING * sample + (1 - SMOOTHING) * self.rate)
         self._span_bytes, self._span_time = 0, 0.0
 
     @property

@@ -6,15 +6,18 @@ callbacks) or frames from the node into bytes. All decisions are the node's.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import queue
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 from typing import Callable
 
-from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message,
+from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message, Move,
                               PeerProtocolError, encode)
 from client.supervise import checkpoint
 from server import protocol as stock
@@ -22,6 +25,9 @@ from server import protocol as stock
 log = logging.getLogger(__name__)
 
 RECV_CHUNK = 256 * 1024
+
+#: While a block drains from the kernel, its sender looks this often (client.capacity).
+DRAIN_LOOK = 0.02
 
 
 def connect_from(ip: str, host: str, port: int, timeout: float) -> socket.socket:
@@ -82,7 +88,8 @@ def read_message_by(sock: socket.socket, decoder: FrameDecoder, deadline: float,
         decoder.feed(sock.recv(chunk))
 
 
-def send_progressing(sock: socket.socket, data: bytes, stall: float) -> None:
+def send_progressing(sock: socket.socket, data: bytes, stall: float,
+                     progress: Callable[[int, int], None] | None = None) -> None:
     """Send all of ``data``, failing only when no byte at all leaves for ``stall`` seconds.
 
     ``sendall`` with a timeout bounds the whole send, which would cut a
@@ -90,7 +97,7 @@ def send_progressing(sock: socket.socket, data: bytes, stall: float) -> None:
     uplink; here each piece waits at most ``stall`` seconds for room, and
     any progress starts the wait anew. The socket's own timeout is left
     alone (its reader uses it). ``socket.timeout`` when the peer stopped
-    taking bytes.
+    taking bytes. ``progress(sent, left)`` after each piece.
     """
     view = memoryview(data)
     poller = select.poll()
@@ -98,7 +105,19 @@ def send_progressing(sock: socket.socket, data: bytes, stall: float) -> None:
     while view:
         if not poller.poll(stall * 1000):
             raise socket.timeout(f"no byte could be sent for {stall:.1f} s")
-        view = view[sock.send(view):]
+        sent = sock.send(view)
+        view = view[sent:]
+        if progress is not None:
+            progress(sent, len(view))
+
+
+def unacknowledged(sock: socket.socket) -> int:
+    """Bytes written to ``sock`` that its peer has not acknowledged yet (0 once closed)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                              struct.pack("i", 0)))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def addresses_of(host: str) -> frozenset[str]:
@@ -251,13 +270,24 @@ class ChildLink:
     Keepalives go out whenever the queue stays empty for ``keepalive`` seconds.
     A child whose socket takes no byte for ``send_timeout`` seconds is cut
     (:func:`send_progressing`: a slow but moving send is never cut).
+
+    ``meter(link, now, written, unacknowledged, writing)`` is told, at each
+    piece of a block written and every :data:`DRAIN_LOOK` seconds until the
+    kernel has it all acknowledged, what the link has written and what its
+    peer has not acknowledged yet (:class:`client.capacity.Uplink`).
     """
 
     def __init__(self, sock: socket.socket, addr, backlog: int, keepalive: float,
-                 send_timeout: float, on_gone: Callable):
+                 send_timeout: float, on_gone: Callable, meter: Callable | None = None):
         self.sock, self.addr = sock, addr
         self.bytes_sent = 0
         self.blocks_sent = 0
+        self._meter = meter
+        self._written = 0            # bytes of every frame written to the socket
+        self._draining = False       # a block's bytes are still unacknowledged
+        self._load_lock = threading.Lock()
+        self._waiting_bytes = 0      # of the blocks queued and the one being written
+        self._waiting_blocks = 0     # blocks queued, not yet being written
         self._queue: queue.Queue = queue.Queue(maxsize=backlog)
         self._keepalive = keepalive
         self._on_gone = on_gone
@@ -274,43 +304,99 @@ class ChildLink:
             return False
         try:
             self._queue.put_nowait(message)
-            return True
         except queue.Full:
             self.drop("too slow: its backlog of blocks overflowed")
             return False
+        if isinstance(message, Block):
+            with self._load_lock:
+                self._waiting_bytes += len(message.data)
+                self._waiting_blocks += 1
+        return True
+
+    def load(self) -> tuple[int, int]:
+        """(bytes not yet delivered to the child, blocks waiting in the queue)."""
+        with self._load_lock:
+            return self._waiting_bytes + unacknowledged(self.sock), self._waiting_blocks
 
     def drop(self, reason: str) -> None:
         """Tell the child why, then close once that is sent."""
         if self._closing.is_set():
             return
         log.warning("dropping child %s: %s", self.addr, reason)
+        self._last_word(Drop(reason))
+
+    def move(self, message: Move) -> bool:
+        """Send the child elsewhere: what is queued is not sent, ``message`` is, then close.
+
+        The frame being written is finished first (a frame cut in the middle
+        would look like a failure). False when the link is already closing.
+        """
+        if self._closing.is_set():
+            return False
+        self._last_word(message)
+        return True
+
+    def _last_word(self, message: Message) -> None:
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
-        self._queue.put_nowait(Drop(reason))
+        with self._load_lock:
+            self._waiting_bytes = self._waiting_blocks = 0
+        self._queue.put_nowait(message)
         self._closing.set()
+
+    def _look(self, writing: bool) -> int:
+        """Tell the meter what the link wrote and the child has not acknowledged; that amount."""
+        queued = unacknowledged(self.sock)
+        if self._meter is not None:
+            self._meter(self, time.monotonic(), self._written, queued, writing)
+        return queued
+
+    def _wrote(self, sent: int, left: int) -> None:
+        self._written += sent
+
+    def _wrote_block_piece(self, sent: int, left: int) -> None:
+        self._written += sent
+        with self._load_lock:
+            self._waiting_bytes = max(0, self._waiting_bytes - sent)
+        self._look(writing=left > 0)
 
     def _send_loop(self) -> None:
         reason = "closed"
         try:
             while True:
+                if self._draining:  # watch the block leave: the uplink's estimate (client.capacity)
+                    self._draining = self._look(writing=False) > 0
                 try:
-                    message = self._queue.get(timeout=self._keepalive)
+                    message = self._queue.get(timeout=DRAIN_LOOK if self._draining
+                                              else self._keepalive)
                 except queue.Empty:
                     if self._closing.is_set():
                         break
+                    if self._draining:
+                        continue  # bytes are on their way: no keepalive needed
                     message = Keepalive()
                 if message is None:
                     break
                 frame = encode(message)
-                send_progressing(self.sock, frame, self._send_timeout)
-                if isinstance(message, Block):
+                block = isinstance(message, Block)
+                if block:
+                    with self._load_lock:
+                        self._waiting_blocks = max(0, self._waiting_blocks - 1)
+                        # the frame's header and fields count too, from now on
+                        self._waiting_bytes += len(frame) - len(message.data)
+                    self._look(writing=True)
+                send_progressing(self.sock, frame, self._send_timeout,
+                                 self._wrote_block_piece if block else self._wrote)
+                if block:
                     self.bytes_sent += len(frame)
                     self.blocks_sent += 1
-                if isinstance(message, Drop):
-                    reason = f"dropped: {message.reason}"
+                    self._draining = self._meter is not None
+                if isinstance(message, (Drop, Move)):
+                    reason = (f"dropped: {message.reason}" if isinstance(message, Drop)
+                              else "moved elsewhere")
                     break
         except OSError as exc:
             reason = f"send failed: {exc}"

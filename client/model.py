@@ -153,4 +153,5 @@ class Counters:
     blocks_lost: int = 0
     swaps: int = 0
     climbs: int = 0
+    children_moved: int = 0         # sent elsewhere because their links fell behind
     last_block_at: float | None = None

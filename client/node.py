@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 
-from client import channels, places, strangers, tree, verify
+from client import capacity, channels, places, strangers, tree, verify
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
@@ -84,6 +84,10 @@ class Node(Joining, Upkeep):
                                         enabled=config.verify, refetch=config.period / 4)
         self._distrusted: dict[Addr, float] = {}  # relays caught lying: not chosen until then
         self._declines: dict[Addr, int] = {}      # swap offers each child declined in a row
+        # What the uplink delivers, told by the child links' senders (client.capacity).
+        self.uplink = capacity.Uplink(stale_after=UPLINK_STALE_PERIODS * config.period)
+        self._uplink_lock = threading.Lock()
+        self._relief_at = 0.0                     # monotonic: no child moved before then
 
         self.state = State.JOINING
         self.parent: str | Addr | None = None
@@ -556,7 +560,39 @@ class Node(Joining, Upkeep):
                 attached=self.state in (State.DIRECT, State.ATTACHED), depth=max(self.depth, 1),
                 path=self.path, sent=self.counters.bytes_sent,
                 children=places.advertised(self.child_views, self._declines),
-                expected=frozenset(a for a, t in self._expected.items() if t > time.monotonic()))
+                expected=frozenset(a for a, t in self._expected.items() if t > time.monotonic()),
+                places=self._places())
+
+    # -- the uplink's capacity (client.capacity) ----------------------------------
+
+    def _metered(self, link: ChildLink, now: float, written: int, queued: int,
+                 writing: bool) -> None:
+        """(A child link's sender thread.) What it wrote and what is not acknowledged yet."""
+        with self._uplink_lock:
+            self.uplink.observe(link, now, written - queued, queued, writing)
+
+    def _drain_rate(self, link: ChildLink) -> float | None:
+        with self._uplink_lock:
+            return self.uplink.rate_of(link)
+
+    def _stream_rate(self) -> float | None:
+        """(Under the lock.) Bytes/s of the stream, from the latest blocks received."""
+        return capacity.stream_rate((len(b.data) for b in self.window.latest(STREAM_BLOCKS)),
+                                    self.config.period)
+
+    def _places(self) -> int:
+        """(Under the lock.) How many children the measured uplink can feed, at most K."""
+        with self._uplink_lock:
+            estimate = self.uplink.estimate(time.monotonic())
+        return capacity.places(self.config.max_children, estimate, self._stream_rate())
+
+    def _uplink_status(self) -> dict:
+        with self._uplink_lock:
+            estimate = self.uplink.estimate(time.monotonic())
+        stream = self._stream_rate()
+        return {"estimate_bps": _bits(estimate), "stream_bps": _bits(stream),
+                "places": capacity.places(self.config.max_children, estimate, stream),
+                "children_moved": self.counters.children_moved}
 
     def _info(self, probe: Hello) -> Info:
         view = self._relay_view()
@@ -603,7 +639,8 @@ class Node(Joining, Upkeep):
         if after is None and not hello.have and hello.catch_up:
             missed = self.window.latest(hello.catch_up)
         child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.keepalive_interval,
-                          send_timeout=self.config.link_stall, on_gone=self._child_gone)
+                          send_timeout=self.config.link_stall, on_gone=self._child_gone,
+                          meter=self._metered)
         child.enqueue(Accept(max(self.depth, 1), self.path, after,
                              tuple(b.digest for b in missed)))
         self.children[hello.addr] = child
@@ -668,6 +705,8 @@ class Node(Joining, Upkeep):
             self._children_changed_at = time.monotonic()
             key = str(child.addr)
             self._sent_before[key] = self._sent_before.get(key, 0) + child.bytes_sent
+        with self._uplink_lock:
+            self.uplink.forget(child)
         log.info("child %s gone: %s", child.addr, reason)
         self._write_status()
 
@@ -720,6 +759,7 @@ class Node(Joining, Upkeep):
                 next_report = time.monotonic() + self.config.period / 2
                 self._report_to_parent()
                 self._advise_children()
+            self._relieve_uplink()
             if self.state == State.DIRECT and time.monotonic() >= next_root_probe:
                 next_root_probe = time.monotonic() + 4 * self.config.period
                 self._advise_as_root()
@@ -822,7 +862,7 @@ class Node(Joining, Upkeep):
             view = self._relay_view()
         if link is not None:
             link.send(Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
-                             view.max_children, tuple(view.children), tree.member_parents(view),
+                             view.offered, tuple(view.children), tree.member_parents(view),
                              self.subtree.for_report(self.snapshot())))
 
     # -- what the menu and tools read -----------------------------------------
@@ -840,7 +880,8 @@ class Node(Joining, Upkeep):
                 "path": [str(a) for a in self.path],
                 "children": [{"ip": a.ip, "port": a.port, "bytes_sent": link.bytes_sent,
                               "blocks_sent": link.blocks_sent,
-                              "below": len(self.child_views.get(a, tree.ChildView(a)).members)}
+                              "below": len(self.child_views.get(a, tree.ChildView(a)).members),
+                              "drain_bps": _bits(self._drain_rate(link))}
                              for a, link in self.children.items()],
                 "depth": self.depth,
                 "blocks_received": self.counters.blocks_received,
@@ -865,6 +906,7 @@ class Node(Joining, Upkeep):
                 "server_reachable": self.server_reachable,
                 "server_failures": self.server_failures,
                 "parent_silence": self.config.parent_silence,  # a silent parent is lost after this
+                "uplink": self._uplink_status(),
             }
 
     def stats(self) -> dict:
@@ -897,6 +939,17 @@ DISTRUST_PERIODS = 30
 
 #: How long (in periods) an orphan of a direct client keeps asking the server for its slot.
 SLOT_WATCH_PERIODS = 12
+
+#: An uplink estimate this many periods old is forgotten: a child is tried again.
+UPLINK_STALE_PERIODS = 150
+
+#: The stream's rate is the mean of this many latest blocks.
+STREAM_BLOCKS = 8
+
+
+def _bits(rate: float | None) -> int | None:
+    """Bytes/s as whole bits/s, for status.json."""
+    return None if rate is None else int(rate * 8)
 
 
 def _abort(sock: socket.socket) -> None:

@@ -46,6 +46,15 @@ class RelayView:
     sent: int
     children: dict[Addr, ChildView] = field(default_factory=dict)
     expected: frozenset[Addr] = frozenset()
+    #: Children the uplink can feed (:func:`client.capacity.places`); None: ``max_children``.
+    places: int | None = None
+
+    @property
+    def offered(self) -> int:
+        """Places this relay offers: its measured uplink's, never more than ``max_children``."""
+        if self.places is None:
+            return self.max_children
+        return max(0, min(self.max_children, self.places))
 
     @property
     def reserved(self) -> int:
@@ -58,8 +67,8 @@ class RelayView:
 
     @property
     def free(self) -> int:
-        """Slots a newcomer may take: neither used nor kept for a swap partner."""
-        return max(0, self.max_children - len(self.children) - self.reserved)
+        """Slots a newcomer may take: offered, neither used nor kept for a swap partner."""
+        return max(0, self.offered - len(self.children) - self.reserved)
 
 
 @dataclass(frozen=True)

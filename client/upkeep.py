@@ -1,4 +1,5 @@
-"""Keeping the tree in shape while it runs: backup parents, the balance rotation, climbing.
+"""Keeping the tree in shape while it runs: backup parents, the balance rotation, climbing,
+and children moved off an uplink that falls behind.
 
 A mixin of :class:`client.node.Node`, driven by the controller's tick.
 """
@@ -11,7 +12,7 @@ import time
 
 from dataclasses import dataclass
 
-from client import tree
+from client import capacity, tree
 from client.links import ChildLink, ParentLink
 from client.model import SERVER, Rejoin, State
 from client.peerproto import Addr, Advice, Bye, Candidate, Move, Redirect, Swap, SwapAnswer
@@ -50,6 +51,33 @@ class Upkeep:
             for addr, advice in advices.items():
                 if self._advice_sent.get(addr) != advice and self.children[addr].enqueue(advice):
                     self._advice_sent[addr] = advice
+
+    def _relieve_uplink(self) -> None:
+        """A child link falls behind (client.capacity): send the slowest child elsewhere.
+
+        Called at every tick of the controller, so that a backlog is seen
+        within a quarter period, long before the link's queue would overflow
+        and drop a block. The child is told to move (``Move`` with no place:
+        it searches, this relay excluded at first) after the frame it is
+        receiving; it rejoins with its latest blocks, and its new parent
+        resumes after them, so it misses nothing. One child a period: the
+        estimate sees the relief before the next.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if now < self._relief_at or not self.children:
+                return
+            links = list(self.children.values())
+        loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link)) for link in links]
+        link = capacity.to_move(loads, self.config.period)
+        if link is None or not link.move(Move(())):
+            return
+        with self._lock:
+            self._relief_at = now + self.config.period
+            self.counters.children_moved += 1
+        load = next(load for load in loads if load.key is link)
+        log.warning("uplink behind: moving child %s elsewhere (%d bytes waiting, drains %s B/s)",
+                    link.addr, load.backlog, f"{load.rate:.0f}" if load.rate else "unmeasured")
 
     def _advise_as_root(self) -> None:
         """A direct client has no parent to advise it: the best place under the other direct clients."""

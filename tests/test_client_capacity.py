@@ -109,6 +109,18 @@ def test_a_frozen_child_does_not_drag_the_estimate_down():
     frozen.look(end)
     assert uplink.estimate(end) >= 0.5 * MB
     assert uplink.rate_of("fast") == pytest.approx(1 * MB, rel=0.1)
+    assert uplink.rate_of("frozen") == 0     # busy and stuck: the slowest of all
+
+
+def test_a_link_that_stops_draining_loses_its_rate():
+    meter = LinkMeter()
+    meter.observe(0.0, 0, 0, writing=True)
+    meter.observe(0.0, 0, 500_000)
+    meter.observe(0.2, 200_000, 300_000)       # 1 MB/s
+    assert meter.rate == pytest.approx(1 * MB)
+    for step in range(1, 6):                   # then nothing acknowledged
+        meter.observe(0.2 + 0.2 * step, 200_000, 300_000)
+    assert meter.rate < 0.05 * MB
 
 
 def test_places_never_exceed_k_and_a_weak_uplink_relays_to_nobody():
