@@ -706,7 +706,7 @@ class Node(Joining, Upkeep):
             key = str(child.addr)
             self._sent_before[key] = self._sent_before.get(key, 0) + child.bytes_sent
         with self._uplink_lock:
-            self.uplink.forget(child)
+            self.uplink.forget(child, time.monotonic())
         log.info("child %s gone: %s", child.addr, reason)
         self._write_status()
 

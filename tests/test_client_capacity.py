@@ -86,17 +86,32 @@ def test_an_idle_stretch_says_nothing_and_a_keepalive_alone_is_not_a_sample():
     assert meter.rate is None
 
 
-def test_the_estimate_is_the_best_of_the_window_and_goes_stale():
+def test_the_estimate_sums_the_window_and_goes_stale():
     uplink = Uplink(stale_after=60)
     link = FakeLink(uplink, "a")
-    end = push(uplink, [link], block=MB, rate=2 * MB)
-    end = push(uplink, [link], block=MB, rate=0.5 * MB, start=end + 1)
-    assert uplink.estimate(end) == pytest.approx(2 * MB, rel=0.1)   # within WINDOW
+    end = push(uplink, [link], block=MB, rate=2 * MB)                  # 0.5 s
+    end = push(uplink, [link], block=MB, rate=0.5 * MB, start=end + 1)  # 2 s
+    assert uplink.estimate(end) == pytest.approx(2 * MB / 2.5, rel=0.1)
     later = end + capacity.WINDOW + 1
     end = push(uplink, [link], block=MB, rate=0.5 * MB, start=later)
     assert uplink.estimate(end) == pytest.approx(0.5 * MB, rel=0.1)  # the fast one aged out
     assert uplink.estimate(end + 59) is not None
     assert uplink.estimate(end + 61) is None                          # stale: unknown again
+
+
+def test_late_acknowledgements_in_one_jump_do_not_inflate_the_estimate():
+    uplink = Uplink(stale_after=60)
+    link = FakeLink(uplink, "a")
+    link.look(0.0, writing=True)
+    link.written += 2 * MB
+    link.look(0.0)
+    now = 0.0
+    for step in range(200):          # 4 s at 0.5 MB/s, acknowledged in jumps every 0.4 s
+        now += 0.02
+        if step % 20 == 19:
+            link.delivered += 200_000
+        link.look(now)
+    assert uplink.estimate(now) == pytest.approx(0.5 * MB, rel=0.05)
 
 
 def test_a_frozen_child_does_not_drag_the_estimate_down():
@@ -116,10 +131,10 @@ def test_a_link_that_stops_draining_loses_its_rate():
     meter = LinkMeter()
     meter.observe(0.0, 0, 0, writing=True)
     meter.observe(0.0, 0, 500_000)
-    meter.observe(0.2, 200_000, 300_000)       # 1 MB/s
+    meter.observe(0.3, 300_000, 200_000)       # 1 MB/s
     assert meter.rate == pytest.approx(1 * MB)
-    for step in range(1, 6):                   # then nothing acknowledged
-        meter.observe(0.2 + 0.2 * step, 200_000, 300_000)
+    for step in range(1, 10):                  # then nothing acknowledged
+        meter.observe(0.3 + 0.3 * step, 300_000, 200_000)
     assert meter.rate < 0.05 * MB
 
 
@@ -152,6 +167,21 @@ def test_a_weak_uplink_is_measured_on_its_trial_child_and_then_offers_nothing():
     assert capacity.behind(load, period=2.0)           # 214 kB at 60 kB/s: over 3 s
     assert capacity.to_move([load], period=2.0) == "trial"
     assert capacity.places(3, uplink.estimate(now), stream) == 0
+
+
+def test_a_link_moved_away_mid_block_leaves_its_measure_behind():
+    uplink = Uplink(stale_after=300)
+    link = FakeLink(uplink, "trial")
+    link.look(0.0, writing=True)
+    link.written += 250_000
+    now = 0.0
+    for _ in range(15):                                # 0.3 s at 60 kB/s, then gone
+        now += 0.02
+        link.delivered += 1_200
+        link.look(now)
+    assert uplink.estimate(now) is None                # the stretch is not over yet
+    uplink.forget("trial", now)
+    assert uplink.estimate(now) == pytest.approx(60_000, rel=0.05)
 
 
 def test_the_slowest_child_with_a_backlog_is_moved_and_only_when_one_is_behind():
