@@ -21,7 +21,8 @@ block and while the block drains. From that:
   50 kB jumps at 0.5 Mbit/s, a 0.5 s stretch reading 0.9 Mbit/s). A
   stretch in which nothing was delivered (a frozen child alone busy) is
   left out;
-* :func:`places`: the children the estimate can feed with :data:`HEADROOM`;
+* :func:`places`: the children the estimate can feed with :data:`HEADROOM`
+  (:func:`can_take`: how many it could take over in a swap);
 * :func:`to_move`: the child to send elsewhere when a link falls behind.
 
 Time is passed in (``now``, monotonic seconds): no clock, no thread, no
@@ -220,6 +221,19 @@ def places(max_children: int, estimate: float | None, stream: float | None) -> i
     if estimate is None or not stream:
         return min(max_children, TRIAL_PLACES)
     return max(0, min(max_children, int(estimate // (stream * HEADROOM))))
+
+
+def can_take(max_children: int, estimate: float | None, stream: float | None) -> int:
+    """How many children this client could take over with a place (a balance swap).
+
+    K while unmeasured: the rotation raises light senders, which have never
+    relayed, and an unknown uplink is not a weak one (if it cannot feed
+    them, its links fall behind and it moves them on). Once measured, no
+    more than :func:`places`: a weak uplink never takes a strong one's place.
+    """
+    if estimate is None or not stream:
+        return max(0, max_children)
+    return places(max_children, estimate, stream)
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ class Joining:
             have = self.window.latest_digests(HAVE_COUNT)
             catch_up = 0 if have else min(int(self.config.catch_up_seconds / self.config.period),
                                           self.window.capacity, MAX_WANT)
-            hello = Hello("join", self.me, self.config.channel, self._places(),
+            hello = Hello("join", self.me, self.config.channel, self._can_take(),
                           have=have, have_seq=max(self._seq, 0),
                           subtree=tree.members_below(self._relay_view()),
                           catch_up=catch_up, moved_by=moved_by)

@@ -586,6 +586,12 @@ class Node(Joining, Upkeep):
             estimate = self.uplink.estimate(time.monotonic())
         return capacity.places(self.config.max_children, estimate, self._stream_rate())
 
+    def _can_take(self) -> int:
+        """(Under the lock.) The ``max_children`` this client reports: K until measured."""
+        with self._uplink_lock:
+            estimate = self.uplink.estimate(time.monotonic())
+        return capacity.can_take(self.config.max_children, estimate, self._stream_rate())
+
     def _uplink_status(self) -> dict:
         with self._uplink_lock:
             estimate = self.uplink.estimate(time.monotonic())
@@ -860,9 +866,10 @@ class Node(Joining, Upkeep):
         with self._lock:
             link = self.parent_link
             view = self._relay_view()
+            can_take = self._can_take()
         if link is not None:
             link.send(Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
-                             view.offered, tuple(view.children), tree.member_parents(view),
+                             can_take, tuple(view.children), tree.member_parents(view),
                              self.subtree.for_report(self.snapshot())))
 
     # -- what the menu and tools read -----------------------------------------

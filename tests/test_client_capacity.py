@@ -148,6 +148,10 @@ def test_places_never_exceed_k_and_a_weak_uplink_relays_to_nobody():
     assert capacity.places(3, None, stream) == capacity.TRIAL_PLACES  # never measured: a trial
     assert capacity.places(3, 10 * MB, None) == capacity.TRIAL_PLACES
     assert capacity.stream_rate([200_000, 100_000], period=2.0) == 75_000
+    # What it could take over in a swap: K while unknown, never more than measured.
+    assert capacity.can_take(3, None, stream) == 3
+    assert capacity.can_take(3, 1.2 * stream, stream) == 0
+    assert capacity.can_take(3, 10 * MB, stream) == 3
     assert capacity.stream_rate([], period=2.0) is None
 
 
