@@ -23,7 +23,8 @@ block and while the block drains. From that:
   left out;
 * :func:`places`: the children the estimate can feed with :data:`HEADROOM`
   (:func:`can_take`: how many it could take over in a swap);
-* :func:`to_move`: the child to send elsewhere when a link falls behind.
+* :func:`to_move`: the child to send elsewhere when a link falls behind
+  (:func:`cut_instead`: whether to reset its link rather than tell it).
 
 Time is passed in (``now``, monotonic seconds): no clock, no thread, no
 socket. The caller serialises the calls (the sender threads share one lock).
@@ -252,6 +253,25 @@ def behind(load: LinkLoad, period: float) -> bool:
     if load.blocks >= QUEUE_ALARM:
         return True
     return load.rate is not None and load.backlog > load.rate * period * BEHIND_PERIODS
+
+
+#: A moved child whose link would take longer than this many periods to drain is cut instead.
+CUT_PERIODS = 0.25
+
+
+def cut_instead(load: LinkLoad, period: float) -> bool:
+    """Whether to reset the link of a child being moved rather than tell it after its backlog.
+
+    A ``Move`` waits behind what the link holds, and the kernel may hold a
+    whole block: on an uplink that cannot carry one stream that is seconds
+    of a saturated uplink, whose own acknowledgements then wait in the same
+    queue (measured: the server's pushes to such a relay failed). A reset
+    frees the uplink at once; the child takes it as a lost parent, rejoins
+    and repairs, and discards the frame it had half received.
+    """
+    if load.rate is None:
+        return load.backlog > 0
+    return load.backlog > load.rate * period * CUT_PERIODS
 
 
 def to_move(loads: Iterable[LinkLoad], period: float):

@@ -283,6 +283,7 @@ class ChildLink:
         self.bytes_sent = 0
         self.blocks_sent = 0
         self._meter = meter
+        self._cut: str | None = None  # why the link is being reset (cut())
         self._written = 0            # bytes of every frame written to the socket
         self._draining = False       # a block's bytes are still unacknowledged
         self._load_lock = threading.Lock()
@@ -336,7 +337,21 @@ class ChildLink:
         self._last_word(message)
         return True
 
-    def _last_word(self, message: Message) -> None:
+    def cut(self, reason: str) -> bool:
+        """Reset the link now: what it holds, in the queue and in the kernel, is discarded.
+
+        The sender stops at its next piece or look; the socket is reset when
+        the child's reader closes it (``SO_LINGER`` 0). False when the link
+        is already closing.
+        """
+        if self._closing.is_set():
+            return False
+        log.info("cutting the link to child %s: %s", self.addr, reason)
+        self._cut = reason
+        self._last_word(None)
+        return True
+
+    def _last_word(self, message: Message | None) -> None:
         while True:
             try:
                 self._queue.get_nowait()
@@ -358,6 +373,8 @@ class ChildLink:
         self._written += sent
 
     def _wrote_block_piece(self, sent: int, left: int) -> None:
+        if self._cut is not None:
+            raise _LinkCut(self._cut)
         self._written += sent
         with self._load_lock:
             self._waiting_bytes = max(0, self._waiting_bytes - sent)
@@ -367,6 +384,8 @@ class ChildLink:
         reason = "closed"
         try:
             while True:
+                if self._cut is not None:
+                    raise _LinkCut(self._cut)
                 if self._draining:  # watch the block leave: the uplink's estimate (client.capacity)
                     self._draining = self._look(writing=False) > 0
                 try:
@@ -379,6 +398,8 @@ class ChildLink:
                         continue  # bytes are on their way: no keepalive needed
                     message = Keepalive()
                 if message is None:
+                    if self._cut is not None:
+                        raise _LinkCut(self._cut)
                     break
                 frame = encode(message)
                 block = isinstance(message, Block)
@@ -398,6 +419,12 @@ class ChildLink:
                     reason = (f"dropped: {message.reason}" if isinstance(message, Drop)
                               else "moved elsewhere")
                     break
+        except _LinkCut as cut:
+            reason = f"cut: {cut}"
+            try:  # closed by the child's reader: a reset, the kernel's queue discarded
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
         except OSError as exc:
             reason = f"send failed: {exc}"
         except Exception as exc:  # a bug here must not leave a child that holds a slot
@@ -419,6 +446,10 @@ class ChildLink:
             if self._thread.is_alive():
                 _shutdown(self.sock)
                 self._thread.join(timeout=5)
+
+
+class _LinkCut(Exception):
+    """Raised in a child link's sender once :meth:`ChildLink.cut` was called."""
 
 
 def _shutdown(sock: socket.socket) -> None:

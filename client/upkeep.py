@@ -58,10 +58,11 @@ class Upkeep:
         Called at every tick of the controller, so that a backlog is seen
         within a quarter period, long before the link's queue would overflow
         and drop a block. The child is told to move (``Move`` with no place:
-        it searches, this relay excluded at first) after the frame it is
-        receiving; it rejoins with its latest blocks, and its new parent
-        resumes after them, so it misses nothing. One child a period: the
-        estimate sees the relief before the next.
+        it searches, this relay excluded at first), or, when its link holds
+        more than a quarter period's worth, the link is reset
+        (:func:`client.capacity.cut_instead`); either way it rejoins with its
+        latest blocks and its new parent resumes after them, so it misses
+        nothing. One child a period: the estimate sees the relief before the next.
         """
         now = time.monotonic()
         with self._lock:
@@ -70,14 +71,18 @@ class Upkeep:
             links = list(self.children.values())
         loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link)) for link in links]
         link = capacity.to_move(loads, self.config.period)
-        if link is None or not link.move(Move(())):
+        if link is None:
+            return
+        load = next(load for load in loads if load.key is link)
+        why = (f"uplink behind: {load.backlog} bytes waiting, drains "
+               + (f"{load.rate:.0f} B/s" if load.rate else "unmeasured"))
+        cut = capacity.cut_instead(load, self.config.period)
+        if not (link.cut(why) if cut else link.move(Move(()))):
             return
         with self._lock:
             self._relief_at = now + self.config.period
             self.counters.children_moved += 1
-        load = next(load for load in loads if load.key is link)
-        log.warning("uplink behind: moving child %s elsewhere (%d bytes waiting, drains %s B/s)",
-                    link.addr, load.backlog, f"{load.rate:.0f}" if load.rate else "unmeasured")
+        log.warning("%s: %s child %s elsewhere", why, "cutting" if cut else "moving", link.addr)
 
     def _advise_as_root(self) -> None:
         """A direct client has no parent to advise it: the best place under the other direct clients."""

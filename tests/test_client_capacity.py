@@ -204,6 +204,14 @@ def test_the_slowest_child_with_a_backlog_is_moved_and_only_when_one_is_behind()
     assert capacity.to_move([a, b], period) == "b"
 
 
+def test_a_moved_child_is_cut_when_its_link_holds_more_than_a_quarter_period():
+    period = 2.0
+    assert not capacity.cut_instead(LinkLoad("a", 40_000, 0, 100_000), period)   # 0.4 s
+    assert capacity.cut_instead(LinkLoad("a", 60_000, 0, 100_000), period)       # 0.6 s
+    assert capacity.cut_instead(LinkLoad("a", 1, 3, None), period)               # unmeasured
+    assert not capacity.cut_instead(LinkLoad("a", 0, 0, None), period)
+
+
 def test_union_length_of_overlapping_intervals():
     assert capacity.union_length([(0, 1), (0.5, 2), (3, 4)]) == pytest.approx(3.0)
     assert capacity.union_length([]) == 0.0
