@@ -580,22 +580,22 @@ class Node(Joining, Upkeep):
         return capacity.stream_rate((len(b.data) for b in self.window.latest(STREAM_BLOCKS)),
                                     self.config.period)
 
-    def _places(self) -> int:
-        """(Under the lock.) How many children the measured uplink can feed, at most K."""
+    def _uplink_now(self) -> tuple[float | None, float | None]:
+        """(Under the lock.) The uplink's estimate and the stream's rate, bytes/s."""
         with self._uplink_lock:
             estimate = self.uplink.estimate(time.monotonic())
-        return capacity.places(self.config.max_children, estimate, self._stream_rate())
+        return estimate, self._stream_rate()
+
+    def _places(self) -> int:
+        """(Under the lock.) How many children the measured uplink can feed, at most K."""
+        return capacity.places(self.config.max_children, *self._uplink_now())
 
     def _can_take(self) -> int:
         """(Under the lock.) The ``max_children`` this client reports: K until measured."""
-        with self._uplink_lock:
-            estimate = self.uplink.estimate(time.monotonic())
-        return capacity.can_take(self.config.max_children, estimate, self._stream_rate())
+        return capacity.can_take(self.config.max_children, *self._uplink_now())
 
     def _uplink_status(self) -> dict:
-        with self._uplink_lock:
-            estimate = self.uplink.estimate(time.monotonic())
-        stream = self._stream_rate()
+        estimate, stream = self._uplink_now()
         return {"estimate_bps": _bits(estimate), "stream_bps": _bits(stream),
                 "places": capacity.places(self.config.max_children, estimate, stream),
                 "children_moved": self.counters.children_moved}

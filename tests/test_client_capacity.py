@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from client import capacity
+from client import capacity, tree
 from client.capacity import LinkLoad, LinkMeter, Uplink
+from client.peerproto import Addr, Hello
 
 MB = 1_000_000
 
@@ -215,3 +216,33 @@ def test_a_moved_child_is_cut_when_its_link_holds_more_than_a_quarter_period():
 def test_union_length_of_overlapping_intervals():
     assert capacity.union_length([(0, 1), (0.5, 2), (3, 4)]) == pytest.approx(3.0)
     assert capacity.union_length([]) == 0.0
+
+
+def relay(places, children=()):
+    return tree.RelayView(me=Addr("10.0.0.1", 9092), channel=0, max_children=3, attached=True,
+                          depth=1, path=(), sent=0,
+                          children={a: tree.ChildView(a, free=1) for a in children},
+                          places=places)
+
+
+def test_the_join_decision_follows_the_places_not_k():
+    joiner = Hello("join", Addr("10.0.0.9", 9092), 0, 3)
+    assert relay(places=0).free == 0 and relay(places=0).offered == 0
+    assert isinstance(tree.decide_join(relay(places=0), joiner), tree.RejectJoin)
+    assert tree.free_places(relay(places=0)) == ()       # reported up and to probes: nothing
+    child = Addr("10.0.0.2", 9092)
+    assert isinstance(tree.decide_join(relay(places=1, children=[child]), joiner),
+                      tree.RedirectJoin)                   # full at 1 of K = 3: points below
+    assert isinstance(tree.decide_join(relay(places=2, children=[child]), joiner), tree.AcceptJoin)
+    assert relay(places=7).offered == 3                    # never above K
+    assert relay(places=None).offered == 3
+
+
+def test_the_rotation_never_hands_a_place_to_a_child_measured_weak():
+    weak, unknown = Addr("10.0.0.2", 9092), Addr("10.0.0.3", 9092)
+    view = tree.RelayView(me=Addr("10.0.0.1", 9092), channel=0, max_children=3, attached=True,
+                          depth=1, path=(), sent=10_000_000, places=3, children={
+                              weak: tree.ChildView(weak, sent=0, reported=True, max_children=0),
+                              unknown: tree.ChildView(unknown, sent=5, reported=True,
+                                                      max_children=3)})
+    assert tree.choose_swap(view, margin=1000) == unknown
