@@ -245,6 +245,7 @@ class LinkLoad:
     backlog: int            # bytes not yet delivered: queued here, and in the kernel
     blocks: int             # blocks waiting in its queue
     rate: float | None      # its drain rate, bytes/s (None: unmeasured)
+    below: int = 0          # clients in the child's subtree
 
 
 def behind(load: LinkLoad, period: float) -> bool:
@@ -275,17 +276,21 @@ def cut_instead(load: LinkLoad, period: float) -> bool:
 
 
 def to_move(loads: Iterable[LinkLoad], period: float):
-    """The child to send elsewhere, or None: when any link is behind, the slowest one.
+    """The child to send elsewhere, or None: of the links that are behind, the one whose
+    child has the smallest subtree, then the slowest (by drain rate; unmeasured counts as
+    the slowest), then the one with the largest backlog.
 
-    Among the links with a backlog (an idle link costs the uplink nothing);
-    slowest by drain rate (an unmeasured link with a backlog counts as the
-    slowest), then by the largest backlog. When the uplink itself is short,
-    every link lags and moving any child frees a share for the rest; when
-    one child's own link is slow, that child is the one that goes.
+    When one child's own link is slow, its link alone is behind, and that
+    child goes. When the uplink itself is short, every link lags, and moving
+    any child frees a share for the rest: a leaf then, which finds a place
+    anywhere, rather than a relay, which cannot take one in its own subtree
+    (measured: a relay moved off an uplink that a rotation had overloaded
+    searched for 20 s while every free place was below it).
     """
-    loads = [load for load in loads if load.backlog > 0 or load.blocks > 0]
-    if not any(behind(load, period) for load in loads):
+    lagging = [load for load in loads if behind(load, period)]
+    if not lagging:
         return None
-    slowest = min(loads, key=lambda load: (load.rate if load.rate is not None else 0.0,
-                                           -load.backlog))
-    return slowest.key
+    chosen = min(lagging, key=lambda load: (load.below,
+                                            load.rate if load.rate is not None else 0.0,
+                                            -load.backlog))
+    return chosen.key

@@ -69,7 +69,10 @@ class Upkeep:
             if now < self._relief_at or not self.children:
                 return
             links = list(self.children.values())
-        loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link)) for link in links]
+            below = {link: len(self.child_views[a].members) if a in self.child_views else 0
+                     for a, link in self.children.items()}
+        loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link), below[link])
+                 for link in links]
         link = capacity.to_move(loads, self.config.period)
         if link is None:
             return

@@ -199,10 +199,14 @@ def test_the_slowest_child_with_a_backlog_is_moved_and_only_when_one_is_behind()
     assert capacity.to_move([fine, slow, idle], period) == "slow"
     piled = LinkLoad("piled", backlog=50_000, blocks=capacity.QUEUE_ALARM, rate=None)
     assert capacity.to_move([fine, piled], period) == "piled"
-    # The uplink short for everyone: all behind, the slowest goes.
+    # The uplink short for everyone: all behind, the slowest goes, a leaf before a relay.
     a = LinkLoad("a", backlog=900_000, blocks=1, rate=200_000)
     b = LinkLoad("b", backlog=900_000, blocks=1, rate=150_000)
     assert capacity.to_move([a, b], period) == "b"
+    relay = LinkLoad("relay", backlog=900_000, blocks=1, rate=100_000, below=4)
+    assert capacity.to_move([a, relay], period) == "a"
+    # A relay alone behind (its own link is slow) goes all the same.
+    assert capacity.to_move([fine, relay], period) == "relay"
 
 
 def test_a_moved_child_is_cut_when_its_link_holds_more_than_a_quarter_period():
