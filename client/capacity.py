@@ -18,9 +18,10 @@ block and while the block drains. From that:
   link much faster than the stream ever shows, and all it needs to. Sums,
   not the best stretch: a capped link loses packets, and the retransmission
   acknowledges in one jump what arrived over a second (measured under tbf:
-  50 kB jumps at 0.5 Mbit/s, a 0.5 s stretch reading 0.9 Mbit/s). A
-  stretch in which nothing was delivered (a frozen child alone busy) is
-  left out;
+  50 kB jumps at 0.5 Mbit/s, a 0.5 s stretch reading 0.9 Mbit/s), and the
+  stretches between the jumps count as well. A frozen child's link counts
+  as busy until it is cut: the estimate sinks meanwhile, on the safe side,
+  and that link, draining nothing, is the first to go (:func:`to_move`);
 * :func:`places`: the children the estimate can feed with :data:`HEADROOM`
   (:func:`can_take`: how many it could take over in a swap);
 * :func:`to_move`: the child to send elsewhere when a link falls behind
@@ -50,7 +51,7 @@ MIN_SPAN = 0.25
 MIN_BUSY = 0.05
 
 #: Seconds over which the links' busy intervals are summed into one uplink sample.
-SEGMENT = 0.5
+SEGMENT = 0.25
 
 #: The uplink estimate sums the stretches of this many seconds before the latest one.
 WINDOW = 20.0
@@ -60,7 +61,7 @@ BEHIND_PERIODS = 1.5
 
 #: ... or when this many blocks wait in its queue (the queue's bound is larger: a block is
 #: never dropped before the move).
-QUEUE_ALARM = 3
+QUEUE_ALARM = 4
 
 #: Weight of a new sample in a link's drain rate.
 SMOOTHING = 0.3
@@ -170,9 +171,10 @@ class Uplink:
         delivered = sum(b.bytes for b in self._pending)
         busy = union_length((b.start, b.end) for b in self._pending)
         self._pending, self._segment_start = [], None
-        if delivered <= 0:
+        seconds = max(busy, MIN_BUSY) if delivered > 0 else busy
+        if seconds <= 0:
             return
-        self._samples.append((now, delivered, max(busy, MIN_BUSY)))
+        self._samples.append((now, delivered, seconds))
         while self._samples and now - self._samples[0][0] > WINDOW:
             self._samples.popleft()
 
@@ -248,12 +250,21 @@ class LinkLoad:
     below: int = 0          # clients in the child's subtree
 
 
-def behind(load: LinkLoad, period: float) -> bool:
-    """The link cannot drain what it holds within :data:`BEHIND_PERIODS` periods,
-    or blocks pile up in its queue: the next blocks would only add to it."""
+def behind(load: LinkLoad, period: float, overloaded: bool = True) -> bool:
+    """Blocks pile up in the link's queue, or, on an ``overloaded`` uplink (more children
+    than :func:`places`), it cannot drain what it holds within :data:`BEHIND_PERIODS`
+    periods: the next blocks would only add to it.
+
+    An uplink measured to feed all its children is judged by its queue alone:
+    a new link starts slowly (TCP's slow start on a busy uplink, the blocks
+    a newcomer catches up on), and a child moved for that would come back to
+    the free place it left, again and again (measured: five times in a
+    minute).
+    """
     if load.blocks >= QUEUE_ALARM:
         return True
-    return load.rate is not None and load.backlog > load.rate * period * BEHIND_PERIODS
+    return (overloaded and load.rate is not None
+            and load.backlog > load.rate * period * BEHIND_PERIODS)
 
 
 #: A moved child whose link would take longer than this many periods to drain is cut instead.
@@ -275,7 +286,7 @@ def cut_instead(load: LinkLoad, period: float) -> bool:
     return load.backlog > load.rate * period * CUT_PERIODS
 
 
-def to_move(loads: Iterable[LinkLoad], period: float):
+def to_move(loads: Iterable[LinkLoad], period: float, overloaded: bool = True):
     """The child to send elsewhere, or None: of the links that are behind, the one whose
     child has the smallest subtree, then the slowest (by drain rate; unmeasured counts as
     the slowest), then the one with the largest backlog.
@@ -287,7 +298,7 @@ def to_move(loads: Iterable[LinkLoad], period: float):
     (measured: a relay moved off an uplink that a rotation had overloaded
     searched for 20 s while every free place was below it).
     """
-    lagging = [load for load in loads if behind(load, period)]
+    lagging = [load for load in loads if behind(load, period, overloaded)]
     if not lagging:
         return None
     chosen = min(lagging, key=lambda load: (load.below,

@@ -89,7 +89,8 @@ def read_message_by(sock: socket.socket, decoder: FrameDecoder, deadline: float,
 
 
 def send_progressing(sock: socket.socket, data: bytes, stall: float,
-                     progress: Callable[[int, int], None] | None = None) -> None:
+                     progress: Callable[[int, int], None] | None = None,
+                     look_every: float | None = None) -> None:
     """Send all of ``data``, failing only when no byte at all leaves for ``stall`` seconds.
 
     ``sendall`` with a timeout bounds the whole send, which would cut a
@@ -97,16 +98,24 @@ def send_progressing(sock: socket.socket, data: bytes, stall: float,
     uplink; here each piece waits at most ``stall`` seconds for room, and
     any progress starts the wait anew. The socket's own timeout is left
     alone (its reader uses it). ``socket.timeout`` when the peer stopped
-    taking bytes. ``progress(sent, left)`` after each piece.
+    taking bytes. ``progress(sent, left)`` after each piece, and, with
+    ``look_every``, at least that often while waiting for room (``sent`` 0).
     """
     view = memoryview(data)
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
+    wait = min(stall, look_every) if look_every else stall
+    stalled_at = time.monotonic() + stall
     while view:
-        if not poller.poll(stall * 1000):
-            raise socket.timeout(f"no byte could be sent for {stall:.1f} s")
+        if not poller.poll(wait * 1000):
+            if time.monotonic() >= stalled_at:
+                raise socket.timeout(f"no byte could be sent for {stall:.1f} s")
+            if progress is not None:
+                progress(0, len(view))
+            continue
         sent = sock.send(view)
         view = view[sent:]
+        stalled_at = time.monotonic() + stall
         if progress is not None:
             progress(sent, len(view))
 
@@ -340,15 +349,20 @@ class ChildLink:
     def cut(self, reason: str) -> bool:
         """Reset the link now: what it holds, in the queue and in the kernel, is discarded.
 
-        The sender stops at its next piece or look; the socket is reset when
-        the child's reader closes it (``SO_LINGER`` 0). False when the link
-        is already closing.
+        The socket is shut down at once (the sender's next write fails, the
+        child's reader ends) and reset when the reader closes it
+        (``SO_LINGER`` 0). False when the link is already closing.
         """
         if self._closing.is_set():
             return False
         log.info("cutting the link to child %s: %s", self.addr, reason)
         self._cut = reason
         self._last_word(None)
+        try:  # a reset when the child's reader closes it: the kernel's queue is discarded
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        _shutdown(self.sock)  # wakes the sender (waiting for room) and the reader now
         return True
 
     def _last_word(self, message: Message | None) -> None:
@@ -410,7 +424,8 @@ class ChildLink:
                         self._waiting_bytes += len(frame) - len(message.data)
                     self._look(writing=True)
                 send_progressing(self.sock, frame, self._send_timeout,
-                                 self._wrote_block_piece if block else self._wrote)
+                                 self._wrote_block_piece if block else self._wrote,
+                                 look_every=DRAIN_LOOK if block and self._meter else None)
                 if block:
                     self.bytes_sent += len(frame)
                     self.blocks_sent += 1
@@ -421,12 +436,8 @@ class ChildLink:
                     break
         except _LinkCut as cut:
             reason = f"cut: {cut}"
-            try:  # closed by the child's reader: a reset, the kernel's queue discarded
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
         except OSError as exc:
-            reason = f"send failed: {exc}"
+            reason = f"cut: {self._cut}" if self._cut is not None else f"send failed: {exc}"
         except Exception as exc:  # a bug here must not leave a child that holds a slot
             log.exception("sender to %s failed", self.addr)
             reason = f"internal error: {exc!r}"

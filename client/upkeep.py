@@ -71,9 +71,10 @@ class Upkeep:
             links = list(self.children.values())
             below = {link: len(self.child_views[a].members) if a in self.child_views else 0
                      for a, link in self.children.items()}
+            overloaded = len(links) > self._places()
         loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link), below[link])
                  for link in links]
-        link = capacity.to_move(loads, self.config.period)
+        link = capacity.to_move(loads, self.config.period, overloaded)
         if link is None:
             return
         load = next(load for load in loads if load.key is link)

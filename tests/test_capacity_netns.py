@@ -15,7 +15,7 @@ from bench import netns
 from bench.cluster import Cluster, wait_until
 from test_client_e2e import assert_continuous, counts, received_more, status
 
-PERIOD = 0.5
+PERIOD = 1.0
 #: The weak client's upload cap: half the stream (about 130 KB a block, one a second).
 WEAK_MBIT = 0.5
 
