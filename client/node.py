@@ -618,6 +618,8 @@ class Node(Joining, Upkeep):
                                            "per address")
             else:
                 decision = tree.decide_join(self._relay_view(), hello)
+            if isinstance(decision, tree.DisplaceJoin):
+                decision = self._displace(decision.leaf, hello.addr)
             if isinstance(decision, tree.AcceptJoin):
                 child = self._adopt(conn, hello)
         if isinstance(decision, tree.RedirectJoin):

@@ -86,6 +86,14 @@ class RejectJoin:
     reason: str
 
 
+@dataclass(frozen=True)
+class DisplaceJoin:
+    """Take the joiner in the place of ``leaf``, a child that relays to nobody; the leaf is
+    sent to the joiner (:func:`decide_join`)."""
+
+    leaf: Addr
+
+
 def members_below(view: RelayView) -> tuple[Addr, ...]:
     """Every descendant of the relay, children first, bounded."""
     out: list[Addr] = list(view.children)
@@ -139,6 +147,26 @@ def free_places(view: RelayView, exclude: Iterable[Addr] = ()) -> tuple[Candidat
     return tuple(places[:MAX_CANDIDATES])
 
 
+def _displaceable(view: RelayView, hello: Hello) -> Addr | None:
+    """The child a joiner with a subtree of its own may take the place of, when nothing is free.
+
+    Places follow measured uplinks (:mod:`client.capacity`), so a subtree cut
+    off from an uplink that could not feed it may hold every free place
+    there is: it cannot rejoin inside itself, and the attached tree, full of
+    leaves, has none (measured: nine clients of twelve without a block for
+    two minutes). A leaf that relays to nobody finds a place anywhere, the
+    joiner's subtree included; the joiner's subtree finds only this one.
+    The leaf chosen reports the least it could take over, then sent the least.
+    """
+    if not hello.subtree or hello.max_children < 1:
+        return None
+    leaves = [c for c in view.children.values()
+              if c.reported and not c.children and not c.members and c.addr != hello.addr]
+    if not leaves:
+        return None
+    return min(leaves, key=lambda c: (c.max_children, c.sent, c.addr)).addr
+
+
 def _place_order(c: Candidate):
     return (c.depth, c.free == 0, c.sent, c.addr)
 
@@ -155,12 +183,15 @@ def advice_for(view: RelayView, child: Addr) -> Candidate | None:
     return places[0] if places else None
 
 
-def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | RejectJoin:
+def decide_join(view: RelayView, hello: Hello
+                ) -> AcceptJoin | RedirectJoin | RejectJoin | DisplaceJoin:
     """What a relay answers a join request.
 
     Never more children than ``max_children``; never a child that is this
     relay or one of its ancestors (that would close a loop); a full relay
-    points further down instead of refusing.
+    points further down instead of refusing, and, with nothing free below,
+    gives a joiner that brings a subtree the place of a leaf
+    (:func:`_displaceable`).
     """
     joiner = hello.addr
     if hello.channel != view.channel:
@@ -179,6 +210,9 @@ def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | Re
     excluded = {joiner, *hello.subtree}
     places = free_places(view, exclude=excluded)
     if not places:
+        leaf = _displaceable(view, hello)
+        if leaf is not None:
+            return DisplaceJoin(leaf)
         # Nothing free is known below: let the joiner descend through the children.
         places = tuple(sorted((Candidate(c.addr, view.depth + 1, c.free, c.sent)
                                for c in view.children.values() if c.addr not in excluded),

@@ -88,6 +88,17 @@ class Upkeep:
             self.counters.children_moved += 1
         log.warning("%s: %s child %s elsewhere", why, "cutting" if cut else "moving", link.addr)
 
+    def _displace(self, leaf: Addr, joiner: Addr):
+        """(Under both locks.) Free ``leaf``'s place for ``joiner``, and send the leaf to it.
+
+        The place is freed before the joiner takes it: never more than K children.
+        """
+        link = self.children.get(leaf)
+        if link is None or not link.move(Move((joiner,))):
+            return tree.RejectJoin("no free slot here or below")
+        self._forget_child(link, f"displaced by {joiner}, which brings a subtree")
+        return tree.AcceptJoin()
+
     def _advise_as_root(self) -> None:
         """A direct client has no parent to advise it: the best place under the other direct clients."""
         with self._lock:

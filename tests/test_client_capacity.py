@@ -253,3 +253,22 @@ def test_the_rotation_never_hands_a_place_to_a_child_measured_weak():
                               unknown: tree.ChildView(unknown, sent=5, reported=True,
                                                       max_children=3)})
     assert tree.choose_swap(view, margin=1000) == unknown
+
+
+def test_a_joiner_with_a_subtree_takes_a_leaf_s_place_when_nothing_is_free():
+    me, leaf, busy = Addr("10.0.0.1", 9092), Addr("10.0.0.2", 9092), Addr("10.0.0.3", 9092)
+    below = Addr("10.0.0.4", 9092)
+    view = tree.RelayView(me=me, channel=0, max_children=3, attached=True, depth=1, path=(),
+                          sent=0, places=2, children={
+                              leaf: tree.ChildView(leaf, reported=True, max_children=0),
+                              busy: tree.ChildView(busy, reported=True, max_children=1,
+                                                   members=(below,), children=(below,))})
+    orphan = Addr("10.0.0.9", 9092)
+    with_subtree = Hello("join", orphan, 0, 1, subtree=(Addr("10.0.0.8", 9092),))
+    assert tree.decide_join(view, with_subtree) == tree.DisplaceJoin(leaf)
+    # A joiner alone finds room anywhere: it is sent down, no leaf moves for it.
+    alone = Hello("join", orphan, 0, 1)
+    assert isinstance(tree.decide_join(view, alone), tree.RedirectJoin)
+    # Nothing to displace when every child relays.
+    view.children.pop(leaf)
+    assert not isinstance(tree.decide_join(view, with_subtree), tree.DisplaceJoin)
