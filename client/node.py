@@ -88,6 +88,7 @@ class Node(Joining, Upkeep):
         self.uplink = capacity.Uplink(stale_after=UPLINK_STALE_PERIODS * config.period)
         self._uplink_lock = threading.Lock()
         self._relief_at = 0.0                     # monotonic: no child moved before then
+        self._yield_at = 0.0                      # monotonic: no server slot yielded before then
 
         self.state = State.JOINING
         self.parent: str | Addr | None = None
@@ -759,8 +760,9 @@ class Node(Joining, Upkeep):
                 return
             if kind is not None:
                 self._handle_event(kind, link, arg)
-            if self.state == State.DIRECT and (
+            if self.state == State.DIRECT and self._repair is None and not self._held and (
                     time.monotonic() - self._last_server_block > self.config.server_silence):
+                # (while a repair runs, the server's blocks wait in _held: not silence)
                 self._orphaned(None, "no block from the server for "
                                f"{self.config.server_silence:.1f} s", server_first=True)
             if time.monotonic() >= next_report:
@@ -768,6 +770,7 @@ class Node(Joining, Upkeep):
                 self._report_to_parent()
                 self._advise_children()
             self._relieve_uplink()
+            self._yield_server_slot()
             if self.state == State.DIRECT and time.monotonic() >= next_root_probe:
                 next_root_probe = time.monotonic() + 4 * self.config.period
                 self._advise_as_root()

@@ -88,6 +88,35 @@ class Upkeep:
             self.counters.children_moved += 1
         log.warning("%s: %s child %s elsewhere", why, "cutting" if cut else "moving", link.addr)
 
+    def _relays_nobody(self) -> bool:
+        """(Under the lock.) The uplink was measured and cannot carry one stream."""
+        estimate, stream = self._uplink_now()
+        return estimate is not None and capacity.places(
+            self.config.max_children, estimate, stream) == 0
+
+    def _yield_server_slot(self) -> None:
+        """A direct client whose uplink feeds nobody moves into the tree, once a period.
+
+        A server slot is the root of a subtree: one that relays to nobody
+        wastes it (measured: a 2 Mbit/s direct client held one of two slots
+        for a whole run, and the clients that became direct beside it
+        repaired their gaps from it, at its pace). It takes a free place
+        below the other direct clients, if one takes it, and frees the slot
+        when attached (``12X``); a child of a direct client climbs into it.
+        Such a client does not climb back (:meth:`_maybe_climb`).
+        """
+        now = time.monotonic()
+        with self._lock:
+            if (now < self._yield_at or self.state != State.DIRECT or self.children
+                    or self._repair is not None or not self._relays_nobody()):
+                return
+            self._yield_at = now + self.config.period
+        search = tree.JoinSearch(self.me, max_attempts=CLIMB_ATTEMPTS)
+        search.add(c for c in self._probe_listed(()) if c.free > 0)
+        if self._run_search(search, Rejoin("yielding the server slot", 0, 0)):
+            log.info("uplink feeds nobody: left the server slot for depth %d", self.depth)
+            self._write_status()
+
     def _displace(self, leaf: Addr, joiner: Addr):
         """(Under both locks.) Free ``leaf``'s place for ``joiner``, and send the leaf to it.
 
@@ -283,6 +312,8 @@ class Upkeep:
                 return
             depth, old = self.depth, self.parent_link
             members = tree.members_below(self._relay_view())
+            if (depth == 2 or to_server) and self._relays_nobody():
+                return  # a server slot is for a client that can relay (_yield_server_slot)
         if depth == 2 or to_server:
             moved = self._try_server()
         else:
