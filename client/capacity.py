@@ -248,6 +248,7 @@ class LinkLoad:
     blocks: int             # blocks waiting in its queue
     rate: float | None      # its drain rate, bytes/s (None: unmeasured)
     below: int = 0          # clients in the child's subtree
+    young: bool = False     # adopted less than a period ago by an uplink that feeds someone
 
 
 def behind(load: LinkLoad, period: float, overloaded: bool = True) -> bool:
@@ -259,11 +260,13 @@ def behind(load: LinkLoad, period: float, overloaded: bool = True) -> bool:
     a new link starts slowly (TCP's slow start on a busy uplink, the blocks
     a newcomer catches up on), and a child moved for that would come back to
     the free place it left, again and again (measured: five times in a
-    minute).
+    minute). For the same reason a ``young`` link is judged by its queue
+    alone: a child that had just come, with blocks to repair from this very
+    uplink, was cut within 2.5 s, and its repair with it.
     """
     if load.blocks >= QUEUE_ALARM:
         return True
-    return (overloaded and load.rate is not None
+    return (overloaded and not load.young and load.rate is not None
             and load.backlog > load.rate * period * BEHIND_PERIODS)
 
 

@@ -289,6 +289,7 @@ class ChildLink:
     def __init__(self, sock: socket.socket, addr, backlog: int, keepalive: float,
                  send_timeout: float, on_gone: Callable, meter: Callable | None = None):
         self.sock, self.addr = sock, addr
+        self.started = time.monotonic()
         self.bytes_sent = 0
         self.blocks_sent = 0
         self._meter = meter

@@ -71,10 +71,13 @@ class Upkeep:
             links = list(self.children.values())
             below = {link: len(self.child_views[a].members) if a in self.child_views else 0
                      for a, link in self.children.items()}
-            overloaded = len(links) > self._places()
-        loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link), below[link])
+            places = self._places()
+        # A new link on an uplink that feeds someone gets a period (client.capacity.behind);
+        # on one measured to feed nobody, none: every second of it costs the relay its own blocks.
+        loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link), below[link],
+                                   young=places >= 1 and now - link.started < self.config.period)
                  for link in links]
-        link = capacity.to_move(loads, self.config.period, overloaded)
+        link = capacity.to_move(loads, self.config.period, overloaded=len(links) > places)
         if link is None:
             return
         load = next(load for load in loads if load.key is link)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from client import capacity, tree
@@ -202,6 +204,11 @@ def test_the_slowest_child_with_a_backlog_is_moved_and_only_when_one_is_behind()
     # An uplink measured to feed them all: a slow start is no reason, a piled-up queue is.
     assert capacity.to_move([fine, slow], period, overloaded=False) is None
     assert capacity.to_move([fine, slow, piled], period, overloaded=False) == "piled"
+    # A link just adopted: its queue alone counts for a period.
+    young = LinkLoad("young", backlog=400_000, blocks=1, rate=120_000, young=True)
+    assert capacity.to_move([fine, young], period) is None
+    assert capacity.to_move([fine, dataclasses.replace(young, blocks=capacity.QUEUE_ALARM)],
+                            period) == "young"
     # The uplink short for everyone: all behind, the slowest goes, a leaf before a relay.
     a = LinkLoad("a", backlog=900_000, blocks=1, rate=200_000)
     b = LinkLoad("b", backlog=900_000, blocks=1, rate=150_000)
