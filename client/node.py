@@ -89,6 +89,8 @@ class Node(Joining, Upkeep):
         self._uplink_lock = threading.Lock()
         self._relief_at = 0.0                     # monotonic: no child moved before then
         self._yield_at = 0.0                      # monotonic: no server slot yielded before then
+        self._avoid_server_until = 0.0            # monotonic: the server slot was given up
+        self._turned_away_at = -1e9               # monotonic: a joiner last found no place here
 
         self.state = State.JOINING
         self.parent: str | Addr | None = None
@@ -633,6 +635,7 @@ class Node(Joining, Upkeep):
                                    f"{hello.addr}: {decision.reason}")
             else:
                 log.info("refusing %s: %s", hello.addr, decision.reason)
+                self._turned_away_at = time.monotonic()
             conn.sendall(encode(Reject(decision.reason)))
             return
         ticket.give_back_slot()     # children are bounded by max_children, not by the pool

@@ -22,6 +22,9 @@ log = logging.getLogger("client.node")
 #: Places a climbing client tries at most (the best first, then where full ones point).
 CLIMB_ATTEMPTS = 4
 
+#: Periods a client that gave its server slot up stays away from the server.
+YIELD_PERIODS = 8
+
 
 @dataclass(frozen=True)
 class SwapOffer:
@@ -106,7 +109,8 @@ class Upkeep:
         repaired their gaps from it, at its pace). It takes a free place
         below the other direct clients, if one takes it, and frees the slot
         when attached (``12X``); a child of a direct client climbs into it.
-        Such a client does not climb back (:meth:`_maybe_climb`).
+        Such a client does not climb back (:meth:`_maybe_climb`). With no place
+        free below and joiners turned away, it gives the slot up all the same.
         """
         now = time.monotonic()
         with self._lock:
@@ -119,6 +123,14 @@ class Upkeep:
         if self._run_search(search, Rejoin("yielding the server slot", 0, 0)):
             log.info("uplink feeds nobody: left the server slot for depth %d", self.depth)
             self._write_status()
+        elif time.monotonic() - self._turned_away_at < 2 * self.config.period:
+            # Nothing free below, and a joiner found no place here: the tree is jammed
+            # (measured: both slots held by 2 Mbit/s clients, ten clients without a
+            # block for two minutes). The slot goes to one that can relay; this
+            # client searches as an orphan, the server aside for a while.
+            self._avoid_server_until = time.monotonic() + YIELD_PERIODS * self.config.period
+            self._leave_server()
+            self._orphaned(None, "uplink feeds nobody: server slot left to a client that can relay")
 
     def _displace(self, leaf: Addr, joiner: Addr):
         """(Under both locks.) Free ``leaf``'s place for ``joiner``, and send the leaf to it.
