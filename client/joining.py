@@ -154,6 +154,8 @@ class Joining:
             self._write_status()
 
     def _try_server(self) -> bool:
+        if time.monotonic() < self._avoid_server_until:
+            return False  # gave its slot up for a client that can relay (client.upkeep)
         try:
             joined = self._server_call(self.server.join, self.config.channel, self._join_answers)
         except NoJoinAnswer as exc:
@@ -325,7 +327,7 @@ class Joining:
             have = self.window.latest_digests(HAVE_COUNT)
             catch_up = 0 if have else min(int(self.config.catch_up_seconds / self.config.period),
                                           self.window.capacity, MAX_WANT)
-            hello = Hello("join", self.me, self.config.channel, self.config.max_children,
+            hello = Hello("join", self.me, self.config.channel, self._can_take(),
                           have=have, have_seq=max(self.gate.seq, 0),
                           subtree=tree.members_below(self._relay_view()),
                           catch_up=catch_up, moved_by=moved_by)

@@ -6,15 +6,18 @@ callbacks) or frames from the node into bytes. All decisions are the node's.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import queue
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 from typing import Callable
 
-from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message,
+from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message, Move,
                               PeerProtocolError, encode)
 from client.roles import Conversation, OwnViolation
 from client.supervise import checkpoint
@@ -25,6 +28,9 @@ log = logging.getLogger(__name__)
 RECV_CHUNK = 256 * 1024
 #: Seconds an asked peer has for its whole answer (join, probe, vouch, tree query).
 ANSWER_DEADLINE = 3.0
+
+#: While a block drains from the kernel, its sender looks this often (client.capacity).
+DRAIN_LOOK = 0.02
 
 
 def connect_from(ip: str, host: str, port: int, timeout: float) -> socket.socket:
@@ -104,7 +110,9 @@ def ask(sock: socket.socket, conversation: Conversation, message: Message, deadl
     return answer
 
 
-def send_progressing(sock: socket.socket, data: bytes, stall: float) -> None:
+def send_progressing(sock: socket.socket, data: bytes, stall: float,
+                     progress: Callable[[int, int], None] | None = None,
+                     look_every: float | None = None) -> None:
     """Send all of ``data``, failing only when no byte at all leaves for ``stall`` seconds.
 
     ``sendall`` with a timeout bounds the whole send, which would cut a
@@ -112,15 +120,35 @@ def send_progressing(sock: socket.socket, data: bytes, stall: float) -> None:
     uplink; here each piece waits at most ``stall`` seconds for room, and
     any progress starts the wait anew. The socket's own timeout is left
     alone (its reader uses it). ``socket.timeout`` when the peer stopped
-    taking bytes.
+    taking bytes. ``progress(sent, left)`` after each piece, and, with
+    ``look_every``, at least that often while waiting for room (``sent`` 0).
     """
     view = memoryview(data)
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
+    wait = min(stall, look_every) if look_every else stall
+    stalled_at = time.monotonic() + stall
     while view:
-        if not poller.poll(stall * 1000):
-            raise socket.timeout(f"no byte could be sent for {stall:.1f} s")
-        view = view[sock.send(view):]
+        if not poller.poll(wait * 1000):
+            if time.monotonic() >= stalled_at:
+                raise socket.timeout(f"no byte could be sent for {stall:.1f} s")
+            if progress is not None:
+                progress(0, len(view))
+            continue
+        sent = sock.send(view)
+        view = view[sent:]
+        stalled_at = time.monotonic() + stall
+        if progress is not None:
+            progress(sent, len(view))
+
+
+def unacknowledged(sock: socket.socket) -> int:
+    """Bytes written to ``sock`` that its peer has not acknowledged yet (0 once closed)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                              struct.pack("i", 0)))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def addresses_of(host: str) -> frozenset[str]:
@@ -297,15 +325,29 @@ class ChildLink:
     Keepalives go out whenever the queue stays empty for ``keepalive`` seconds.
     A child whose socket takes no byte for ``send_timeout`` seconds is cut
     (:func:`send_progressing`: a slow but moving send is never cut).
+
+    ``meter(link, now, written, unacknowledged, writing)`` is told, at each
+    piece of a block written and every :data:`DRAIN_LOOK` seconds until the
+    kernel has it all acknowledged, what the link has written and what its
+    peer has not acknowledged yet (:class:`client.capacity.Uplink`).
     """
 
     def __init__(self, sock: socket.socket, addr, backlog: int, keepalive: float,
-                 send_timeout: float, on_gone: Callable, conversation: Conversation):
+                 send_timeout: float, on_gone: Callable, conversation: Conversation,
+                 meter: Callable | None = None):
         """``conversation``: the handshake's, answering a ``Hello(join)`` (its Accept not sent yet)."""
         self.sock, self.addr = sock, addr
         self.conversation = conversation
+        self.started = time.monotonic()
         self.bytes_sent = 0
         self.blocks_sent = 0
+        self._meter = meter
+        self._cut: str | None = None  # why the link is being reset (cut())
+        self._written = 0            # bytes of every frame written to the socket
+        self._draining = False       # a block's bytes are still unacknowledged
+        self._load_lock = threading.Lock()
+        self._waiting_bytes = 0      # of the blocks queued and the one being written
+        self._waiting_blocks = 0     # blocks queued, not yet being written
         self._queue: queue.Queue = queue.Queue(maxsize=backlog)
         self._keepalive = keepalive
         self._on_gone = on_gone
@@ -322,35 +364,106 @@ class ChildLink:
             return False
         try:
             self._queue.put_nowait(message)
-            return True
         except queue.Full:
             self.drop("too slow: its backlog of blocks overflowed")
             return False
+        if isinstance(message, Block):
+            with self._load_lock:
+                self._waiting_bytes += len(message.data)
+                self._waiting_blocks += 1
+        return True
+
+    def load(self) -> tuple[int, int]:
+        """(bytes not yet delivered to the child, blocks waiting in the queue)."""
+        with self._load_lock:
+            return self._waiting_bytes + unacknowledged(self.sock), self._waiting_blocks
 
     def drop(self, reason: str) -> None:
         """Tell the child why, then close once that is sent."""
         if self._closing.is_set():
             return
         log.warning("dropping child %s: %s", self.addr, reason)
+        self._last_word(Drop(reason))
+
+    def move(self, message: Move) -> bool:
+        """Send the child elsewhere: what is queued is not sent, ``message`` is, then close.
+
+        The frame being written is finished first (a frame cut in the middle
+        would look like a failure). False when the link is already closing.
+        """
+        if self._closing.is_set():
+            return False
+        self._last_word(message)
+        return True
+
+    def cut(self, reason: str) -> bool:
+        """Reset the link now: what it holds, in the queue and in the kernel, is discarded.
+
+        The socket is shut down at once (the sender's next write fails, the
+        child's reader ends) and reset when the reader closes it
+        (``SO_LINGER`` 0). False when the link is already closing.
+        """
+        if self._closing.is_set():
+            return False
+        log.info("cutting the link to child %s: %s", self.addr, reason)
+        self._cut = reason
+        self._last_word(None)
+        try:  # a reset when the child's reader closes it: the kernel's queue is discarded
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        _shutdown(self.sock)  # wakes the sender (waiting for room) and the reader now
+        return True
+
+    def _last_word(self, message: Message | None) -> None:
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
-        self._queue.put_nowait(Drop(reason))
+        with self._load_lock:
+            self._waiting_bytes = self._waiting_blocks = 0
+        self._queue.put_nowait(message)
         self._closing.set()
+
+    def _look(self, writing: bool) -> int:
+        """Tell the meter what the link wrote and the child has not acknowledged; that amount."""
+        queued = unacknowledged(self.sock)
+        if self._meter is not None:
+            self._meter(self, time.monotonic(), self._written, queued, writing)
+        return queued
+
+    def _wrote(self, sent: int, left: int) -> None:
+        self._written += sent
+
+    def _wrote_block_piece(self, sent: int, left: int) -> None:
+        if self._cut is not None:
+            raise _LinkCut(self._cut)
+        self._written += sent
+        with self._load_lock:
+            self._waiting_bytes = max(0, self._waiting_bytes - sent)
+        self._look(writing=left > 0)
 
     def _send_loop(self) -> None:
         reason = "closed"
         try:
             while True:
+                if self._cut is not None:
+                    raise _LinkCut(self._cut)
+                if self._draining:  # watch the block leave: the uplink's estimate (client.capacity)
+                    self._draining = self._look(writing=False) > 0
                 try:
-                    message = self._queue.get(timeout=self._keepalive)
+                    message = self._queue.get(timeout=DRAIN_LOOK if self._draining
+                                              else self._keepalive)
                 except queue.Empty:
                     if self._closing.is_set():
                         break
+                    if self._draining:
+                        continue  # bytes are on their way: no keepalive needed
                     message = Keepalive()
                 if message is None:
+                    if self._cut is not None:
+                        raise _LinkCut(self._cut)
                     break
                 try:
                     self.conversation.sending(message)
@@ -358,15 +471,28 @@ class ChildLink:
                     log.exception("not sent to the child %s", self.addr)
                     continue
                 frame = encode(message)
-                send_progressing(self.sock, frame, self._send_timeout)
-                if isinstance(message, Block):
+                block = isinstance(message, Block)
+                if block:
+                    with self._load_lock:
+                        self._waiting_blocks = max(0, self._waiting_blocks - 1)
+                        # the frame's header and fields count too, from now on
+                        self._waiting_bytes += len(frame) - len(message.data)
+                    self._look(writing=True)
+                send_progressing(self.sock, frame, self._send_timeout,
+                                 self._wrote_block_piece if block else self._wrote,
+                                 look_every=DRAIN_LOOK if block and self._meter else None)
+                if block:
                     self.bytes_sent += len(frame)
                     self.blocks_sent += 1
-                if isinstance(message, Drop):
-                    reason = f"dropped: {message.reason}"
+                    self._draining = self._meter is not None
+                if isinstance(message, (Drop, Move)):
+                    reason = (f"dropped: {message.reason}" if isinstance(message, Drop)
+                              else "moved elsewhere")
                     break
+        except _LinkCut as cut:
+            reason = f"cut: {cut}"
         except OSError as exc:
-            reason = f"send failed: {exc}"
+            reason = f"cut: {self._cut}" if self._cut is not None else f"send failed: {exc}"
         except Exception as exc:  # a bug here must not leave a child that holds a slot
             log.exception("sender to %s failed", self.addr)
             reason = f"internal error: {exc!r}"
@@ -386,6 +512,10 @@ class ChildLink:
             if self._thread.is_alive():
                 _shutdown(self.sock)
                 self._thread.join(timeout=5)
+
+
+class _LinkCut(Exception):
+    """Raised in a child link's sender once :meth:`ChildLink.cut` was called."""
 
 
 def _shutdown(sock: socket.socket) -> None:

@@ -152,6 +152,7 @@ class Counters:
     blocks_lost: int = 0
     swaps: int = 0
     climbs: int = 0
+    children_moved: int = 0         # sent elsewhere because their links fell behind
     last_block_at: float | None = None
     cut_at_deadline: dict = field(default_factory=dict)     # peers not answering in time, by role
     incompatible_peers: dict = field(default_factory=dict)  # "ip:port": the version it speaks

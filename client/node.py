@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 
-from client import channels, crosswire, inputs, places, roles, strangers, tree, verify
+from client import capacity, channels, crosswire, inputs, places, roles, strangers, tree, verify
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
@@ -97,6 +97,13 @@ class Node(Joining, Upkeep):
             lambda: self._server_call(self.server.clients, self.config.channel),
             enabled=config.verify and config.crosscheck)
         self._distrusted: dict[Addr, float] = {}  # relays caught lying: not chosen until then
+        # What the uplink delivers, told by the child links' senders (client.capacity).
+        self.uplink = capacity.Uplink(stale_after=UPLINK_STALE_PERIODS * config.period)
+        self._uplink_lock = threading.Lock()
+        self._relief_at = 0.0                     # monotonic: no child moved before then
+        self._yield_at = 0.0                      # monotonic: no server slot yielded before then
+        self._avoid_server_until = 0.0            # monotonic: the server slot was given up
+        self._turned_away_at = -1e9               # monotonic: a joiner last found no place here
 
         self.state = State.JOINING
         self.parent: str | Addr | None = None
@@ -567,7 +574,45 @@ class Node(Joining, Upkeep):
                 attached=self.state in (State.DIRECT, State.ATTACHED), depth=max(self.depth, 1),
                 path=self.path, sent=self.counters.bytes_sent,
                 children=places.advertised(self.child_views, self.moves.declines),
-                expected=frozenset(a for a, t in self._expected.items() if t > time.monotonic()))
+                expected=frozenset(a for a, t in self._expected.items() if t > time.monotonic()),
+                places=self._places())
+
+    # -- the uplink's capacity (client.capacity) ----------------------------------
+
+    def _metered(self, link: ChildLink, now: float, written: int, queued: int,
+                 writing: bool) -> None:
+        """(A child link's sender thread.) What it wrote and what is not acknowledged yet."""
+        with self._uplink_lock:
+            self.uplink.observe(link, now, written - queued, queued, writing)
+
+    def _drain_rate(self, link: ChildLink) -> float | None:
+        with self._uplink_lock:
+            return self.uplink.rate_of(link)
+
+    def _stream_rate(self) -> float | None:
+        """(Under the lock.) Bytes/s of the stream, from the latest blocks received."""
+        return capacity.stream_rate((len(b.data) for b in self.window.latest(STREAM_BLOCKS)),
+                                    self.config.period)
+
+    def _uplink_now(self) -> tuple[float | None, float | None]:
+        """(Under the lock.) The uplink's estimate and the stream's rate, bytes/s."""
+        with self._uplink_lock:
+            estimate = self.uplink.estimate(time.monotonic())
+        return estimate, self._stream_rate()
+
+    def _places(self) -> int:
+        """(Under the lock.) How many children the measured uplink can feed, at most K."""
+        return capacity.places(self.config.max_children, *self._uplink_now())
+
+    def _can_take(self) -> int:
+        """(Under the lock.) The ``max_children`` this client reports: K until measured."""
+        return capacity.can_take(self.config.max_children, *self._uplink_now())
+
+    def _uplink_status(self) -> dict:
+        estimate, stream = self._uplink_now()
+        return {"estimate_bps": _bits(estimate), "stream_bps": _bits(stream),
+                "places": capacity.places(self.config.max_children, estimate, stream),
+                "children_moved": self.counters.children_moved}
 
     def _info(self, probe: Hello) -> Info:
         view = self._relay_view()
@@ -587,6 +632,8 @@ class Node(Joining, Upkeep):
                                            "per address")
             else:
                 decision = tree.decide_join(self._relay_view(), hello)
+            if isinstance(decision, tree.DisplaceJoin):
+                decision = self._displace(decision.leaf, hello.addr)
             if isinstance(decision, tree.AcceptJoin):
                 child = self._adopt(conn, hello, talk)
         if isinstance(decision, tree.RedirectJoin):
@@ -599,6 +646,7 @@ class Node(Joining, Upkeep):
                                    f"{hello.addr}: {decision.reason}")
             else:
                 log.info("refusing %s: %s", hello.addr, decision.reason)
+                self._turned_away_at = time.monotonic()
             send_checked(conn, talk, Reject(decision.reason))
             return
         ticket.give_back_slot()     # children are bounded by max_children, not by the pool
@@ -615,7 +663,7 @@ class Node(Joining, Upkeep):
             missed = self.window.latest(hello.catch_up)
         child = ChildLink(conn, hello.addr, backlog=8, keepalive=self.config.keepalive_interval,
                           send_timeout=self.config.link_stall, on_gone=self._child_gone,
-                          conversation=talk)
+                          conversation=talk, meter=self._metered)
         child.enqueue(Accept(max(self.depth, 1), self.path, after,
                              tuple(b.digest for b in missed)))
         self.children[hello.addr] = child
@@ -678,6 +726,8 @@ class Node(Joining, Upkeep):
             self.moves.child_gone(child.addr, time.monotonic())
             key = str(child.addr)
             self._sent_before[key] = self._sent_before.get(key, 0) + child.bytes_sent
+        with self._uplink_lock:
+            self.uplink.forget(child, time.monotonic())
         log.info("child %s gone: %s", child.addr, reason)
         self._write_status()
 
@@ -715,14 +765,17 @@ class Node(Joining, Upkeep):
                 return
             if event is not None:
                 self._handle_input(event)
-            if self.state == State.DIRECT and (
+            if self.state == State.DIRECT and not self.gate.holding and (
                     time.monotonic() - self._last_server_block > self.config.server_silence):
+                # (while a repair runs, the server's blocks wait in _held: not silence)
                 self._orphaned(None, "no block from the server for "
                                f"{self.config.server_silence:.1f} s", server_first=True)
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + self.config.period / 2
                 self._report_to_parent()
                 self._advise_children()
+            self._relieve_uplink()
+            self._yield_server_slot()
             if self.state == State.DIRECT and time.monotonic() >= next_root_probe:
                 next_root_probe = time.monotonic() + 4 * self.config.period
                 self._advise_as_root()
@@ -818,9 +871,10 @@ class Node(Joining, Upkeep):
         with self._lock:
             link = self.parent_link
             view = self._relay_view()
+            can_take = self._can_take()
         if link is not None:
             link.send(Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
-                             view.max_children, tuple(view.children), tree.member_parents(view),
+                             can_take, tuple(view.children), tree.member_parents(view),
                              self.subtree.for_report(self.snapshot())))
 
     # -- what the menu and tools read -----------------------------------------
@@ -838,7 +892,8 @@ class Node(Joining, Upkeep):
                 "path": [str(a) for a in self.path],
                 "children": [{"ip": a.ip, "port": a.port, "bytes_sent": link.bytes_sent,
                               "blocks_sent": link.blocks_sent,
-                              "below": len(self.child_views.get(a, tree.ChildView(a)).members)}
+                              "below": len(self.child_views.get(a, tree.ChildView(a)).members),
+                              "drain_bps": _bits(self._drain_rate(link))}
                              for a, link in self.children.items()],
                 "depth": self.depth,
                 "blocks_received": self.counters.blocks_received,
@@ -866,6 +921,7 @@ class Node(Joining, Upkeep):
                 "parent_silence": self.config.parent_silence,  # a silent parent is lost after this
                 "cut_at_deadline": dict(self.counters.cut_at_deadline),  # client.links.ANSWER_DEADLINE
                 "incompatible_peers": dict(self.counters.incompatible_peers),  # refused our version
+                "uplink": self._uplink_status(),
             }
 
     def stats(self) -> dict:
@@ -895,6 +951,17 @@ class Node(Joining, Upkeep):
 
 #: How long (in periods, at least 30 s) a relay caught lying is not chosen as a parent.
 DISTRUST_PERIODS = 30
+
+#: An uplink estimate this many periods old is forgotten: a child is tried again.
+UPLINK_STALE_PERIODS = 150
+
+#: The stream's rate is the mean of this many latest blocks.
+STREAM_BLOCKS = 8
+
+
+def _bits(rate: float | None) -> int | None:
+    """Bytes/s as whole bits/s, for status.json."""
+    return None if rate is None else int(rate * 8)
 
 
 def _abort(sock: socket.socket) -> None:

@@ -46,6 +46,15 @@ class RelayView:
     sent: int
     children: dict[Addr, ChildView] = field(default_factory=dict)
     expected: frozenset[Addr] = frozenset()
+    #: Children the uplink can feed (:func:`client.capacity.places`); None: ``max_children``.
+    places: int | None = None
+
+    @property
+    def offered(self) -> int:
+        """Places this relay offers: its measured uplink's, never more than ``max_children``."""
+        if self.places is None:
+            return self.max_children
+        return max(0, min(self.max_children, self.places))
 
     @property
     def reserved(self) -> int:
@@ -58,8 +67,8 @@ class RelayView:
 
     @property
     def free(self) -> int:
-        """Slots a newcomer may take: neither used nor kept for a swap partner."""
-        return max(0, self.max_children - len(self.children) - self.reserved)
+        """Slots a newcomer may take: offered, neither used nor kept for a swap partner."""
+        return max(0, self.offered - len(self.children) - self.reserved)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,14 @@ class RedirectJoin:
 @dataclass(frozen=True)
 class RejectJoin:
     reason: str
+
+
+@dataclass(frozen=True)
+class DisplaceJoin:
+    """Take the joiner in the place of ``leaf``, a child that relays to nobody; the leaf is
+    sent to the joiner (:func:`decide_join`)."""
+
+    leaf: Addr
 
 
 def members_below(view: RelayView) -> tuple[Addr, ...]:
@@ -130,6 +147,26 @@ def free_places(view: RelayView, exclude: Iterable[Addr] = ()) -> tuple[Candidat
     return tuple(places[:MAX_CANDIDATES])
 
 
+def _displaceable(view: RelayView, hello: Hello) -> Addr | None:
+    """The child a joiner with a subtree of its own may take the place of, when nothing is free.
+
+    Places follow measured uplinks (:mod:`client.capacity`), so a subtree cut
+    off from an uplink that could not feed it may hold every free place
+    there is: it cannot rejoin inside itself, and the attached tree, full of
+    leaves, has none (measured: nine clients of twelve without a block for
+    two minutes). A leaf that relays to nobody finds a place anywhere, the
+    joiner's subtree included; the joiner's subtree finds only this one.
+    The leaf chosen reports the least it could take over, then sent the least.
+    """
+    if not hello.subtree or hello.max_children < 1:
+        return None
+    leaves = [c for c in view.children.values()
+              if c.reported and not c.children and not c.members and c.addr != hello.addr]
+    if not leaves:
+        return None
+    return min(leaves, key=lambda c: (c.max_children, c.sent, c.addr)).addr
+
+
 def _place_order(c: Candidate):
     return (c.depth, c.free == 0, c.sent, c.addr)
 
@@ -146,12 +183,15 @@ def advice_for(view: RelayView, child: Addr) -> Candidate | None:
     return places[0] if places else None
 
 
-def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | RejectJoin:
+def decide_join(view: RelayView, hello: Hello
+                ) -> AcceptJoin | RedirectJoin | RejectJoin | DisplaceJoin:
     """What a relay answers a join request.
 
     Never more children than ``max_children``; never a child that is this
     relay or one of its ancestors (that would close a loop); a full relay
-    points further down instead of refusing.
+    points further down instead of refusing, and, with nothing free below,
+    gives a joiner that brings a subtree the place of a leaf
+    (:func:`_displaceable`).
     """
     joiner = hello.addr
     if hello.channel != view.channel:
@@ -170,6 +210,9 @@ def decide_join(view: RelayView, hello: Hello) -> AcceptJoin | RedirectJoin | Re
     excluded = {joiner, *hello.subtree}
     places = free_places(view, exclude=excluded)
     if not places:
+        leaf = _displaceable(view, hello)
+        if leaf is not None:
+            return DisplaceJoin(leaf)
         # Nothing free is known below: let the joiner descend through the children.
         places = tuple(sorted((Candidate(c.addr, view.depth + 1, c.free, c.sent)
                                for c in view.children.values() if c.addr not in excluded),

@@ -1,4 +1,5 @@
-"""Keeping the tree in shape while it runs: backup parents, the balance rotation, climbing.
+"""Keeping the tree in shape while it runs: backup parents, the balance rotation, climbing,
+and children moved off an uplink that falls behind.
 
 A mixin of :class:`client.node.Node`, driven by the controller's tick.
 """
@@ -10,7 +11,7 @@ import time
 
 from dataclasses import dataclass
 
-from client import tree
+from client import capacity, tree
 from client.links import ChildLink, ParentLink
 from client.delivery import SERVER
 from client.model import Rejoin, State
@@ -20,6 +21,9 @@ log = logging.getLogger("client.node")
 
 #: Places a climbing client tries at most (the best first, then where full ones point).
 CLIMB_ATTEMPTS = 4
+
+#: Periods a client that gave its server slot up stays away from the server.
+YIELD_PERIODS = 8
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,94 @@ class Upkeep:
             for addr, advice in advices.items():
                 if self._advice_sent.get(addr) != advice and self.children[addr].enqueue(advice):
                     self._advice_sent[addr] = advice
+
+    def _relieve_uplink(self) -> None:
+        """A child link falls behind (client.capacity): send the slowest child elsewhere.
+
+        Called at every tick of the controller, so that a backlog is seen
+        within a quarter period, long before the link's queue would overflow
+        and drop a block. The child is told to move (``Move`` with no place:
+        it searches, this relay excluded at first), or, when its link holds
+        more than a quarter period's worth, the link is reset
+        (:func:`client.capacity.cut_instead`); either way it rejoins with its
+        latest blocks and its new parent resumes after them, so it misses
+        nothing. One child a period: the estimate sees the relief before the next.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if now < self._relief_at or not self.children:
+                return
+            links = list(self.children.values())
+            below = {link: len(self.child_views[a].members) if a in self.child_views else 0
+                     for a, link in self.children.items()}
+            places = self._places()
+        # A new link on an uplink that feeds someone gets a period (client.capacity.behind);
+        # on one measured to feed nobody, none: every second of it costs the relay its own blocks.
+        loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link), below[link],
+                                   young=places >= 1 and now - link.started < self.config.period)
+                 for link in links]
+        link = capacity.to_move(loads, self.config.period, overloaded=len(links) > places)
+        if link is None:
+            return
+        load = next(load for load in loads if load.key is link)
+        why = (f"uplink behind: {load.backlog} bytes waiting, drains "
+               + (f"{load.rate:.0f} B/s" if load.rate else "unmeasured"))
+        cut = capacity.cut_instead(load, self.config.period)
+        if not (link.cut(why) if cut else link.move(Move(()))):
+            return
+        with self._lock:
+            self._relief_at = now + self.config.period
+            self.counters.children_moved += 1
+        log.warning("%s: %s child %s elsewhere", why, "cutting" if cut else "moving", link.addr)
+
+    def _relays_nobody(self) -> bool:
+        """(Under the lock.) The uplink was measured and cannot carry one stream."""
+        estimate, stream = self._uplink_now()
+        return estimate is not None and capacity.places(
+            self.config.max_children, estimate, stream) == 0
+
+    def _yield_server_slot(self) -> None:
+        """A direct client whose uplink feeds nobody moves into the tree, once a period.
+
+        A server slot is the root of a subtree: one that relays to nobody
+        wastes it (measured: a 2 Mbit/s direct client held one of two slots
+        for a whole run, and the clients that became direct beside it
+        repaired their gaps from it, at its pace). It takes a free place
+        below the other direct clients, if one takes it, and frees the slot
+        when attached (``12X``); a child of a direct client climbs into it.
+        Such a client does not climb back (:meth:`_maybe_climb`). With no place
+        free below and joiners turned away, it gives the slot up all the same.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if (now < self._yield_at or self.state != State.DIRECT or self.children
+                    or self.gate.repair is not None or not self._relays_nobody()):
+                return
+            self._yield_at = now + self.config.period
+        search = tree.JoinSearch(self.me, max_attempts=CLIMB_ATTEMPTS)
+        search.add(c for c in self._probe_listed(()) if c.free > 0)
+        if self._try_places(search, Rejoin("yielding the server slot", 0, 0)):
+            log.info("uplink feeds nobody: left the server slot for depth %d", self.depth)
+            self._write_status()
+        elif time.monotonic() - self._turned_away_at < 2 * self.config.period:
+            # Nothing free below, and a joiner found no place here: the tree is jammed
+            # (measured: both slots held by 2 Mbit/s clients, ten clients without a
+            # block for two minutes). The slot goes to one that can relay; this
+            # client searches as an orphan, the server aside for a while.
+            self._avoid_server_until = time.monotonic() + YIELD_PERIODS * self.config.period
+            self._leave_server()
+            self._orphaned(None, "uplink feeds nobody: server slot left to a client that can relay")
+
+    def _displace(self, leaf: Addr, joiner: Addr):
+        """(Under both locks.) Free ``leaf``'s place for ``joiner``, and send the leaf to it.
+
+        The place is freed before the joiner takes it: never more than K children.
+        """
+        link = self.children.get(leaf)
+        if link is None or not link.move(Move((joiner,))):
+            return tree.RejectJoin("no free slot here or below")
+        self._forget_child(link, f"displaced by {joiner}, which brings a subtree")
+        return tree.AcceptJoin()
 
     def _advise_as_root(self) -> None:
         """A direct client has no parent to advise it: the best place under the other direct clients."""
@@ -190,13 +282,17 @@ class Upkeep:
 
         search = tree.JoinSearch(self.me, exclude=(*members, parent), max_attempts=CLIMB_ATTEMPTS)
         search.add(shallower(self._probe_listed(members)))
-        rejoin = Rejoin("climbing", 0, 0)
+        return self._try_places(search, Rejoin("climbing", 0, 0), shallower)
+
+    def _try_places(self, search: tree.JoinSearch, rejoin: Rejoin, keep=lambda places: places) -> bool:
+        """Ask the places of ``search`` in turn until one takes us; a redirect adds the
+        places it names that ``keep`` keeps."""
         while (candidate := search.next()) is not None and not self._stopping.is_set():
             answer = self._try_join(candidate.addr, rejoin)
             if answer is True:
                 return True
             if isinstance(answer, Redirect):
-                search.add(shallower(answer.candidates))
+                search.add(keep(answer.candidates))
         return False
 
     def _maybe_climb(self, to_server: bool = False) -> None:
@@ -215,6 +311,8 @@ class Upkeep:
                 return
             depth, old = self.depth, self.parent_link
             members = tree.members_below(self._relay_view())
+            if (depth == 2 or to_server) and self._relays_nobody():
+                return  # a server slot is for a client that can relay (_yield_server_slot)
         if depth == 2 or to_server:
             moved = self._try_server()
         else:

@@ -57,3 +57,21 @@ def test_a_peer_that_takes_nothing_is_cut_after_the_stall_bound():
     finally:
         sender.close()
         receiver.close()
+
+
+def test_a_stalled_send_is_still_looked_at_while_it_waits_for_room():
+    """The uplink's meter (client.capacity) hears of a waiting send, not only of its pieces."""
+    sender, receiver = socket.socketpair()
+    calls = []
+    try:
+        sender.settimeout(5.0)
+        with pytest.raises(socket.timeout):
+            send_progressing(sender, b"x" * 10_000_000, stall=0.3,
+                             progress=lambda sent, left: calls.append((sent, left)),
+                             look_every=0.02)
+    finally:
+        sender.close()
+        receiver.close()
+    waits = [c for c in calls if c[0] == 0]
+    assert calls[0][0] > 0 and len(waits) >= 5, calls[:3]
+    assert all(left == calls[0][1] for _, left in waits)   # nothing more left after the first

@@ -14,10 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PURE = ["client.delivery", "client.inputs", "client.moves", "client.placement", "client.tree", "client.treenode", "client.repair",
-        "client.crosscheck",
-        "client.places", "client.peerproto", "client.roles",
-        "server.protocol"]
+PURE = ["client.capacity", "client.crosscheck", "client.delivery", "client.inputs", "client.moves",
+        "client.placement", "client.places", "client.peerproto", "client.repair", "client.roles",
+        "client.tree", "client.treenode", "server.protocol"]
 
 #: What pure code may not use: I/O, threads, clocks, processes.
 FORBIDDEN = {"socket", "select", "selectors", "threading", "queue", "time", "asyncio", "os",

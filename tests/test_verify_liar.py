@@ -59,6 +59,10 @@ def start_liar(parent, **kwargs) -> LyingRelay:
         except OSError:
             continue
         liar.start(Addr(parent.ip, PORTS.peer))
+        # Until its uplink is measured (on the liar's link), the parent offers one place
+        # on trial (client.capacity): the next client would be sent below the liar.
+        wait_until(lambda: (status(parent).get("uplink") or {}).get("estimate_bps") is not None,
+                   20, "the parent's uplink measured")
         return liar
     raise OSError("no free address for the liar")
 

@@ -33,11 +33,13 @@ STATUS = {"ip": str, "peer_port": int, "push_port": int, "channel": int, "max_ch
           "player": (dict, type(None)), "store": dict, "tree": list, "problem": (str, type(None)),
           "server_reachable": bool, "server_failures": int, "verify": dict,
           "parent_silence": (float, int), "cut_at_deadline": dict, "incompatible_peers": dict,
-          "url": str,
+          "uplink": dict, "url": str,
           "live_edge": (dict, type(None))}
 LIVE_EDGE = {"max_behind_s": float, "max_rate": float, "slew_per_s": float, "rate_step": float,
              "speed_up_from_s": float, "full_speed_at_s": float, "skip_behind_s": float,
              "resume_behind_s": float, "start_blocks": int, "start_timeout_s": float}
+UPLINK = {"estimate_bps": (int, type(None)), "stream_bps": (int, type(None)), "places": int,
+          "children_moved": int}
 STATS = {"ip": str, "channel": int, "max_children": int, "blocks_received": int,
          "bytes_received": int, "bytes_sent": int, "bytes_served": int, "blocks_repaired": int,
          "blocks_lost": int, "swaps": int, "climbs": int, "blocks_relayed": int,
@@ -109,6 +111,8 @@ def test_json_api_matches_its_schema(tree):
     check(STATUS, status, "status")
     assert status["url"] == url(proc, "/")
     check(LIVE_EDGE, status["live_edge"], "status.live_edge")
+    check(UPLINK, status["uplink"], "status.uplink")
+    assert 0 <= status["uplink"]["places"] <= status["max_children"]
     assert status["live_edge"]["max_behind_s"] == 8.0        # the client's --max-behind default
     assert status["behind_live_s"] is None and status["player"] is None   # --no-player
     stats = get_json(proc, "/api/stats")

@@ -1,0 +1,310 @@
+"""What this client's uplink delivers, and how many children it can feed: pure, passive.
+
+Nothing here sends a byte of its own. The child links' sender threads tell
+an :class:`Uplink` what they wrote and what the kernel still holds
+(``written - queued`` is what the child has acknowledged, so bytes that only
+went into a socket buffer never count as delivered), at each write of a
+block and while the block drains. From that:
+
+* each link's **drain rate**: bytes it delivered while it had bytes waiting
+  (:class:`LinkMeter`). A link that empties between two looks gives only a
+  lower bound (it may have been faster), and is counted as one;
+* the **uplink estimate**: all links' delivered bytes over the time at least
+  one of them had bytes waiting (the union of their busy intervals), summed
+  over the :data:`WINDOW` seconds before the latest stretch. A block pushed
+  to several children at once thus measures their sum. A stretch
+  (:data:`SEGMENT` seconds at most) busy for less than :data:`MIN_BUSY`
+  counts that long (its bytes left within it: a lower bound), which is all a
+  link much faster than the stream ever shows, and all it needs to. Sums,
+  not the best stretch: a capped link loses packets, and the retransmission
+  acknowledges in one jump what arrived over a second (measured under tbf:
+  50 kB jumps at 0.5 Mbit/s, a 0.5 s stretch reading 0.9 Mbit/s), and the
+  stretches between the jumps count as well. A frozen child's link counts
+  as busy until it is cut: the estimate sinks meanwhile, on the safe side,
+  and that link, draining nothing, is the first to go (:func:`to_move`);
+* :func:`places`: the children the estimate can feed with :data:`HEADROOM`
+  (:func:`can_take`: how many it could take over in a swap);
+* :func:`to_move`: the child to send elsewhere when a link falls behind
+  (:func:`cut_instead`: whether to reset its link rather than tell it).
+
+Time is passed in (``now``, monotonic seconds): no clock, no thread, no
+socket. The caller serialises the calls (the sender threads share one lock).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Hashable, Iterable
+
+#: A child costs a stream's rate times this: room for the stream's own ups and downs
+#: (blocks differ in size), for repairs served and for the control frames.
+HEADROOM = 1.25
+
+#: Places offered while the uplink has never been measured (see :func:`places`).
+TRIAL_PLACES = 1
+
+#: Seconds of busy sending behind one drain-rate sample of a link.
+MIN_SPAN = 0.25
+
+#: Busy time shorter than this is not resolved: its bytes give ``bytes / MIN_BUSY``, a lower bound.
+MIN_BUSY = 0.05
+
+#: Seconds over which the links' busy intervals are summed into one uplink sample.
+SEGMENT = 0.25
+
+#: The uplink estimate sums the stretches of this many seconds before the latest one.
+WINDOW = 20.0
+
+#: A link is behind when its backlog takes longer than this many periods to drain.
+BEHIND_PERIODS = 1.5
+
+#: ... or when this many blocks wait in its queue (the queue's bound is larger: a block is
+#: never dropped before the move).
+QUEUE_ALARM = 4
+
+#: Weight of a new sample in a link's drain rate.
+SMOOTHING = 0.3
+
+
+@dataclass(frozen=True)
+class Busy:
+    """``bytes`` delivered between ``start`` and ``end`` by a link with bytes waiting.
+
+    ``drained``: the link was empty at ``end``; it emptied at some moment of
+    the interval, so ``bytes / (end - start)`` is a lower bound of its rate.
+    """
+
+    start: float
+    end: float
+    bytes: int
+    drained: bool
+
+
+class LinkMeter:
+    """One child link: its drain rate, from what it delivered while backlogged."""
+
+    def __init__(self):
+        self._last: tuple[float, int, int, bool] | None = None
+        self._span_bytes = 0
+        self._span_time = 0.0
+        self.rate: float | None = None  # bytes/s
+        self.queued = 0                 # bytes the kernel held at the latest look
+        self.writing = False            # a block's bytes are still being written
+
+    def observe(self, now: float, delivered: int, queued: int, writing: bool = False) -> Busy | None:
+        """A look at the link: ``delivered`` (bytes acknowledged so far), ``queued`` (bytes in
+        the kernel); ``writing``: more bytes of a block are about to be written.
+
+        Returns the busy interval since the previous look, or None when the link
+        was idle then (an interval that starts idle says nothing of the rate).
+        """
+        last, self._last = self._last, (now, delivered, queued, writing)
+        self.queued, self.writing = queued, writing
+        if last is None:
+            return None
+        then, before, queued_before, was_writing = last
+        if not (queued_before > 0 or was_writing) or now < then:
+            return None
+        busy = Busy(then, now, max(0, delivered - before), queued == 0 and not writing)
+        self._learn(busy)
+        return busy
+
+    def _learn(self, busy: Busy) -> None:
+        self._span_bytes += busy.bytes
+        self._span_time += busy.end - busy.start
+        if self._span_time < MIN_SPAN and not busy.drained:
+            return
+        # A stuck link (a frozen child) samples 0: its rate falls, and it is the slowest.
+        sample = self._span_bytes / max(self._span_time, MIN_BUSY)
+        self.rate = sample if self.rate is None else (
+            SMOOTHING * sample + (1 - SMOOTHING) * self.rate)
+        self._span_bytes, self._span_time = 0, 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.queued > 0 or self.writing
+
+
+def union_length(intervals: Iterable[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of ``intervals``."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+class Uplink:
+    """This client's uplink, as its child links see it (see the module's docstring).
+
+    ``stale_after``: seconds after its latest sample that an estimate is
+    forgotten (the uplink is unknown again, and a child is tried again).
+    """
+
+    def __init__(self, stale_after: float):
+        self.stale_after = stale_after
+        self._links: dict[Hashable, LinkMeter] = {}
+        self._pending: list[Busy] = []
+        self._segment_start: float | None = None
+        self._samples: deque[tuple[float, int, float]] = deque()  # (end, bytes, busy seconds)
+
+    def observe(self, key: Hashable, now: float, delivered: int, queued: int,
+                writing: bool = False) -> None:
+        """A look at link ``key`` (see :meth:`LinkMeter.observe`)."""
+        meter = self._links.setdefault(key, LinkMeter())
+        busy = meter.observe(now, delivered, queued, writing)
+        if busy is not None:
+            if self._segment_start is None:
+                self._segment_start = busy.start
+            self._pending.append(busy)
+        if self._segment_start is not None and (
+                now - self._segment_start >= SEGMENT
+                or not any(m.busy for m in self._links.values())):
+            self._close_segment(now)
+
+    def _close_segment(self, now: float) -> None:
+        delivered = sum(b.bytes for b in self._pending)
+        busy = union_length((b.start, b.end) for b in self._pending)
+        self._pending, self._segment_start = [], None
+        seconds = max(busy, MIN_BUSY) if delivered > 0 else busy
+        if seconds <= 0:
+            return
+        self._samples.append((now, delivered, seconds))
+        while self._samples and now - self._samples[0][0] > WINDOW:
+            self._samples.popleft()
+
+    def forget(self, key: Hashable, now: float) -> None:
+        """Link ``key`` is gone (what it measured stays in the estimate)."""
+        self._links.pop(key, None)
+        if self._segment_start is not None and not any(m.busy for m in self._links.values()):
+            self._close_segment(now)
+
+    def rate_of(self, key: Hashable) -> float | None:
+        """Link ``key``'s drain rate, bytes/s; None while unmeasured."""
+        meter = self._links.get(key)
+        return meter.rate if meter else None
+
+    def estimate(self, now: float) -> float | None:
+        """Bytes/s the uplink delivers; None while never measured or stale."""
+        if not self._samples or now - self._samples[-1][0] > self.stale_after:
+            return None
+        return sum(s[1] for s in self._samples) / sum(s[2] for s in self._samples)
+
+
+def stream_rate(block_sizes: Iterable[int], period: float) -> float | None:
+    """The stream's bytes/s: the mean of the latest blocks' sizes, one block a period."""
+    sizes = list(block_sizes)
+    if not sizes or period <= 0:
+        return None
+    return sum(sizes) / len(sizes) / period
+
+
+def places(max_children: int, estimate: float | None, stream: float | None) -> int:
+    """How many children this client offers to feed: never more than ``max_children`` (K).
+
+    ``estimate // (stream * HEADROOM)``: a client whose uplink cannot carry
+    one stream with headroom relays to nobody, whatever K is.
+
+    Unmeasured (nothing was ever sent, or the estimate went stale), it
+    offers :data:`TRIAL_PLACES`: an uplink is only measured by sending, and
+    a client that offered nothing until measured would never be. One child
+    on trial costs little: if the uplink cannot feed it, its link falls
+    behind within a block or two and the child is moved (:func:`to_move`)
+    long before its queue would drop a block; it rejoins elsewhere and
+    repairs what it missed. Offering K on trust instead would load a weak
+    uplink with K children at once, and lose blocks on every one of them.
+    """
+    if max_children <= 0:
+        return 0
+    if estimate is None or not stream:
+        return min(max_children, TRIAL_PLACES)
+    return max(0, min(max_children, int(estimate // (stream * HEADROOM))))
+
+
+def can_take(max_children: int, estimate: float | None, stream: float | None) -> int:
+    """How many children this client could take over with a place (a balance swap).
+
+    K while unmeasured: the rotation raises light senders, which have never
+    relayed, and an unknown uplink is not a weak one (if it cannot feed
+    them, its links fall behind and it moves them on). Once measured, no
+    more than :func:`places`: a weak uplink never takes a strong one's place.
+    """
+    if estimate is None or not stream:
+        return max(0, max_children)
+    return places(max_children, estimate, stream)
+
+
+@dataclass(frozen=True)
+class LinkLoad:
+    """A child link as :func:`to_move` weighs it."""
+
+    key: Hashable
+    backlog: int            # bytes not yet delivered: queued here, and in the kernel
+    blocks: int             # blocks waiting in its queue
+    rate: float | None      # its drain rate, bytes/s (None: unmeasured)
+    below: int = 0          # clients in the child's subtree
+    young: bool = False     # adopted less than a period ago by an uplink that feeds someone
+
+
+def behind(load: LinkLoad, period: float, overloaded: bool = True) -> bool:
+    """Blocks pile up in the link's queue, or, on an ``overloaded`` uplink (more children
+    than :func:`places`), it cannot drain what it holds within :data:`BEHIND_PERIODS`
+    periods: the next blocks would only add to it.
+
+    An uplink measured to feed all its children is judged by its queue alone:
+    a new link starts slowly (TCP's slow start on a busy uplink, the blocks
+    a newcomer catches up on), and a child moved for that would come back to
+    the free place it left, again and again (measured: five times in a
+    minute). For the same reason a ``young`` link is judged by its queue
+    alone: a child that had just come, with blocks to repair from this very
+    uplink, was cut within 2.5 s, and its repair with it.
+    """
+    if load.blocks >= QUEUE_ALARM:
+        return True
+    return (overloaded and not load.young and load.rate is not None
+            and load.backlog > load.rate * period * BEHIND_PERIODS)
+
+
+#: A moved child whose link would take longer than this many periods to drain is cut instead.
+CUT_PERIODS = 0.25
+
+
+def cut_instead(load: LinkLoad, period: float) -> bool:
+    """Whether to reset the link of a child being moved rather than tell it after its backlog.
+
+    A ``Move`` waits behind what the link holds, and the kernel may hold a
+    whole block: on an uplink that cannot carry one stream that is seconds
+    of a saturated uplink, whose own acknowledgements then wait in the same
+    queue (measured: the server's pushes to such a relay failed). A reset
+    frees the uplink at once; the child takes it as a lost parent, rejoins
+    and repairs, and discards the frame it had half received.
+    """
+    if load.rate is None:
+        return load.backlog > 0
+    return load.backlog > load.rate * period * CUT_PERIODS
+
+
+def to_move(loads: Iterable[LinkLoad], period: float, overloaded: bool = True):
+    """The child to send elsewhere, or None: of the links that are behind, the one whose
+    child has the smallest subtree, then the slowest (by drain rate; unmeasured counts as
+    the slowest), then the one with the largest backlog.
+
+    When one child's own link is slow, its link alone is behind, and that
+    child goes. When the uplink itself is short, every link lags, and moving
+    any child frees a share for the rest: a leaf then, which finds a place
+    anywhere, rather than a relay, which cannot take one in its own subtree
+    (measured: a relay moved off an uplink that a rotation had overloaded
+    searched for 20 s while every free place was below it).
+    """
+    lagging = [load for load in loads if behind(load, period, overloaded)]
+    if not lagging:
+        return None
+    chosen = min(lagging, key=lambda load: (load.below,
+                                            load.rate if load.rate is not None else 0.0,
+                                            -load.backlog))
+    return chosen.key
