@@ -101,7 +101,7 @@ class Joining:
                 with self._lock:
                     answer = tree.members_below(self._relay_view())
             elif isinstance(command, placement.ProbeListed):
-                answer = self._probe_listed(command.members)
+                answer = self._probe_listed((*command.members, *command.skip))
             else:
                 self._stopping.wait(command.seconds)
                 answer = None

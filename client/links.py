@@ -26,8 +26,10 @@ from server import protocol as stock
 log = logging.getLogger(__name__)
 
 RECV_CHUNK = 256 * 1024
-#: Seconds an asked peer has for its whole answer (join, probe, vouch, tree query).
-ANSWER_DEADLINE = 3.0
+#: Seconds an asked peer has for its whole answer (join, probe, vouch, tree query). A
+#: frozen peer (SIGSTOP: its kernel still accepts) costs this much per question, so it
+#: is no longer than the connection timeout the probes always had.
+ANSWER_DEADLINE = 2.0
 
 #: While a block drains from the kernel, its sender looks this often (client.capacity).
 DRAIN_LOOK = 0.02

@@ -58,9 +58,12 @@ class StartRound:
 @dataclass(frozen=True)
 class ProbeListed:
     """Ask the server for its direct clients (``11X``) and each of them where its free
-    places are. Answer: the candidates found."""
+    places are, but those in ``members`` or ``skip`` (the parent just lost: the server
+    lists a dead or frozen direct client for a few periods, and a frozen one answers
+    nothing, costing a whole answer deadline). Answer: the candidates found."""
 
     members: frozenset
+    skip: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def search(me: Addr, period: float, server_first: bool, seeds: Iterable[Candidat
         places.add(seeds)
         if (yield from _run(places)):
             return
-        places.add((yield ProbeListed(members)))
+        places.add((yield ProbeListed(members, exclude)))
         if (yield from _run(places)):
             return
         if not server_first:

@@ -117,10 +117,12 @@ def test_nothing_free_pauses_longer_each_round_up_to_a_period_and_the_dead_paren
                                       exclude=[addr(2)]), limit=40) is None
     pauses = [c.seconds for c in world.log if isinstance(c, Pause)]
     assert pauses[:4] == [0.5, 1.0, 2.0, 2.0]
-    # Round one skips the lost parent; from round two on it is asked again.
+    # Round one skips the lost parent, probes included; from round two on it is asked again.
     first_round = world.log[:world.log.index(Pause(0.5))]
     assert TryJoin(addr(2)) not in first_round
+    assert ProbeListed(frozenset(), (addr(2),)) in first_round
     assert TryJoin(addr(2)) in world.log[len(first_round):]
+    assert ProbeListed(frozenset(), ()) in world.log[len(first_round):]
 
 
 def test_while_the_server_is_unreachable_the_pause_grows_to_four_periods():
