@@ -25,6 +25,11 @@ __all__ = ["Situation", "OfferSwap", "Climb", "Moves", "SLOT_WATCH_PERIODS"]
 #: How long (in periods) an orphan of a direct client keeps asking the server for its slot.
 SLOT_WATCH_PERIODS = 12
 
+#: The share of a period before the server's next block in which a direct client no
+#: longer hands its slot over (the handover takes a few milliseconds on loopback, more
+#: on real links).
+HANDOVER_MARGIN = 0.25
+
 #: A climb is looked for every this many periods, at random within the range, so
 #: that clients do not all look at once.
 CLIMB_EVERY = (3.0, 6.0)
@@ -144,11 +149,13 @@ class Moves:
         """A child answered the offer ``token``: "carry" (swap now), "declined", "late", or
         None (not the pending offer).
 
-        A direct client hands its server slot over only early in the period: the
-        server sends the next block to whoever holds the slot, and one sent between
-        our leave and the child's join reaches nobody, for good (no window of ours
-        can give it back). A late acceptance keeps the slot: the child, which
-        already left us, searches again and resumes where it was, without a hole.
+        A direct client hands its server slot over only while the server's next
+        block is more than :data:`HANDOVER_MARGIN` of a period away: a block sent
+        between our leave and the child's join reaches nobody, for good (no window
+        of ours can give it back). A late acceptance keeps the slot: the child,
+        which already left us, searches again and resumes where it was, without a
+        hole. (Not sooner: on a thin link the offer reaches the child behind the
+        block it relays, and the answer comes most of a second after that block.)
         """
         if self.offer is None or self.offer.token is not token:
             return None
@@ -157,7 +164,7 @@ class Moves:
         self.declines[child] = 0 if accept else self.declines.get(child, 0) + 1
         if not accept:
             return "declined"
-        if direct and now - last_server_block > self.period / 4:
+        if direct and now - last_server_block > self.period * (1 - HANDOVER_MARGIN):
             return "late"
         return "carry"
 
