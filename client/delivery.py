@@ -21,6 +21,10 @@ from client.peerproto import Block
 
 __all__ = ["Gate", "Pass", "Step", "SERVER"]
 
+#: Two pushes of the server more than this many periods apart: one between them was missed
+#: (its send to us failed, e.g. behind our own saturated uplink), and is looked for.
+MISSED_PUSH_PERIODS = 1.5
+
 #: The source of the server's pushes, and the parent of a direct client (a parent
 #: link is any other object).
 SERVER = "server"
@@ -60,6 +64,7 @@ class Gate:
         self._gap_waits_for_server = False    # ... once the server's first block is in
         self._skip: list[bytes] = []
         self._held: list[tuple[Block, object]] = []
+        self._last_push: float | None = None  # wall time of the server's latest push
 
     # -- the live source ---------------------------------------------------
 
@@ -73,6 +78,7 @@ class Gate:
         the look for the gap starts once the server's first block is in.
         """
         self.source = source
+        self._last_push = None
         self._held = []  # (what the old source sent would be dropped at release anyway)
         self._skip = list(skip)
         self.gap_check = gap_check
@@ -101,6 +107,14 @@ class Gate:
         """A block came from ``source`` (verified by the caller when it is not the server)."""
         if source is None or source != self.source:
             return Step()  # a link we left, or the server still pushing to a client that moved
+        if source == SERVER:
+            missed = (self._last_push is not None
+                      and wall - self._last_push > MISSED_PUSH_PERIODS * self._period)
+            self._last_push = wall
+            if missed and not self.holding and self.seq >= 0:
+                # The server sends nothing old: look for the missed block as after
+                # joining the server (held, then fetched from another direct client).
+                self.gap_check = self._gap_waits_for_server = True
         if self.holding:
             if len(self._held) < self._hold_limit:
                 self._held.append((block, source))

@@ -161,3 +161,18 @@ def test_random_orders_of_live_repaired_and_stale_blocks_store_each_block_once_i
             else:
                 out += stored([gate.repair_done(job, 0.0)])
         assert out == list(range(100, 130)), seed
+
+
+def test_a_missed_push_is_looked_for_like_the_gap_before_the_first_one():
+    """Two pushes more than 1.5 periods apart: the block between them is fetched, and numbered."""
+    gate, job = Gate(PERIOD, 8), object()
+    gate.follow(SERVER)
+    pushes = [Block.of(0, f"push {i}".encode()) for i in range(4)]
+    assert stored([gate.arrived(pushes[0], SERVER, 1000.0),
+                   gate.arrived(pushes[1], SERVER, 1002.1)]) == [500, 501]  # late, not missed
+    held = gate.arrived(pushes[3], SERVER, 1006.2)  # the push of 1004 never came
+    assert held.check_gap and not held.passes
+    missed = Block(502, pushes[2].digest, pushes[2].data)
+    assert stored([gate.gap_checked(1006.5, job, [missed.digest]), gate.repaired(job, missed),
+                   gate.repair_done(job, 1006.6)]) == [502, 503]
+    assert stored([gate.arrived(Block.of(0, b"push 4"), SERVER, 1008.2)]) == [504]
