@@ -204,11 +204,12 @@ def test_a_child_that_declines_every_swap_stops_drawing_newcomers(tmp_path, long
         wait_until(lambda: status(direct).get("state") == "direct", 20, "the direct client")
         liar = start_liar(direct, honest_blocks=10**9)
         try:
-            # The honest child relays to a child of its own, so the liar (sending nothing) is
-            # the lightest child the direct client offers its place to, and the shallowest
-            # least-sending free place a newcomer would take if it were still advertised.
+            # The honest child takes one child of its own (K = 1): it cannot take over the
+            # direct client's two children, so the liar is the only child the direct client
+            # offers its place to (before the honest one has sent a byte, the two would tie),
+            # and the shallowest free place a newcomer would take if it were still advertised.
             # No balance below: the honest child and its child keep their places.
-            honest = cluster.start_client(server, "--balance-margin", "0", max_children=2,
+            honest = cluster.start_client(server, "--balance-margin", "0", max_children=1,
                                           period=PERIOD)
             wait_until(lambda: (status(honest).get("parent") or {}).get("ip") == direct.ip, 20,
                        "the second client under the direct one")
@@ -226,7 +227,9 @@ def test_a_child_that_declines_every_swap_stops_drawing_newcomers(tmp_path, long
             wait_until(lambda: status(newcomer).get("state") == "attached"
                        and status(newcomer).get("blocks_received", 0) >= 3, 20,
                        "the newcomer placed")
-            assert status(newcomer)["parent"]["ip"] == honest.ip
+            # The honest child is full: the free place left is below it, a level deeper
+            # than the liar's.
+            assert status(newcomer)["parent"]["ip"] == below.ip
             assert Addr(newcomer.ip, PORTS.peer) not in liar.joins
         finally:
             liar.stop()
