@@ -11,7 +11,8 @@ from __future__ import annotations
 from bench.cluster import Cluster, wait_until
 from client import strangers
 from client.peerproto import Addr
-from tests.test_verify_liar import PERIOD, PORTS, assert_complete, start_liar, status, stored
+from tests.test_verify_liar import (PERIOD, PORTS, assert_caught_and_avoided, assert_complete,
+                                    start_liar, status, stored)
 
 #: The clients' recent window (s): a witness refutes once it has listened this long (and 2 periods).
 WINDOW = "5"
@@ -54,20 +55,7 @@ def test_with_a_feedless_server_the_liars_blocks_are_stored_by_nobody(tmp_path, 
             wait_until(lambda: liar.joins, 20, "a client to join the liar")
             fooled = [p for p in victims if Addr(p.ip, PORTS.peer) in liar.joins]
             assert fooled                      # the precondition: else this test proves nothing
-            wait_until(lambda: all(status(p).get("refusals", {}).get(strangers.LIE, 0) >= 1
-                                   and status(p).get("state") == "attached"
-                                   and status(p)["parent"]["ip"] != liar.me.ip for p in fooled),
-                       30, "the fooled clients to catch the liar and move away")
-            wait_until(lambda: not liar.children(), 10, "the liar dropped by every child")
-            joins = len(liar.joins)
-            before = {p.ip: status(p)["blocks_received"] for p in everyone}
-            wait_until(lambda: all(status(p)["blocks_received"] >= before[p.ip] + 12
-                                   for p in everyone) and all(not status(p)["repairing"]
-                                                              for p in everyone),
-                       40, "everyone to store 12 more blocks")
-            again = liar.joins[joins:]
-            assert not [p.ip for p in fooled if Addr(p.ip, PORTS.peer) in again], \
-                "a client that caught the liar chose it again"
+            assert_caught_and_avoided(liar, fooled, everyone)
             assert liar.blocks_relayed >= 1           # it did send altered blocks
             for proc in fooled:
                 check = status(proc)["verify"]["crosscheck"]

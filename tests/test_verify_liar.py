@@ -44,6 +44,26 @@ def assert_complete(proc, film_dir) -> list[int]:
     return got
 
 
+def assert_caught_and_avoided(liar, fooled, everyone) -> None:
+    """The fooled clients blame the liar and move away, everyone stores on, and no client
+    that caught the liar chooses it again (one that never met it may still try it, and
+    would catch it in turn: nothing is shared)."""
+    wait_until(lambda: all(status(p).get("refusals", {}).get(strangers.LIE, 0) >= 1
+                           and status(p).get("state") == "attached"
+                           and status(p)["parent"]["ip"] != liar.me.ip for p in fooled),
+               30, "the fooled clients to catch the liar and move away")
+    wait_until(lambda: not liar.children(), 10, "the liar dropped by every child")
+    joins = len(liar.joins)
+    before = {p.ip: status(p)["blocks_received"] for p in everyone}
+    wait_until(lambda: all(status(p)["blocks_received"] >= before[p.ip] + 12
+                           for p in everyone) and all(not status(p)["repairing"]
+                                                      for p in everyone),
+               40, "everyone to store 12 more blocks")
+    again = liar.joins[joins:]
+    assert not [p.ip for p in fooled if Addr(p.ip, PORTS.peer) in again], \
+        "a client that caught the liar chose it again"
+
+
 def start_liar(parent, **kwargs) -> LyingRelay:
     """A liar on a free address of 127.0.2.0/24 (below every cluster address).
 
@@ -118,22 +138,7 @@ def test_a_lying_relays_altered_blocks_are_stored_by_nobody(tmp_path, long_film)
             wait_until(lambda: liar.joins, 20, "a client to join the liar")
             fooled = [p for p in victims if Addr(p.ip, PORTS.peer) in liar.joins]
             assert fooled
-            wait_until(lambda: all(status(p).get("refusals", {}).get(strangers.LIE, 0) >= 1
-                                   and status(p).get("state") == "attached"
-                                   and status(p)["parent"]["ip"] != liar.me.ip for p in fooled),
-                       30, "the fooled clients to catch the liar and move away")
-            wait_until(lambda: not liar.children(), 10, "the liar dropped by every child")
-            joins = len(liar.joins)
-            before = {p.ip: status(p)["blocks_received"] for p in everyone}
-            wait_until(lambda: all(status(p)["blocks_received"] >= before[p.ip] + 12
-                                   for p in everyone) and all(not status(p)["repairing"]
-                                                              for p in everyone),
-                       40, "everyone to store 12 more blocks")
-            # Each client that caught the liar refuses it for a while; a client that never
-            # met it may still try it (and would catch it in turn): nothing is shared.
-            again = liar.joins[joins:]
-            assert not [p.ip for p in fooled if Addr(p.ip, PORTS.peer) in again], \
-                "a client that caught the liar chose it again"
+            assert_caught_and_avoided(liar, fooled, everyone)
             assert liar.blocks_relayed >= 1           # it did send altered blocks
             for proc in fooled:
                 assert status(proc)["verify"]["forged"] >= 1
