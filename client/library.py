@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
+from client import httpask
 from client.peerproto import Block, LibraryEnd, LibraryFetch, Reject, encode
 from server.films import group_blocks
 from server.manifest import MAX_BLOCKS, Manifest, ManifestError, from_ranges, of_blocks, ranges
@@ -61,26 +62,24 @@ class TrackerClient:
         return f"{self.host}:{self.port}"
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        """(status, JSON answer); :class:`TrackerError` when the tracker is unreachable."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout,
-                                          source_address=(self.own_ip, 0) if self.own_ip else None)
+        """(status, JSON answer); :class:`TrackerError` when the tracker is unreachable.
+
+        The whole request has one deadline, ``timeout`` (:mod:`client.httpask`).
+        """
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         try:
-            data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-            conn.request(method, path, body=data,
-                         headers={"Content-Type": "application/json"} if data else {})
-            response = conn.getresponse()
-            raw = response.read(MAX_ANSWER + 1)
-            if len(raw) > MAX_ANSWER:
-                raise TrackerError(f"tracker {self}: answer over {MAX_ANSWER} bytes")
-            try:
-                answer = json.loads(raw.decode("utf-8"))
-            except ValueError:
-                raise TrackerError(f"tracker {self}: answer is not JSON", response.status) from None
-            return response.status, answer if isinstance(answer, dict) else {}
+            status, _, raw = httpask.ask(self.own_ip, self.host, self.port, method, path, body=data,
+                                         content_type="application/json" if data else None,
+                                         limit=MAX_ANSWER, within=self.timeout)
         except OSError as exc:
             raise TrackerError(f"tracker {self} unreachable: {exc}") from None
-        finally:
-            conn.close()
+        except http.client.HTTPException as exc:
+            raise TrackerError(f"tracker {self}: {exc}") from None
+        try:
+            answer = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            raise TrackerError(f"tracker {self}: answer is not JSON", status) from None
+        return status, answer if isinstance(answer, dict) else {}
 
     def get(self, path: str) -> dict:
         status, answer = self.request("GET", path)

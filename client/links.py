@@ -192,7 +192,7 @@ class StockServer:
             sock.sendall(stock.encode_request(code, channel))
             if not answer_limit:
                 return b""
-            data = _read_until_closed(sock, answer_limit, deadline)
+            data = read_until_closed(sock, answer_limit, deadline)
             if len(data) > answer_limit:
                 raise stock.BadAnswer(f"answer to {code}{channel} longer than {answer_limit} bytes")
             return data
@@ -222,7 +222,7 @@ class StockServer:
         with connect_from(self.own_ip, self.host, self.port, self.timeout) as sock:
             sock.sendall(stock.encode_request(stock.COUNT, channel))
             try:
-                data = _read_until_closed(sock, stock.MAX_COUNT_ANSWER, deadline, data)
+                data = read_until_closed(sock, stock.MAX_COUNT_ANSWER, deadline, data)
             except OSError:
                 pass  # reset or silence after the request: what came is the answer
         return stock.parse_count(bytes(data)) if data.strip() else None
@@ -231,7 +231,7 @@ class StockServer:
         self._request(stock.LEAVE, channel)
 
 
-def _read_until_closed(sock: socket.socket, limit: int, deadline: float,
+def read_until_closed(sock: socket.socket, limit: int, deadline: float,
                        data: bytearray | None = None) -> bytes:
     """What the peer sends until it closes (at most ``limit`` + 1 bytes), before ``deadline``.
 
@@ -242,7 +242,7 @@ def _read_until_closed(sock: socket.socket, limit: int, deadline: float,
     while len(data) <= limit:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise socket.timeout("the server's answer did not end in time")
+            raise socket.timeout("the answer did not end in time")
         sock.settimeout(remaining)
         chunk = sock.recv(limit + 1 - len(data))
         if not chunk:

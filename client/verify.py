@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from client import httpask
 from server.feed import MAX_DOCUMENT, Document, FeedError, decode_document
 
 log = logging.getLogger(__name__)
@@ -235,17 +236,13 @@ def http_fetcher(own_ip: str, host: str, port: int) -> Callable[[int, int | None
     def fetch(channel: int, since: int | None) -> bytes:
         if not port:
             raise OSError("no feed port (--feed-port 0)")
-        conn = http.client.HTTPConnection(host, port, timeout=FEED_WAIT,
-                                          source_address=(own_ip, 0))
+        path = f"/feed/{channel}" + (f"?since={since}" if since is not None else "")
         try:
-            conn.request("GET", f"/feed/{channel}" + (f"?since={since}" if since is not None else ""))
-            answer = conn.getresponse()
-            data = answer.read(MAX_DOCUMENT + 1)
-            if answer.status != 200:
-                raise OSError(f"feed answered {answer.status} {answer.reason}")
-            return data
+            status, reason, data = httpask.ask(own_ip, host, port, "GET", path,
+                                               limit=MAX_DOCUMENT, within=FEED_WAIT)
         except http.client.HTTPException as exc:
             raise OSError(f"feed: {exc!r}") from None
-        finally:
-            conn.close()
+        if status != 200:
+            raise OSError(f"feed answered {status} {reason}")
+        return data
     return fetch
