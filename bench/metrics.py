@@ -165,6 +165,21 @@ def last_slot_before(ref: dict[int, float], t: float) -> int | None:
     return max(slots) if slots else None
 
 
+def last_expected_slot(ref: dict[int, float], blocks, stopped: float, period: float) -> int | None:
+    """The last slot one client could have stored before it stopped at ``stopped``.
+
+    A block counts from its first store anywhere (a direct client's), plus
+    one period, plus this client's own median lag: a client four hops deep
+    on thin links stores a block seconds after the direct clients, and the
+    block still on its way down when the run ends is not a loss. A client
+    that stops receiving before the end keeps its small lag, so its missing
+    tail still counts.
+    """
+    lags = sorted(t - ref[s] for s, t in blocks if s is not None and s in ref)
+    allowance = max(0.0, lags[len(lags) // 2]) if lags else 0.0
+    return last_slot_before(ref, stopped - period - allowance)
+
+
 # ------------------------------------------------------------------- lag
 
 def depth_at(timeline, t: float):

@@ -579,7 +579,7 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool) -> dic
         channel = metrics.channel_slots([s for s, _ in r["slots"] if s is not None] for r in members)
         for r in members:
             stopped = r["fate_at"] if r["fate"] in ("killed", "frozen", "left") else raw["t_end"]
-            end_slot = metrics.last_slot_before(ref, stopped - period)
+            end_slot = metrics.last_expected_slot(ref, r["slots"], stopped, period)
             cont = metrics.continuity(r["slots"], channel, end_slot if end_slot is not None else -1,
                                       period, BUFFER_BLOCKS)
             first_t = next((t for s, t in r["slots"] if s is not None), None)

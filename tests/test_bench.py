@@ -58,6 +58,18 @@ def test_continuity_counts_holes_duplicates_and_lateness():
     assert metrics.continuity([], channel, 5, 1.0)["continuity"] == 0
 
 
+def test_the_block_still_on_its_way_down_when_the_run_ends_is_not_a_hole():
+    """Period 2; the direct clients store slot k at 2k. The run stops at 20.9."""
+    ref = {k: 2.0 * k for k in range(11)}
+    deep = [(k, 2.0 * k + 3.3) for k in range(8)]          # 3.3 s behind the direct clients
+    assert metrics.last_slot_before(ref, 20.9 - 2.0) == 9   # one period only: slots 8 and 9 "lost"
+    # Slot 8 would reach it at 19.3, slot 9 at 21.3: with a period for jitter, neither counts.
+    assert metrics.last_expected_slot(ref, deep, 20.9, 2.0) == 7
+    # A client that stopped receiving early keeps its small lag: its missing tail counts.
+    stalled = [(k, 2.0 * k + 0.1) for k in range(5)]
+    assert metrics.last_expected_slot(ref, stalled, 20.9, 2.0) == 9
+    assert metrics.last_expected_slot(ref, [], 20.9, 2.0) == 9
+
 def test_tree_check_finds_loops_and_over_full_clients():
     statuses = {"a": {"parent": {"ip": "b"}, "children": [{"ip": "b"}], "max_children": 1},
                 "b": {"parent": {"ip": "a"}, "children": [{"ip": "a"}, {"ip": "c"}], "max_children": 1},
