@@ -154,7 +154,9 @@ class Joining:
             self._write_status()
 
     def _try_server(self) -> bool:
-        if time.monotonic() < self._avoid_server_until:
+        with self._lock:
+            off_server = self.shedding.off_server(time.monotonic())
+        if off_server:
             return False  # gave its slot up for a client that can relay (client.upkeep)
         try:
             joined = self._server_call(self.server.join, self.config.channel, self._join_answers)

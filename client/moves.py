@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from client import tree
 from client.peerproto import Addr
 
-__all__ = ["Situation", "OfferSwap", "Climb", "Moves", "SLOT_WATCH_PERIODS"]
+__all__ = ["Situation", "OfferSwap", "Climb", "Moves", "Shedding", "SLOT_WATCH_PERIODS"]
 
 #: How long (in periods) an orphan of a direct client keeps asking the server for its slot.
 SLOT_WATCH_PERIODS = 12
@@ -29,6 +29,12 @@ SLOT_WATCH_PERIODS = 12
 #: longer hands its slot over (the handover takes a few milliseconds on loopback, more
 #: on real links).
 HANDOVER_MARGIN = 0.25
+
+#: How long (in periods) a client that gave its server slot up for want of uplink keeps off it.
+YIELD_PERIODS = 8
+
+#: A joiner turned away this recently (in periods) means the tree has no free place.
+JAMMED_PERIODS = 2
 
 #: A climb is looked for every this many periods, at random within the range, so
 #: that clients do not all look at once.
@@ -179,3 +185,49 @@ class Moves:
         deep branch often enough to keep them from ever climbing)."""
         return (situation.attached and not situation.repairing
                 and situation.now - self.moved_at >= self.settle_time)
+
+
+@dataclass
+class Shedding:
+    """When an uplink too short for its load sheds some: a child moved, the server slot left.
+
+    At most one child moved and one try at leaving the server slot a period:
+    the uplink estimate must see the relief before the next
+    (:mod:`client.capacity`). A client that gave its slot up for want of
+    uplink keeps off the server for :data:`YIELD_PERIODS`.
+    """
+
+    period: float
+
+    def __post_init__(self):
+        self.relief_at = self.yield_at = self.off_server_until = 0.0
+        self.turned_away_at = float("-inf")
+
+    def may_relieve(self, now: float) -> bool:
+        return now >= self.relief_at
+
+    def relieved(self, now: float) -> None:
+        """A child was moved or cut: the next no sooner than a period from now."""
+        self.relief_at = now + self.period
+
+    def may_yield(self, now: float) -> bool:
+        """May a direct client that feeds nobody look for a place in the tree now? (Once a period.)"""
+        if now < self.yield_at:
+            return False
+        self.yield_at = now + self.period
+        return True
+
+    def turned_away(self, now: float) -> None:
+        """A joiner found no place here or below."""
+        self.turned_away_at = now
+
+    def jammed(self, now: float) -> bool:
+        """A joiner was turned away lately: no place is free anywhere this client knows."""
+        return now - self.turned_away_at < JAMMED_PERIODS * self.period
+
+    def gave_up_slot(self, now: float) -> None:
+        self.off_server_until = now + YIELD_PERIODS * self.period
+
+    def off_server(self, now: float) -> bool:
+        """Still keeping off the server slot it gave up?"""
+        return now < self.off_server_until

@@ -50,7 +50,7 @@ from client.behind import PlayerWatch
 from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
 from client.supervise import checkpoint, supervised
 from client.treeview import SubtreeLedger
-from client.moves import Climb, Moves, OfferSwap, Situation
+from client.moves import Climb, Moves, OfferSwap, Shedding, Situation
 from client.upkeep import Upkeep
 from server import protocol as stock
 
@@ -100,10 +100,7 @@ class Node(Joining, Upkeep):
         # What the uplink delivers, told by the child links' senders (client.capacity).
         self.uplink = capacity.Uplink(stale_after=UPLINK_STALE_PERIODS * config.period)
         self._uplink_lock = threading.Lock()
-        self._relief_at = 0.0                     # monotonic: no child moved before then
-        self._yield_at = 0.0                      # monotonic: no server slot yielded before then
-        self._avoid_server_until = 0.0            # monotonic: the server slot was given up
-        self._turned_away_at = -1e9               # monotonic: a joiner last found no place here
+        self.shedding = Shedding(config.period)   # a short uplink's moves (monotonic)
 
         self.state = State.JOINING
         self.parent: str | Addr | None = None
@@ -646,7 +643,8 @@ class Node(Joining, Upkeep):
                                    f"{hello.addr}: {decision.reason}")
             else:
                 log.info("refusing %s: %s", hello.addr, decision.reason)
-                self._turned_away_at = time.monotonic()
+                with self._lock:
+                    self.shedding.turned_away(time.monotonic())
             send_checked(conn, talk, Reject(decision.reason))
             return
         ticket.give_back_slot()     # children are bounded by max_children, not by the pool

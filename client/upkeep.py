@@ -22,9 +22,6 @@ log = logging.getLogger("client.node")
 #: Places a climbing client tries at most (the best first, then where full ones point).
 CLIMB_ATTEMPTS = 4
 
-#: Periods a client that gave its server slot up stays away from the server.
-YIELD_PERIODS = 8
-
 
 @dataclass(frozen=True)
 class SwapOffer:
@@ -68,7 +65,7 @@ class Upkeep:
         """
         now = time.monotonic()
         with self._lock:
-            if now < self._relief_at or not self.children:
+            if not self.shedding.may_relieve(now) or not self.children:
                 return
             links = list(self.children.values())
             below = {link: len(self.child_views[a].members) if a in self.child_views else 0
@@ -89,7 +86,7 @@ class Upkeep:
         if not (link.cut(why) if cut else link.move(Move(()))):
             return
         with self._lock:
-            self._relief_at = now + self.config.period
+            self.shedding.relieved(now)
             self.counters.children_moved += 1
         log.warning("%s: %s child %s elsewhere", why, "cutting" if cut else "moving", link.addr)
 
@@ -113,21 +110,25 @@ class Upkeep:
         """
         now = time.monotonic()
         with self._lock:
-            if (now < self._yield_at or self.state != State.DIRECT or self.children
-                    or self.gate.repair is not None or not self._relays_nobody()):
+            if (self.state != State.DIRECT or self.children or self.gate.repair is not None
+                    or not self._relays_nobody() or not self.shedding.may_yield(now)):
                 return
-            self._yield_at = now + self.config.period
         search = tree.JoinSearch(self.me, max_attempts=CLIMB_ATTEMPTS)
         search.add(c for c in self._probe_listed(()) if c.free > 0)
         if self._try_places(search, Rejoin("yielding the server slot", 0, 0)):
             log.info("uplink feeds nobody: left the server slot for depth %d", self.depth)
             self._write_status()
-        elif time.monotonic() - self._turned_away_at < 2 * self.config.period:
-            # Nothing free below, and a joiner found no place here: the tree is jammed
-            # (measured: both slots held by 2 Mbit/s clients, ten clients without a
-            # block for two minutes). The slot goes to one that can relay; this
-            # client searches as an orphan, the server aside for a while.
-            self._avoid_server_until = time.monotonic() + YIELD_PERIODS * self.config.period
+            return
+        # Nothing free below, and a joiner found no place here lately: the tree is jammed
+        # (measured: both slots held by 2 Mbit/s clients, ten clients without a block for
+        # two minutes). The slot goes to one that can relay; this client searches as an
+        # orphan, the server aside for a while.
+        with self._lock:
+            now = time.monotonic()
+            jammed = self.shedding.jammed(now)
+            if jammed:
+                self.shedding.gave_up_slot(now)
+        if jammed:
             self._leave_server()
             self._orphaned(None, "uplink feeds nobody: server slot left to a client that can relay")
 

@@ -2,7 +2,7 @@
 
 import random
 
-from client.moves import SLOT_WATCH_PERIODS, Climb, Moves, OfferSwap, Situation
+from client.moves import SLOT_WATCH_PERIODS, YIELD_PERIODS, Climb, Moves, OfferSwap, Shedding, Situation
 from client.peerproto import Addr
 
 PERIOD = 2.0
@@ -111,3 +111,23 @@ def test_accepting_and_climbing_need_a_settled_attached_client():
     m.moved(10.0)
     assert not m.may_climb(at(13.9)) and m.may_climb(at(14.0))
     assert not m.may_climb(at(20.0, direct=True, attached=False))
+
+
+def test_a_short_uplink_sheds_one_child_a_period_and_tries_leaving_its_slot_once_a_period():
+    shed = Shedding(PERIOD)
+    assert shed.may_relieve(10.0)
+    shed.relieved(10.0)
+    assert not shed.may_relieve(11.9) and shed.may_relieve(12.0)
+    assert shed.may_yield(10.0)
+    assert not shed.may_yield(11.0)      # the try counts: the next a period after it
+    assert shed.may_yield(12.0)
+
+
+def test_a_slot_is_given_up_only_when_joiners_were_turned_away_and_then_kept_off():
+    shed = Shedding(PERIOD)
+    assert not shed.jammed(0.0)          # never turned anyone away
+    shed.turned_away(10.0)
+    assert shed.jammed(13.9) and not shed.jammed(14.0)
+    shed.gave_up_slot(14.0)
+    assert shed.off_server(14.0 + YIELD_PERIODS * PERIOD - 0.1)
+    assert not shed.off_server(14.0 + YIELD_PERIODS * PERIOD)
