@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from statistics import mean, median
 
+from client import capacity
+
 EPOCH_STRIDE = 10_000_000
 
 
@@ -237,6 +239,15 @@ def best_depths(max_children: list[int], slots: int) -> dict[int, int]:
     if i < len(ks):
         hist[0] = len(ks) - i
     return hist
+
+
+def fanout_by_capacity(max_children: int, upload_mbit: float | None, stream: float | None) -> int:
+    """The children an uplink of ``upload_mbit`` can feed a stream of ``stream`` bytes/s:
+    the client's own rule (:func:`client.capacity.places`, with its headroom), given the
+    cap it will measure. No cap or no stream: ``max_children``."""
+    if not upload_mbit or not stream:
+        return max_children
+    return capacity.places(max_children, upload_mbit * 1e6 / 8, stream)
 
 
 def capacity_within(slots: int, fanout: int, depth: int) -> int:

@@ -325,6 +325,12 @@ def make_films(args, folder: Path, code: Path) -> Path:
     return folder
 
 
+def film_stream_rate(films: Path, period: float) -> float | None:
+    """The channels' stream, bytes/s: the films' mean block size, one block a period."""
+    sizes = [p.stat().st_size for p in films.glob("*_*.mkv")]
+    return sum(sizes) / len(sizes) / period if sizes and period > 0 else None
+
+
 def film_digests(films: Path, channels: int) -> list[dict[bytes, int]]:
     """Per channel: block digest -> film index (channel i plays film i, films repeating)."""
     names = sorted({p.name.rsplit("_", 1)[0] for p in films.glob("*_*.mkv")})
@@ -563,7 +569,9 @@ class Scenario:
 
 # ---------------------------------------------------------------- analysis
 
-def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool) -> dict:
+def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool,
+            stream: float | None = None) -> dict:
+    """The figures of one run; ``stream`` (bytes/s) gives the best tree the capped uplinks allow."""
     period = args.period
     epochs = raw["epochs"]
     clients = raw["clients"]
@@ -625,11 +633,20 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool) -> dic
     server_bytes = sum(ch.get("bytes_sent", 0) for s in raw["servers"] if s for ch in s["channels"])
     repair_took = [rep["took"] for f in raw["failures"] for rep in f.get("repairs", {}).values()]
     repair_missed = [rep["missed"] for f in raw["failures"] for rep in f.get("repairs", {}).values()]
-    best = {}
+    caps = getattr(args, "upload_mbit", None) if getattr(args, "netns", False) else None
+    index_of = {r["ip"]: r["index"] for r in clients if "index" in r}
+    best, best_capped = {}, {}
     for ch in range(args.channels):
-        ks = [e["max_children"] for e in survivors if e["channel"] == ch]
+        members = [e for e in survivors if e["channel"] == ch]
+        ks = [e["max_children"] for e in members]
         for d, n in metrics.best_depths(ks, raw["slots"]).items():
             best[d] = best.get(d, 0) + n
+        if caps and any(caps) and stream:
+            capped = [metrics.fanout_by_capacity(
+                e["max_children"], netns.cap_of(caps, index_of.get(e["ip"], 0), args.clients), stream)
+                for e in members]
+            for d, n in metrics.best_depths(capped, raw["slots"]).items():
+                best_capped[d] = best_capped.get(d, 0) + n
     client_cpu = [e["cpu_s"] for e in per_client]
     client_mem = [e["peak_rss_mib"] for e in per_client]
     run_s = raw["t_end"] - raw["t_start"]
@@ -658,6 +675,8 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool) -> dic
         "tree": {"depth_histogram": {str(k): v for k, v in metrics.histogram(
                      s.get("depth") for s in statuses.values()).items()},
                  "best_depth_histogram": {str(k): v for k, v in sorted(best.items())},
+                 **({"best_capacity_depth_histogram": {str(k): v for k, v in sorted(best_capped.items())}}
+                    if best_capped else {}),
                  "children_vs_max": metrics.histogram(
                      f"{len(s.get('children', []))}/{s.get('max_children')}" for s in statuses.values()),
                  **metrics.tree_check(statuses)},
@@ -760,6 +779,9 @@ def table(results: dict) -> str:
         _fmt(r["repair"]["blocks_missed"][k], 1) for k in ("median", "max")))
     add("clients by depth (best)", lambda r: f"{depth_counts(r['tree']['depth_histogram'])} "
         f"(best {depth_counts(r['tree']['best_depth_histogram'])})")
+    if any("best_capacity_depth_histogram" in r["tree"] for r in runs):
+        add("best the uplinks allow", lambda r: depth_counts(
+            r["tree"].get("best_capacity_depth_histogram", {})) or "-")
     add("loops / over limit", lambda r: f"{r['tree']['loops']} / {len(r['tree']['over_limit'])}")
     add("Jain (relays)", lambda r: _fmt(r["load"]["jain_index_relays"]))
     add("server MB sent", lambda r: _fmt(r["load"]["server_bytes_sent"] / 1e6, 1))
@@ -873,7 +895,8 @@ def run_one(args, workdir: Path, films: Path, digests, star: bool) -> dict:
         scenario.run()
     finally:
         scenario.stop()
-    return analyse(args, scenario.observe(digests), digests, star) | {
+    return analyse(args, scenario.observe(digests), digests, star,
+                   film_stream_rate(films, args.period)) | {
         "schedule": [vars(e) for e in scenario.events]}
 
 

@@ -222,3 +222,14 @@ def test_usage_names_the_command_as_it_was_typed(argv, usage):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: {usage} "), done.stdout[:200]
+
+
+def test_the_best_tree_of_capped_uplinks_counts_the_children_each_can_feed():
+    """The 720p film's 3.9 Mbit/s stream: a 2 Mbit/s uplink feeds nobody, 8 one, 20 all of K = 3."""
+    stream = 3.9e6 / 8
+    assert [metrics.fanout_by_capacity(3, cap, stream) for cap in (2, 8, 20, None)] == [0, 1, 3, 3]
+    assert metrics.fanout_by_capacity(3, 8, None) == 3
+    # 30 clients in thirds, two server slots: the 20 Mbit/s ones first, then the 8s in chains.
+    fanouts = [metrics.fanout_by_capacity(3, cap, stream) for cap in [2] * 10 + [8] * 10 + [20] * 10]
+    assert metrics.best_depths(fanouts, 2) == {1: 2, 2: 6, 3: 18, 4: 4}
+    assert metrics.best_depths([3] * 30, 2) == {1: 2, 2: 6, 3: 18, 4: 4}
