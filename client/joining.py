@@ -32,7 +32,9 @@ class Joining:
     """Join, rejoin after a loss, move when told, leave."""
 
     def _orphaned(self, lost: Addr | None, cause: str, seeds=None, server_first=False,
-                  insist: Addr | None = None, moved_by: Addr | None = None) -> None:
+                  insist: Addr | None = None, moved_by: Addr | None = None,
+                  silent: bool = False) -> None:
+        """Our parent is gone (``silent``: it went quiet, its socket is still open): search."""
         log.warning("%s: rejoining", cause)
         self._cancel_repair()
         with self._lock:
@@ -48,17 +50,18 @@ class Joining:
         self._write_status()
         self._find_place(cause, server_first=server_first or was_direct, seeds=seeds,
                          exclude=(lost,) if lost else (), backup=backup, insist=insist,
-                         moved_by=moved_by)
+                         moved_by=moved_by, silent_parent=lost if silent else None)
 
     def _find_place(self, cause: str, server_first: bool, seeds=(), exclude=(),
                     backup: Candidate | None = None, insist: Addr | None = None,
-                    moved_by: Addr | None = None) -> None:
+                    moved_by: Addr | None = None, silent_parent: Addr | None = None) -> None:
         """Try places until one takes us (or we are stopping): the whole rejoin policy.
 
         The order is :func:`client.placement.search`'s; the children stay
         attached meanwhile.
         """
-        rejoin = Rejoin(cause, time.monotonic(), time.time(), depth_before=self.depth)
+        rejoin = Rejoin(cause, time.monotonic(), time.time(), depth_before=self.depth,
+                        silent_parent=silent_parent)
         with self._lock:
             self.rejoins.append(rejoin)
             self._pending_rejoin = rejoin
@@ -332,7 +335,7 @@ class Joining:
             hello = Hello("join", self.me, self.config.channel, self._can_take(),
                           have=have, have_seq=max(self.gate.seq, 0),
                           subtree=tree.members_below(self._relay_view()),
-                          catch_up=catch_up, moved_by=moved_by)
+                          catch_up=catch_up, moved_by=moved_by, lost=rejoin.silent_parent)
         decoder = FrameDecoder()
         talk = roles.Conversation(roles.JOIN, roles.PEER)  # what may come back (client.roles)
         try:
@@ -378,7 +381,8 @@ class Joining:
                 log.warning("place at %s not verified (%s): refused", addr, problem)
             return None
         link = ParentLink(sock, decoder, addr, self.config.parent_silence,
-                          self._on_parent_message, self._on_parent_lost, talk)
+                          self._on_parent_message, self._on_parent_lost, talk,
+                          keepalive=self.config.keepalive_interval)
         self._leave_server()
         with self._deliver_lock, self._lock:
             self.parent, self.parent_link, self.state = addr, link, State.ATTACHED

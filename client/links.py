@@ -256,13 +256,18 @@ class ParentLink:
 
     A reader thread turns incoming frames into node callbacks; silence longer
     than ``silence`` seconds counts as the parent's death, as does a reset or
-    a malformed frame. Silence is judged on bytes, each ``recv`` waiting at
-    most ``silence``: a block that takes longer than that to arrive is
-    alive as long as its bytes keep coming.
+    a malformed frame. Silence is judged on bytes: a block that takes longer
+    than that to arrive is alive as long as its bytes keep coming.
+
+    The same thread sends a keepalive up whenever nothing went up for
+    ``keepalive`` seconds, so that the parent hears this child even while
+    its controller is busy: an orphan of this client that finds the parent
+    silent too may take its place there (``Hello.lost``).
     """
 
     def __init__(self, sock: socket.socket, decoder: FrameDecoder, addr, silence: float,
-                 on_message: Callable, on_lost: Callable, conversation: Conversation):
+                 on_message: Callable, on_lost: Callable, conversation: Conversation,
+                 keepalive: float | None = None):
         """``conversation``: the join's (:data:`client.roles.JOIN`), in its ``attached`` state."""
         self.sock, self.addr = sock, addr
         self._decoder = decoder
@@ -270,17 +275,39 @@ class ParentLink:
         self._on_message, self._on_lost = on_message, on_lost
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
-        sock.settimeout(silence)
+        self._silence = silence
+        self._keepalive = keepalive or silence
+        self._heard = self._said = time.monotonic()
+        sock.settimeout(min(silence, self._keepalive))
         self._thread = threading.Thread(target=self._read_loop, name=f"parent-{addr}")
 
     def start(self) -> None:
         self._thread.start()
 
+    def _next_message(self) -> Message:
+        """The next whole message; ``socket.timeout`` after ``silence`` without a byte."""
+        while True:
+            message = self._decoder.next_message()
+            if message is not None:
+                return message
+            try:
+                data = self.sock.recv(RECV_CHUNK)
+            except socket.timeout:
+                data = None
+            now = time.monotonic()
+            if data is not None:
+                self._heard = now
+                self._decoder.feed(data)
+            elif now - self._heard >= self._silence:
+                raise socket.timeout(f"no byte for {now - self._heard:.2f} s")
+            if now - self._said >= self._keepalive:
+                self.send(Keepalive())
+
     def _read_loop(self) -> None:
         reason = "closed"
         try:
             while not self._closed.is_set():
-                message = read_message(self.sock, self._decoder)
+                message = self._next_message()
                 self._conversation.received(message)
                 self._on_message(self, message)
                 checkpoint("parent-link")
@@ -303,6 +330,7 @@ class ParentLink:
         try:
             with self._send_lock:
                 send_checked(self.sock, self._conversation, message)
+                self._said = time.monotonic()
             return True
         except OwnViolation:
             log.exception("not sent to the parent %s", self.addr)
@@ -340,7 +368,7 @@ class ChildLink:
         """``conversation``: the handshake's, answering a ``Hello(join)`` (its Accept not sent yet)."""
         self.sock, self.addr = sock, addr
         self.conversation = conversation
-        self.started = time.monotonic()
+        self.started = self.heard_at = time.monotonic()   # heard_at: the child's latest frame
         self.bytes_sent = 0
         self.blocks_sent = 0
         self._meter = meter

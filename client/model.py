@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from client.peerproto import Addr
 from client.store import StoreLimit
 
 #: Seconds without a byte from the parent after which it counts as dead (any period).
@@ -130,6 +131,8 @@ class Rejoin:
     missed: int = 0
     depth_before: int = 0
     depth_after: int | None = None
+    #: The parent lost to silence (frozen or unplugged), named in this search's joins.
+    silent_parent: Addr | None = None
 
     def to_json(self) -> dict:
         return {"cause": self.cause, "at": round(self.started_at, 3),
@@ -153,6 +156,7 @@ class Counters:
     swaps: int = 0
     climbs: int = 0
     children_moved: int = 0         # sent elsewhere because their links fell behind
+    silent_children_freed: int = 0  # silent children whose places went to their orphans
     last_block_at: float | None = None
     cut_at_deadline: dict = field(default_factory=dict)     # peers not answering in time, by role
     incompatible_peers: dict = field(default_factory=dict)  # "ip:port": the version it speaks

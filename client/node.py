@@ -628,6 +628,7 @@ class Node(Joining, Upkeep):
                 decision = tree.RejectJoin(f"{clash} is already a child here: one client "
                                            "per address")
             else:
+                self._free_silent_child(hello)
                 decision = tree.decide_join(self._relay_view(), hello)
             if isinstance(decision, tree.DisplaceJoin):
                 decision = self._displace(decision.leaf, hello.addr)
@@ -650,6 +651,29 @@ class Node(Joining, Upkeep):
         ticket.give_back_slot()     # children are bounded by max_children, not by the pool
         child.start()
         self._read_child(conn, decoder, child)
+
+    def _free_silent_child(self, hello: Hello) -> None:
+        """(Under both locks.) The joiner's parent, our child, went silent: free its place.
+
+        Both ends must have found it silent: the joiner heard no byte from it
+        for its parent silence (about a second: its senders stopped), and we
+        none for :data:`CLAIM_SILENCE` (its keepalives up stopped). A frozen
+        or unplugged relay is then gone, and its place goes to its orphan at
+        once, not after the seconds a relay takes to give up on a child link
+        on its own (:attr:`client.model.Config.link_stall`); a joiner cannot
+        free a child that still speaks.
+        """
+        link = self.children.get(hello.lost) if hello.lost is not None else None
+        if link is None or hello.lost == hello.addr:
+            return
+        quiet = time.monotonic() - link.heard_at
+        if quiet < CLAIM_SILENCE:
+            log.info("%s says our child %s is silent; we heard it %.2f s ago: kept",
+                     hello.addr, hello.lost, quiet)
+            return
+        self.counters.silent_children_freed += 1
+        link.cut(f"silent for {quiet:.2f} s, and for its child {hello.addr}")
+        self._forget_child(link, f"silent for {quiet:.2f} s: its place goes to its child {hello.addr}")
 
     def _adopt(self, conn: socket.socket, hello: Hello, talk: roles.Conversation) -> ChildLink:
         """Take a child (under both locks): queue the acceptance and what it missed."""
@@ -682,6 +706,7 @@ class Node(Joining, Upkeep):
             while True:
                 message = read_message(conn, decoder)
                 child.conversation.received(message)  # a child may send only these (client.roles)
+                child.heard_at = time.monotonic()
                 if isinstance(message, Report):
                     with self._lock:
                         if self.children.get(child.addr) is child:
@@ -827,7 +852,8 @@ class Node(Joining, Upkeep):
         link = event.link
         if isinstance(event, inputs.ParentLost):
             parent_was_direct = len(self.path) == 1
-            self._orphaned(link.addr, f"parent {link.addr} lost: {event.reason}")
+            self._orphaned(link.addr, f"parent {link.addr} lost: {event.reason}",
+                           silent=event.reason == "silent")
             if parent_was_direct:
                 self.moves.lost_direct_parent(time.monotonic())  # (client.moves)
         elif isinstance(event, inputs.ParentForged):
@@ -905,6 +931,7 @@ class Node(Joining, Upkeep):
                 "rejoins": max(0, len(self.rejoins) - 1),
                 "swaps": self.counters.swaps,
                 "climbs": self.counters.climbs,
+                "silent_children_freed": self.counters.silent_children_freed,  # Hello.lost
                 "last_block_at": self.counters.last_block_at,
                 "members": [str(a) for a in tree.members_below(self._relay_view())],
                 "refusals": dict(self._blame.counts),   # strangers refused, by blame
@@ -946,6 +973,10 @@ class Node(Joining, Upkeep):
         for watch in self.watchers:
             watch("status", None)
 
+
+#: A child not heard for this long (its keepalives come every quarter second at most) whose
+#: own child finds it silent too is gone (:meth:`Node._free_silent_child`).
+CLAIM_SILENCE = 0.75
 
 #: How long (in periods, at least 30 s) a relay caught lying is not chosen as a parent.
 DISTRUST_PERIODS = 30

@@ -192,7 +192,8 @@ class Hello:
     sent the joiner here (a swap partner the receiver expects); ``catch_up`` asks a new
     joiner's parent for that many recent blocks to start behind live;
     ``subtree`` lists the joiner's own descendants, which the receiver must
-    not be.
+    not be; ``lost`` names the joiner's parent that went silent (if that is
+    the receiver's child and silent there too, its place is the joiner's).
     """
 
     TYPE: ClassVar[int] = 1
@@ -206,6 +207,7 @@ class Hello:
     want: tuple[bytes, ...] = ()
     have_seq: int = 0
     moved_by: Addr | None = None
+    lost: Addr | None = None
     proto: str = PROTOCOL
     version: int = VERSION
 
@@ -229,7 +231,8 @@ class Hello:
                 "subtree": [asdict(a) for a in self.subtree],
                 "catch_up": self.catch_up, "want": [d.hex() for d in self.want],
                 "have_seq": self.have_seq,
-                "moved_by": asdict(self.moved_by) if self.moved_by else None}
+                "moved_by": asdict(self.moved_by) if self.moved_by else None,
+                **({"lost": asdict(self.lost)} if self.lost else {})}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Hello":
@@ -242,6 +245,7 @@ class Hello:
                    want=_digests(obj.get("want", []), "want", MAX_WANT),
                    have_seq=obj.get("have_seq", 0),
                    moved_by=None if obj.get("moved_by") is None else Addr.parse(obj["moved_by"]),
+                   lost=None if obj.get("lost") is None else Addr.parse(obj["lost"]),
                    proto=obj.get("proto"), version=obj.get("version"))
 
 
@@ -359,7 +363,7 @@ class Block:
 
 @dataclass(frozen=True)
 class Keepalive:
-    """Sent by a parent when it has had nothing else to send for a while."""
+    """Sent on a parent link, either way, when nothing else went that way for a while."""
 
     TYPE: ClassVar[int] = 6
 

@@ -101,7 +101,8 @@ class Role:
 _PARENT = {"attached": {"Block": "attached", "Keepalive": "attached", "Advice": "attached",
                         "PathUpdate": "attached", "Swap": "attached",
                         "Move": DONE, "Drop": DONE}}
-_CHILD = {"child": {"Report": "child", "SwapAnswer": "child", "Bye": DONE}}
+_CHILD = {"child": {"Report": "child", "Keepalive": "child", "SwapAnswer": "child",
+                    "Bye": DONE}}
 
 PARENT = Role("parent", "attached", _PARENT,
               "what our parent may send us once it accepted us")

@@ -548,7 +548,8 @@ def test_a_frozen_parent_is_found_within_about_a_second_at_a_long_period(cluster
 
     Its keepalives stop: the leaf must count it lost by silence after the
     second the client reports (status.json), not after two periods (6 s)
-    as before, and take its place under the root without a hole.
+    as before, and take its place under the root without a hole; the root,
+    which no longer hears the relay either, hands the place over at once.
     """
     period = 3.0
     server = cluster.start_server(max_clients=1, period=period, channels=1)
@@ -578,6 +579,9 @@ def test_a_frozen_parent_is_found_within_about_a_second_at_a_long_period(cluster
     finally:
         relay.thaw()
     assert status(leaf)["parent"] == {"ip": root.ip, "port": PEER_PORT}
+    # The root's only place was the frozen relay's: it went to the leaf on the leaf's word
+    # and the root's own silence (Hello.lost), not after the root gave up on the link.
+    assert status(root)["silent_children_freed"] == 1
     assert leaf.stop() == 0
     rejoin = json.loads((Cluster.store_of(leaf) / "stats.json").read_text())["rejoins"][0]
     assert rejoin["cause"].endswith("lost: silent"), rejoin

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 
 import pytest
 
-from client.links import send_progressing
+from client import roles
+from client.links import ParentLink, send_progressing
 from client.model import Config
+from client.peerproto import Addr, FrameDecoder, Keepalive, Report, encode
 
 
 @pytest.mark.parametrize("period", [0.5, 2.0, 8.0])
@@ -75,3 +78,31 @@ def test_a_stalled_send_is_still_looked_at_while_it_waits_for_room():
     waits = [c for c in calls if c[0] == 0]
     assert calls[0][0] > 0 and len(waits) >= 5, calls[:3]
     assert all(left == calls[0][1] for _, left in waits)   # nothing more left after the first
+
+
+def test_a_child_keeps_its_parent_hearing_it_and_counts_a_parent_that_says_nothing_lost():
+    """The child's reader sends a keepalive up every 0.1 s of its own silence; the parent here
+    sends one frame, then nothing: lost after the 0.6 s bound, with keepalives up meanwhile."""
+    child_end, parent_end = socket.socketpair()
+    lost = queue.Queue()
+    talk = roles.Conversation(roles.JOIN, roles.PEER, our_state="attached", their_state="child")
+    link = ParentLink(child_end, FrameDecoder(), Addr("127.0.0.1", 1), silence=0.6,
+                      on_message=lambda link, message: None,
+                      on_lost=lambda link, reason: lost.put(reason), conversation=talk,
+                      keepalive=0.1)
+    link.start()
+    try:
+        parent_end.sendall(encode(Keepalive()))
+        assert lost.get(timeout=10) == "silent"
+        link.send(Report(0, 0))
+        parent_end.settimeout(5.0)
+        decoder, up = FrameDecoder(), []
+        while not any(isinstance(m, Report) for m in up):
+            decoder.feed(parent_end.recv(4096))
+            while (message := decoder.next_message()) is not None:
+                up.append(message)
+        # At least four keepalives in the 0.6 s of the parent's silence, before the report.
+        assert sum(isinstance(m, Keepalive) for m in up) >= 4, up
+    finally:
+        link.close()
+        parent_end.close()
