@@ -11,7 +11,8 @@ import pytest
 from client import roles
 from client.links import ParentLink, send_progressing
 from client.model import Config
-from client.peerproto import Addr, FrameDecoder, Keepalive, Report, encode
+from client.node import Node
+from client.peerproto import Addr, Block, FrameDecoder, Keepalive, Report, encode
 
 
 @pytest.mark.parametrize("period", [0.5, 2.0, 8.0])
@@ -106,3 +107,32 @@ def test_a_child_keeps_its_parent_hearing_it_and_counts_a_parent_that_says_nothi
     finally:
         link.close()
         parent_end.close()
+
+
+def test_a_repair_served_to_a_slow_fetcher_is_served_whole_past_the_socket_s_timeout(tmp_path):
+    """300 kB to a fetcher taking 80 kB/s: about 4 s, on a socket whose timeout is 0.5 s (the
+    peer handler's own, 3 s, bounded each whole block's send and cut repairs mid-frame)."""
+    node = Node(Config("127.0.0.1", "127.0.0.1", 9090, 0, 1, tmp_path / "store", period=2.0))
+    sender, receiver = socket.socketpair()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sender.settimeout(0.5)
+    frame = encode(Block.of(0, b"x" * 300_000))
+    got = bytearray()
+    done = threading.Event()
+
+    def slow_fetcher():
+        while len(got) < len(frame) and not done.wait(0.1):
+            got.extend(receiver.recv(8 * 1024))
+
+    reader = threading.Thread(target=slow_fetcher)
+    reader.start()
+    try:
+        assert node._send_paced(sender, frame)
+        reader.join(timeout=30)
+    finally:
+        done.set()
+        reader.join(timeout=5)
+        sender.close()
+        receiver.close()
+    assert bytes(got) == frame
