@@ -28,6 +28,23 @@ HAVE_COUNT = 8
 MAX_INCOMPATIBLE = 16
 
 
+def repair_sources(parent: Addr, path: tuple[Addr, ...], old_path: tuple[Addr, ...],
+                   silent: Addr | None) -> list[Addr]:
+    """Whom a newly attached client fetches what it missed from: its new parent, the
+    parent's ancestors, then its own former ancestors (nearest first, each once).
+
+    The former ones matter near the top: a client that takes a swap partner's
+    place at depth 2 has one new ancestor only, and when that one failed the
+    blocks were lost for its whole subtree. A parent lost to silence is left
+    out (a frozen source stalls a fetch for seconds); a dead one refuses at once.
+    """
+    sources = []
+    for addr in (parent, *reversed(path), *reversed(old_path)):
+        if addr not in sources and addr != silent:
+            sources.append(addr)
+    return sources
+
+
 class Joining:
     """Join, rejoin after a loss, move when told, leave."""
 
@@ -387,6 +404,7 @@ class Joining:
         with self._deliver_lock, self._lock:
             self.parent, self.parent_link, self.state = addr, link, State.ATTACHED
             self.moves.moved(time.monotonic())
+            old_path = self.path
             self.path, self.depth = answer.path + (addr,), answer.depth + 1
             self._backup = self._advice = None  # the new parent will advise
             latest = self.window.latest_digests(1)
@@ -401,7 +419,8 @@ class Joining:
                 missing = [] if latest else list(answer.missing)
             self.gate.follow(link, skip, gap_check=gap_check)
             if missing:
-                job = self._repair_job(missing, [addr, *reversed(answer.path)], rejoin)
+                job = self._repair_job(missing, repair_sources(addr, answer.path, old_path,
+                                                               rejoin.silent_parent), rejoin)
                 self.gate.start_repair(job)
                 job.start()
         link.start()

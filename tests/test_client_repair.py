@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from client.joining import repair_sources
 from client.peerproto import Addr
 from client.repair import MAX_ACTIVE_SOURCES, RepairPlan
 
@@ -591,3 +592,11 @@ def test_a_new_source_takes_the_end_of_the_longest_part():
         plan.received(a if key in keys[:2] else c if key in keys[2:5] else b, key, b"x", now=2.0)
     released = dict(plan.release())
     assert plan.done and released[keys[2]] == b"early"
+
+
+def test_a_newly_attached_client_fetches_from_its_new_ancestors_then_its_former_ones():
+    a, b, c, d = (Addr(f"127.0.5.{i}", 7000) for i in range(1, 5))
+    # Took a swap partner's place at depth 2 under a: a alone above, then b (the partner).
+    assert repair_sources(a, (), (a, b), silent=None) == [a, b]
+    # An orphan of a frozen c, now under d below a: c is never asked.
+    assert repair_sources(d, (a,), (a, b, c), silent=c) == [d, a, b]
