@@ -27,6 +27,9 @@ HAVE_COUNT = 8
 #: Peers remembered in status.json ``incompatible_peers`` (those that refused our version).
 MAX_INCOMPATIBLE = 16
 
+#: Sources that place our latest block asked for a gap before it is fetched (_fill_gap).
+GAP_SOURCES = 2
+
 
 def repair_sources(parent: Addr, path: tuple[Addr, ...], old_path: tuple[Addr, ...],
                    silent: Addr | None) -> list[Addr]:
@@ -186,6 +189,7 @@ class Joining:
         if not joined:
             return False
         with self._deliver_lock, self._lock:
+            self._former_path = self.path   # asked too for what was missed (_server_gap)
             self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
             self.parent_link = None
             self.moves.moved(time.monotonic())
@@ -236,7 +240,11 @@ class Joining:
         with self._lock:
             if self.parent != SERVER or not self.gate.gap_check:
                 return
-        self._fill_gap("on the way to the server", self._listed_direct_clients(), SERVER)
+            former = list(reversed(self._former_path))
+        # The other direct clients may be as new as this one (both slots changed hands at
+        # once): its former ancestors had the block of the round it missed (measured).
+        self._fill_gap("on the way to the server", [*self._listed_direct_clients(), *former],
+                       SERVER)
 
     def _listed_direct_clients(self) -> list[Addr]:
         ips = self._server_call(self.server.clients, self.config.channel) or []
@@ -249,27 +257,35 @@ class Joining:
         not reach back to our latest block (a newcomer) resumes us live: a
         block sent meanwhile would be missing here and in our whole subtree.
         ``sources`` (other direct clients, or the new parent's ancestors)
-        are asked in turn, with a probe that carries our latest blocks,
-        until one finds them. Live blocks wait (the gate's ``gap_check``) meanwhile.
+        are asked in turn, with a probe that carries our latest blocks, until
+        :data:`GAP_SOURCES` of them place it; the longest list of blocks after
+        ours that one names is fetched from all of them. One is not enough: a
+        source with a hole of its own names the blocks around it, not the one
+        it lacks. Live blocks wait (the gate's ``gap_check``) meanwhile.
         """
         with self._lock:
             probe = Hello("probe", self.me, self.config.channel,
                           have=self.window.latest_digests(HAVE_COUNT), have_seq=max(self.gate.seq, 0))
             members = set(tree.members_below(self._relay_view()))
-        missing, source = [], None
-        for addr in sources:
+        missing, found = [], []
+        for addr in dict.fromkeys(sources):
             if addr == self.me or addr in members or addr == parent:
                 continue
             info = self._ask(addr, probe)
             if isinstance(info, Info) and info.after is not None:
                 with self._lock:
                     ours = set(self.window.latest_digests(self.window.capacity))
-                missing, source = [d for d in info.missing if d not in ours], addr
-                break
+                named = [d for d in info.missing if d not in ours]
+                if len(named) > len(missing):   # the fullest window, in its play order
+                    missing = named
+                found.append(addr)
+                if len(found) >= GAP_SOURCES:
+                    break
         with self._deliver_lock, self._lock:
             if missing and self.parent == parent:
-                log.info("missed %d block(s) %s: fetching them from %s", len(missing), why, source)
-                job = self._repair_job(missing, [source], self._pending_rejoin)
+                log.info("missed %d block(s) %s: fetching them from %s", len(missing), why,
+                         ", ".join(map(str, found)))
+                job = self._repair_job(missing, found, self._pending_rejoin)
                 # The parent may still send the newest of them: they are skipped then.
                 self.gate.gap_checked(time.time(), job, missing)
                 job.start()

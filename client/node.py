@@ -116,6 +116,7 @@ class Node(Joining, Upkeep):
         # calls are made under the deliver lock, in arrival order.
         self.gate = Gate(config.period, self.window.capacity)
         self._server_member = False
+        self._former_path: tuple[Addr, ...] = ()      # the path before becoming direct
         self._sent_before: dict[str, int] = {}
         self._backup: Candidate | None = None           # where I go if my parent dies
         self._advice: Candidate | None = None           # my children's backup if I die
