@@ -81,7 +81,7 @@ class Joining:
         attached meanwhile.
         """
         rejoin = Rejoin(cause, time.monotonic(), time.time(), depth_before=self.depth,
-                        silent_parent=silent_parent)
+                        silent_parent=silent_parent, sent_to=insist)
         with self._lock:
             self.rejoins.append(rejoin)
             self._pending_rejoin = rejoin
@@ -408,6 +408,11 @@ class Joining:
                 # Not a lie (yet): refused for now, and asked again (client.placement).
                 log.info("place at %s not verified yet (%s): asking again", addr, problem)
                 return Reject(f"place not verified yet: {problem}")
+            if not answer.path and addr == rejoin.sent_to:
+                # Still not listed once the insisting is over: the partner lost the race
+                # for the slot (another client's join came first). Honest, and unplaced.
+                log.info("place at %s not verified (%s): refused", addr, problem)
+                return None
             if not answer.path:  # a false depth-1 claim: a lie of the offering relay alone
                 self._distrust(addr, f"{problem}: place refused")
             else:

@@ -133,6 +133,8 @@ class Rejoin:
     depth_after: int | None = None
     #: The parent lost to silence (frozen or unplugged), named in this search's joins.
     silent_parent: Addr | None = None
+    #: Where this search was sent (a swap partner, a leaving parent's choice): never a liar.
+    sent_to: Addr | None = None
 
     def to_json(self) -> dict:
         return {"cause": self.cause, "at": round(self.started_at, 3),
