@@ -136,3 +136,4 @@ def test_a_repair_served_to_a_slow_fetcher_is_served_whole_past_the_socket_s_tim
         sender.close()
         receiver.close()
     assert bytes(got) == frame
+

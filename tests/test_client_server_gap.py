@@ -17,7 +17,12 @@ import time
 import types
 
 from bench.cluster import Cluster, next_address, wait_until
+from client.delivery import SERVER
 from client.links import connect_from, listen_on
+from client.model import Config
+from client.node import Node
+from client.peerproto import Addr, Block, Info
+from client.store import Stored
 from server import protocol as stock
 from test_client_e2e import assert_continuous, status
 
@@ -144,3 +149,39 @@ def test_a_new_direct_client_fetches_the_block_still_on_its_way_to_the_other(
         finally:
             cluster.stop_all()
             server.close()
+
+
+def test_a_new_direct_client_fetches_the_fullest_list_of_what_it_missed_from_every_source(
+        tmp_path, monkeypatch):
+    """The other direct client is as new as this one and lacks block 2 too: it names 3 only.
+    A former ancestor names 2 and 3; both are fetched, from both."""
+    node = Node(Config("127.0.0.1", "127.0.0.1", 9090, 0, 1, tmp_path / "store", period=2.0))
+    blocks = [Block.of(i, bytes([i]) * 100) for i in range(4)]
+    for block in blocks[:2]:
+        node.window.append(Stored(block, 0.0))
+    other, former = Addr("127.0.0.5", 9092), Addr("127.0.0.6", 9092)
+    names = {other: (blocks[1].digest, (blocks[3].digest,)),
+             former: (blocks[1].digest, (blocks[2].digest, blocks[3].digest))}
+    asked, jobs = [], []
+
+    def ask(addr, probe):
+        asked.append(addr)
+        after, missing = names[addr]
+        return Info(True, 1, 0, 0, (), after, missing)
+
+    class Job:
+        def start(self):
+            pass
+
+    def repair_job(missing, sources, rejoin):
+        jobs.append((missing, sources))
+        return Job()
+
+    monkeypatch.setattr(node, "_ask", ask)
+    monkeypatch.setattr(node, "_repair_job", repair_job)
+    monkeypatch.setattr(node, "_listed_direct_clients", lambda: [node.me, other])
+    node.parent, node._former_path = SERVER, (former,)
+    node.gate.follow(SERVER, gap_check=True)
+    node._server_gap()
+    assert asked == [other, former]
+    assert jobs == [([blocks[2].digest, blocks[3].digest], [other, former])]
