@@ -30,7 +30,8 @@ class RepairJob:
 
     ``on_block(digest, block)`` gets each block in play order, ``block`` None
     for a block no source could give; ``on_done(job)`` is called once, always.
-    ``deadline`` bounds the whole job, each fetch's reads included.
+    ``deadline`` bounds the whole job, each fetch's reads included;
+    ``emit(event, **fields)`` records each source that fails (:mod:`client.events`).
     """
 
     #: What a source may answer (client.roles).
@@ -40,10 +41,12 @@ class RepairJob:
                  on_block: Callable[[bytes, Block | None], None],
                  on_done: Callable[["RepairJob"], None], deadline: float,
                  clock: Callable[[], float] = time.monotonic,
-                 check: Callable[[bytes, Addr], bool] | None = None):
+                 check: Callable[[bytes, Addr], bool] | None = None,
+                 emit: Callable[..., None] | None = None):
         self.plan, self.own, self.channel = plan, own, channel
         self._check = check  # (digest, source): may this block be stored (client.verify)
         self._on_block, self._on_done = on_block, on_done
+        self._emit = emit or (lambda event, **fields: None)  # the node's events (client.events)
         self._deadline = deadline
         self._clock = clock
         self._reports: queue.Queue = queue.Queue()
@@ -110,11 +113,14 @@ class RepairJob:
                     self._launch(self.plan.add_source(source, now))
                 elif kind == "failed":
                     log.warning("repair source %s failed: %s", source, payload)
+                    self._emit("repair_source_failed", source=source, why=payload)
                     self.failures.setdefault(str(source), payload)
                     self.failed_at.setdefault(str(source), time.time())
                     self._launch(self.plan.failed(source, now))
             for source in self.plan.stalled(now):
                 log.warning("repair source %s stalled: the others take over its part", source)
+                self._emit("repair_source_failed", source=source,
+                           why=f"stalled for {self.plan.stall_after:.1f} s")
                 self.failures.setdefault(str(source), f"stalled for {self.plan.stall_after:.1f} s")
                 self.failed_at.setdefault(str(source), time.time())
                 self._close(source)

@@ -56,6 +56,7 @@ class Joining:
                   silent: bool = False) -> None:
         """Our parent is gone (``silent``: it went quiet, its socket is still open): search."""
         log.warning("%s: rejoining", cause)
+        self.events.emit("rejoin", cause=cause, lost=lost, silent=silent, moved_by=moved_by)
         self._cancel_repair()
         with self._lock:
             link, self.parent_link = self.parent_link, None
@@ -96,6 +97,8 @@ class Joining:
         if rejoin.depth_after is not None:
             log.info("placed at depth %d (was %d; %s): %s", rejoin.depth_after,
                      rejoin.depth_before, how, cause)
+            self.events.emit("attached", parent=self.parent, depth=rejoin.depth_after,
+                             was=rejoin.depth_before, how=how, cause=cause)
 
     def _search_place(self, rejoin: Rejoin, server_first: bool, seeds, exclude,
                       backup: Candidate | None, insist: Addr | None,
@@ -285,6 +288,8 @@ class Joining:
             if missing and self.parent == parent:
                 log.info("missed %d block(s) %s: fetching them from %s", len(missing), why,
                          ", ".join(map(str, found)))
+                self.events.emit("gap", kind="server" if parent == SERVER else "window",
+                                 count=len(missing), sources=found)
                 job = self._repair_job(missing, found, self._pending_rejoin)
                 # The parent may still send the newest of them: they are skipped then.
                 self.gate.gap_checked(time.time(), job, missing)

@@ -32,7 +32,8 @@ import struct
 import threading
 import time
 
-from client import capacity, channels, crosswire, inputs, places, roles, strangers, tree, verify
+from client import capacity, channels, crosswire, events, inputs, places, roles, strangers, tree, verify
+from client.eventlog import EventLog
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
@@ -72,6 +73,7 @@ class Node(Joining, Upkeep):
         self.me = Addr(config.ip, config.peer_port)
         self.store = BlockStore(config.store, config.store_limit, quiet_limit=not config.player)
         self.player_watch = PlayerWatch(config.store)
+        self.events = EventLog(lambda: self.config.store / events.FILE)  # (client.events)
         self.window = RecentWindow(int(config.window_seconds / config.period) + 1)
         self.server = StockServer(config.server_host, config.server_port, config.ip)
         self._lock = threading.RLock()
@@ -397,11 +399,12 @@ class Node(Joining, Upkeep):
         job = RepairJob(plan, self.me, self.config.channel,
                         lambda digest, block: self._repaired_block(job, digest, block),
                         self._repair_done, deadline=max(4 * self.config.period, 5.0),
-                        check=self._authentic)
+                        check=self._authentic, emit=self.events.emit)
         if rejoin is not None:
             rejoin.missed = len(missing)
         log.info("repairing %d missed block(s) from %s", len(missing),
                  ", ".join(str(s) for s in sources[:3]))
+        self.events.emit("repair_started", missing=len(missing), sources=sources)
         return job
 
     def _repaired_block(self, job: RepairJob, digest: bytes, block: Block | None) -> None:
@@ -423,6 +426,8 @@ class Node(Joining, Upkeep):
             self._perform(self.gate.repair_done(job, time.time()))
         log.info("repair done: %d block(s) from %s, %d lost", sum(job.fetched_from.values()),
                  job.fetched_from or "nobody", job.plan.lost)
+        self.events.emit("repair_done", by_source=job.fetched_from,
+                         repaired=sum(job.fetched_from.values()), lost=job.plan.lost)
         self._write_status()
 
     def _cancel_repair(self) -> None:
@@ -702,6 +707,8 @@ class Node(Joining, Upkeep):
         self.moves.children_changed(time.monotonic())
         log.info("new child %s (resumes %s, %d missed block(s) to fetch)", hello.addr,
                  "after its latest block" if after else "live", len(missed))
+        self.events.emit("child_added", child=hello.addr, resumes="latest" if after else "live",
+                         missed=len(missed))
         self._write_status()
         return child
 
@@ -759,6 +766,8 @@ class Node(Joining, Upkeep):
         with self._uplink_lock:
             self.uplink.forget(child, time.monotonic())
         log.info("child %s gone: %s", child.addr, reason)
+        self.events.emit("child_gone", child=child.addr, kind=events.child_gone_kind(reason),
+                         reason=reason)
         self._write_status()
 
     # -- the parent link -----------------------------------------------------
@@ -859,6 +868,7 @@ class Node(Joining, Upkeep):
         link = event.link
         if isinstance(event, inputs.ParentLost):
             parent_was_direct = len(self.path) == 1
+            self.events.emit("parent_lost", parent=link.addr, reason=event.reason)
             self._orphaned(link.addr, f"parent {link.addr} lost: {event.reason}",
                            silent=event.reason == "silent")
             if parent_was_direct:

@@ -8,7 +8,6 @@ stored blocks are compared with the film's own files.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import struct
@@ -16,6 +15,9 @@ import subprocess
 import time
 
 from bench.cluster import Cluster, session_ports, wait_until
+from client import eventlog
+from client.events import FILE as EVENTS_FILE
+from client.links import StockServer
 from client.peerproto import block_digest
 
 PERIOD = 0.5
@@ -49,6 +51,16 @@ def status(proc):
     return Cluster.status_of(proc) or {}
 
 
+def events(proc, name):
+    """The client's events called ``name`` (its events.jsonl, client.events), oldest first."""
+    return [e for e in eventlog.read(Cluster.store_of(proc) / EVENTS_FILE) if e["event"] == name]
+
+
+def addr(proc):
+    """A client's peer address as the events name it."""
+    return f"{proc.ip}:{PEER_PORT}"
+
+
 def receiving(procs, at_least):
     """True when every client has stored at least ``at_least`` blocks."""
     return all(status(p).get("blocks_received", 0) >= at_least for p in procs)
@@ -62,9 +74,10 @@ def counts(procs):
     return {p.ip: status(p).get("blocks_received", 0) for p in procs}
 
 
-def start_tree(cluster, n, *extra, max_children=2, max_clients=1, channels=2):
+def start_tree(cluster, n, *extra, max_children=2, max_clients=1, channels=2, server_args=()):
     """A server and ``n`` clients started one after the other, each awaited in place."""
-    server = cluster.start_server(max_clients=max_clients, period=PERIOD, channels=channels)
+    server = cluster.start_server(*server_args, max_clients=max_clients, period=PERIOD,
+                                  channels=channels)
     clients = []
     for _ in range(n):
         proc = cluster.start_client(server, *extra, max_children=max_children, period=PERIOD)
@@ -151,10 +164,12 @@ def test_killed_relay_children_rejoin_with_their_subtree_and_lose_nothing(cluste
         assert isinstance(after[ip]["parent"], dict) or after[ip]["parent"] == "server"
         assert after[ip]["parent"] != {"ip": victim.ip, "port": PEER_PORT}
         assert after[ip]["rejoins"] >= 1
+        assert addr(victim) in [e["parent"] for e in events(by_ip[ip], "parent_lost")]
         for below in grandchildren[ip]:
             # The orphan's subtree moved with it: its children never lost their parent
             # (they may climb to a shallower place later on, which is another matter).
-            assert f"parent {ip}:{PEER_PORT} lost" not in by_ip[below].log_text()
+            lost = [e for e in events(by_ip[below], "parent_lost") if e["parent"] == f"{ip}:{PEER_PORT}"]
+            assert not lost, f"{below} lost its parent {ip}: {lost}"
     assert all(len(s["children"]) <= 2 for s in after.values())
     for proc in survivors:
         assert_continuous(proc, films)
@@ -171,8 +186,8 @@ def test_leaving_relay_hands_its_children_over_before_it_is_gone(cluster, films)
     assert leaver.stop() == 0
     wait_until(lambda: received_more(survivors, before, 4), 30, "survivors to receive 4 more blocks")
     for proc in orphans:
-        stats_rejoins = [line for line in proc.log_text().splitlines() if "is leaving" in line]
-        assert stats_rejoins, f"{proc.ip} was not told that its parent was leaving"
+        moved = [e for e in events(proc, "rejoin") if e["moved_by"] == addr(leaver)]
+        assert moved, f"{proc.ip} was not told that its parent was leaving"
     for proc in survivors:
         assert_continuous(proc, films)
     leaver_stats = json.loads((Cluster.store_of(leaver) / "stats.json").read_text())
@@ -184,8 +199,15 @@ def test_server_restart_everyone_comes_back(cluster, films):
     server.kill()
     server2 = cluster.start_server(ip=server.ip, max_clients=1, period=PERIOD, channels=2,
                                    name="server-restarted")
-    wait_until(lambda: "listening" in server2.log_text().lower() or not server2.alive, 10,
-               "the restarted server to listen")
+    asker = StockServer(server2.ip, cluster.ports.server, "127.0.0.249", timeout=2.0)
+
+    def answers_a_count():
+        try:
+            return asker.count(0) is not None or not server2.alive
+        except OSError:
+            return False
+
+    wait_until(answers_a_count, 10, "the restarted server to answer")
     assert server2.alive, server2.log_text()
     before = counts(clients)
     wait_until(lambda: received_more(clients, before, 4), 40, "everyone to receive again")
@@ -281,7 +303,7 @@ def test_a_child_that_stops_reading_is_dropped_and_its_siblings_lose_nothing(clu
         wait_until(lambda: stuck_ip not in {c["ip"] for c in status(parent).get("children", [])},
                    20, "the stuck child to be dropped")
         wait_until(lambda: received_more(clients, before, 4), 20, "the others to keep receiving")
-    assert f"child {stuck_ip}:{PEER_PORT} gone" in parent.log_text()
+    assert [e["child"] for e in events(parent, "child_gone")] == [f"{stuck_ip}:{PEER_PORT}"]
     for proc in clients:
         assert_continuous(proc, films)
 
@@ -317,7 +339,9 @@ def test_frozen_relay_is_detected_by_silence_and_its_children_lose_nothing(clust
     finally:
         victim.thaw()
     for proc in orphans:
-        assert "lost: silent" in proc.log_text(), f"{proc.ip} did not detect the silence"
+        assert {"parent": addr(victim), "reason": "silent"} in [
+            {k: e[k] for k in ("parent", "reason")} for e in events(proc, "parent_lost")], \
+            f"{proc.ip} did not detect the silence"
         assert status(proc)["parent"] != {"ip": victim.ip, "port": PEER_PORT}
     for proc in survivors:
         assert_continuous(proc, films)
@@ -386,18 +410,23 @@ def chain_with_newcomer(cluster, *newcomer_args):
     return chain, newcomer
 
 
-def repair_sources(proc):
-    """The sources named in the newcomer's 'repair done' line, with their block counts."""
-    line = next(l for l in proc.log_text().splitlines() if "repair done" in l)
-    return line, {ip: int(n) for ip, n in re.findall(rf"'([\d.]+):{PEER_PORT}': (\d+)", line)}
+def repair_done(proc):
+    """The client's first finished repair (its ``repair_done`` event), or None."""
+    done = events(proc, "repair_done")
+    return done[0] if done else None
+
+
+def repair_sources(done):
+    """ip -> how many blocks a finished repair fetched from it."""
+    return {source.rsplit(":", 1)[0]: n for source, n in done["by_source"].items()}
 
 
 def test_catch_up_fills_a_newcomer_s_buffer_from_several_peers(cluster, films):
     chain, newcomer = chain_with_newcomer(cluster, "--catch-up", "3")  # 3 s = 6 blocks
-    wait_until(lambda: "repair done" in newcomer.log_text(), 30, "the catch-up to finish")
-    line, sources = repair_sources(newcomer)
-    assert sum(sources.values()) == 6 and len(sources) == 3, line
-    assert "0 lost" in line
+    done = wait_until(lambda: repair_done(newcomer), 30, "the catch-up to finish")
+    sources = repair_sources(done)
+    assert sum(sources.values()) == 6 and len(sources) == 3, done
+    assert done["repaired"] == 6 and done["lost"] == 0, done
     before = status(newcomer)["blocks_received"]
     wait_until(lambda: received_more([newcomer], {newcomer.ip: before}, 3), 20, "live blocks")
     assert status(newcomer)["blocks_repaired"] == 6
@@ -409,12 +438,13 @@ def test_repair_completes_from_the_others_when_a_source_dies_mid_way(cluster, fi
     root, middle, last = chain
     # The newcomer fetches two blocks from each of last, middle and root, at 100 kB/s
     # (a few tenths of a second per block): kill the middle one as soon as it starts.
-    wait_until(lambda: "repairing 6 missed block(s)" in newcomer.log_text(), 30, "the repair to start")
+    wait_until(lambda: [e for e in events(newcomer, "repair_started") if e["missing"] == 6], 30,
+               "the repair to start")
     middle.kill()
-    wait_until(lambda: "repair done" in newcomer.log_text(), 30, "the repair to finish")
-    line, sources = repair_sources(newcomer)
-    assert f"repair source {middle.ip}:{PEER_PORT} failed" in newcomer.log_text()
-    assert sum(sources.values()) == 6 and "0 lost" in line, line
+    done = wait_until(lambda: repair_done(newcomer), 30, "the repair to finish")
+    sources = repair_sources(done)
+    assert addr(middle) in [e["source"] for e in events(newcomer, "repair_source_failed")]
+    assert sum(sources.values()) == 6 and done["lost"] == 0, done
     assert sources.get(middle.ip, 0) < 2, "the killed source cannot have served its whole part"
     survivors = [root, last, newcomer]
     before = counts(survivors)
@@ -425,9 +455,13 @@ def test_repair_completes_from_the_others_when_a_source_dies_mid_way(cluster, fi
 
 def test_a_frozen_direct_client_loses_its_server_slot_and_the_tree_recovers(cluster, films):
     """SIGSTOP on the only direct client: its kernel must not keep accepting the server's blocks."""
-    server, clients = start_tree(cluster, 4, "--balance-margin", "0")
+    stats = cluster.workdir / "server-stats.json"
+    server, clients = start_tree(cluster, 4, "--balance-margin", "0",
+                                 server_args=("--stats", str(stats)))
     root = next(p for p in clients if status(p)["parent"] == "server")
     survivors = [p for p in clients if p is not root]
+    asker = StockServer(server.ip, cluster.ports.server, "127.0.0.249")
+    assert asker.clients(0) == [root.ip]
     before = counts(survivors)
     root.freeze()
     try:
@@ -435,11 +469,15 @@ def test_a_frozen_direct_client_loses_its_server_slot_and_the_tree_recovers(clus
         # kernel's default queue would take for the frozen client.
         wait_until(lambda: received_more(survivors, before, 6), 40 * PERIOD,
                    "the survivors to receive again")
+        listed = asker.clients(0)  # (11X) what the server serves now
     finally:
         root.thaw()
-    assert f"removed {root.ip}" in server.log_text()
     statuses = tree_of(survivors)
-    assert [s["parent"] for s in statuses.values()].count("server") == 1
+    direct = [ip for ip, s in statuses.items() if s["parent"] == "server"]
+    assert len(direct) == 1 and listed == direct, (listed, direct)
+    assert server.stop() == 0
+    channel0 = json.loads(stats.read_text())["channels"][0]
+    assert channel0["removals"] >= 1 and channel0["send_failures"] >= 2, channel0
 
 
 def test_a_client_that_becomes_direct_fetches_what_it_missed_from_another_direct_client(
@@ -470,7 +508,9 @@ def test_a_client_that_becomes_direct_fetches_what_it_missed_from_another_direct
     finally:
         relay.kill()
     assert_continuous(orphan, films)
-    assert re.search(r"missed \d+ block\(s\) on the way to the server", orphan.log_text())
+    gaps = events(orphan, "gap")
+    assert [e["kind"] for e in gaps] == ["server"] and gaps[0]["count"] >= 1, gaps
+    assert addr(keeper) in gaps[0]["sources"], gaps
     assert status(orphan)["blocks_repaired"] >= 1
 
 
@@ -501,8 +541,8 @@ def test_a_rejoiner_whose_new_parent_cannot_place_it_fetches_the_gap_further_up(
         wait_until(lambda: receiving([child], 3), 20, "the child to receive")
         child.freeze()
         try:
-            wait_until(lambda: f"child {child.ip}:{PEER_PORT} gone" in relay.log_text(), 20,
-                       "the relay to drop its frozen child")
+            wait_until(lambda: addr(child) in [e["child"] for e in events(relay, "child_gone")],
+                       20, "the relay to drop its frozen child")
             before = counts([relay])
             wait_until(lambda: received_more([relay], before, 3), 20, "3 more blocks at the relay")
         finally:
@@ -510,7 +550,9 @@ def test_a_rejoiner_whose_new_parent_cannot_place_it_fetches_the_gap_further_up(
         before = counts([child])
         wait_until(lambda: received_more([child], before, 8), 20, "8 more blocks at the child")
         assert_continuous(child, long_film)
-        assert re.search(r"missed \d+ block\(s\) before \S+'s window", child.log_text())
+        gaps = events(child, "gap")
+        assert [e["kind"] for e in gaps] == ["window"] and gaps[0]["count"] >= 1, gaps
+        assert addr(keeper) in gaps[0]["sources"], gaps
 
 
 def test_the_slot_of_a_frozen_direct_client_is_taken_back_and_nobody_loses_a_block(

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PURE = ["client.capacity", "client.crosscheck", "client.delivery", "client.inputs", "client.moves",
+PURE = ["client.capacity", "client.crosscheck", "client.delivery", "client.events", "client.inputs", "client.moves",
         "client.placement", "client.places", "client.peerproto", "client.repair", "client.roles",
         "client.tree", "client.treenode", "server.protocol"]
 
