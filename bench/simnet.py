@@ -335,6 +335,19 @@ class World:
             fn(*args)
         self.now = max(self.now, end)
 
+    def run_until_true(self, predicate, end: float) -> bool:
+        """Run event by event until ``predicate()`` holds (True) or ``end`` (False)."""
+        queue = self._queue
+        while not predicate():
+            if not queue or queue[0][0] > end:
+                self.now = max(self.now, end)
+                return False
+            when, _, fn, args = heapq.heappop(queue)
+            self.now = max(self.now, when)
+            self.events += 1
+            fn(*args)
+        return True
+
     def film_index(self, channel: int, digest: bytes) -> int | None:
         return self.films[channel % len(self.films)].index.get(digest)
 
