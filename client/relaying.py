@@ -176,7 +176,7 @@ class Relay:
             self.core.close(link)
             self.forget(addr, now)
         elif isinstance(message, SwapAnswer):
-            self.core.swap_answered(link, message.accept, now)
+            self.core.mover.swap_answered(link, message.accept, now)
 
     def forget(self, addr: Addr, now: float) -> None:
         link = self.children.pop(addr, None)

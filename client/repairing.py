@@ -11,7 +11,7 @@ releases go to the caller in play order. Pure: the core owns it and passes
 from __future__ import annotations
 
 from client import roles
-from client.commands import Connect
+from client.commands import Connect, SetTimer
 from client.peerproto import Addr, Block, Hello, Reject
 from client.repair import RepairPlan
 
@@ -108,3 +108,63 @@ class Repairer:
             self._close(link, True)
         self.links.clear()
 
+
+class Repairs:
+    """The core's repairs: one at a time, started when a parent or a source names missed
+    blocks, fed to the delivery gate as they come, cancelled when the client moves on."""
+
+    def __init__(self, core):
+        self.core = core
+
+    def new(self, missing, sources) -> Repairer:
+        core = self.core
+        job = Repairer(core.me, core.channel, missing, sources, core.now, core.config.period,
+                       self.fetch_link, core.out, core.close,
+                       lambda block, digest: self.repaired(job, block))
+        return job
+
+    def fetch_link(self) -> int:
+        core = self.core
+        link = core.new_link()
+        core.links[link] = ["fetch", None, None, None]
+        return link
+
+    def start(self, missing, sources) -> None:
+        core = self.core
+        job = self.new(missing, sources)
+        core.gate.start_repair(job)
+        self.run(job)
+
+    def run(self, job: Repairer) -> None:
+        core = self.core
+        core.repair = job
+        core.repair_serial += 1
+        job.start(core.now)
+        core.out(SetTimer(("repair", core.repair_serial), core.now + job.tick))
+        self.progressed()
+
+    def repaired(self, job: Repairer, block: Block | None) -> None:
+        core = self.core
+        if block is None:
+            core.counters["blocks_lost"] += 1
+            return
+        step = core.gate.repaired(job, block)
+        if step.passes:
+            core.counters["blocks_repaired"] += 1
+        core.perform(step)
+
+    def progressed(self) -> None:
+        core = self.core
+        job = core.repair
+        if job is not None and job.done:
+            core.repair = None
+            job.cancel()
+            core.perform(core.gate.repair_done(job, core.now))
+            core.status()
+
+    def cancel(self) -> None:
+        core = self.core
+        job = core.gate.unfollow()
+        if job is not None:
+            job.cancel()
+        core.repair = None
