@@ -122,8 +122,7 @@ class Run:
         self.world = World([self.film], slots=args.server_slots, period=args.period)
         n = args.clients
         self.ks = [args.max_children[i % len(args.max_children)] for i in range(n)]
-        self.specs = [(f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256 + 1}"
-                       if n > 250 else f"10.0.0.{i + 1}",
+        self.specs = [(f"10.{(i + 1) // 65536 % 256}.{(i + 1) // 256 % 256}.{(i + 1) % 256}",
                        CoreConfig(0, self.ks[i], args.period),
                        value_of(args.upload_mbit, i, n, rng),
                        value_of(args.latency_ms, i, n, rng) / 1000.0) for i in range(n)]
