@@ -329,8 +329,7 @@ class ClientCore:
             self.repairs.progressed()
 
     def _on_metered(self, event) -> None:
-        self.relay.uplink.observe(event.link, event.now, event.delivered, event.queued,
-                                  event.writing)
+        self.relay.metered(event.link, event.now, event.delivered, event.queued, event.writing)
 
     # -- the parent ------------------------------------------------------------------------
 

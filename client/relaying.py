@@ -21,6 +21,8 @@ STREAM_BLOCKS = 8
 #: An uplink estimate this many periods old is forgotten: a child is tried again.
 UPLINK_STALE_PERIODS = 150
 
+_NONE: frozenset = frozenset()
+
 
 class Relay:
     """This client's children and what it knows of them (see the module's docstring)."""
@@ -33,6 +35,8 @@ class Relay:
         self.advice_sent: dict[Addr, Advice] = {}
         self.uplink = capacity.Uplink(stale_after=UPLINK_STALE_PERIODS * core.config.period)
         self.bytes_sent = 0                         # to children, and served to repairs
+        self.stream: float | None = None            # bytes/s of the stream (latest blocks)
+        self._estimate: tuple[float, float | None] | None = None  # (now, the uplink's then)
 
     # -- what this relay is, for its decisions ------------------------------------
 
@@ -49,8 +53,14 @@ class Relay:
             self.core.config.max_children, estimate, stream) == 0
 
     def _uplink_now(self, now: float):
-        sizes = (len(b.data) for b in self.core.window.latest(STREAM_BLOCKS))
-        return self.uplink.estimate(now), capacity.stream_rate(sizes, self.core.config.period)
+        if self._estimate is None or self._estimate[0] != now:
+            self._estimate = (now, self.uplink.estimate(now))
+        return self._estimate[1], self.stream
+
+    def metered(self, link, now: float, delivered: int, queued: int, writing: bool) -> None:
+        """What a child link's sender saw (client.capacity)."""
+        self.uplink.observe(link, now, delivered, queued, writing)
+        self._estimate = None
 
     def view(self, now: float) -> tree.RelayView:
         core = self.core
@@ -58,8 +68,10 @@ class Relay:
             me=core.me, channel=core.channel, max_children=core.config.max_children,
             attached=core.state in ("direct", "attached"), depth=max(core.depth, 1),
             path=core.path, sent=self.bytes_sent,
-            children=places.advertised(self.views, core.moves.declines),
-            expected=frozenset(a for a, t in self.expected.items() if t > now),
+            children=(places.advertised(self.views, core.moves.declines)
+                      if core.moves.declines else self.views),
+            expected=(frozenset(a for a, t in self.expected.items() if t > now)
+                      if self.expected else _NONE),
             places=self.places(now))
 
     def members(self, now: float) -> tuple[Addr, ...]:
@@ -185,11 +197,14 @@ class Relay:
         self.views.pop(addr, None)
         self.core.moves.child_gone(addr, now)
         self.uplink.forget(link, now)
+        self._estimate = None
         self.core.status()
 
     # -- what they are sent -------------------------------------------------------------
 
     def relay(self, block: Block) -> None:
+        sizes = (len(b.data) for b in self.core.window.latest(STREAM_BLOCKS))
+        self.stream = capacity.stream_rate(sizes, self.core.config.period)
         for link in self.children.values():
             self.core.send(link, block)
         self.bytes_sent += len(block.data) * len(self.children)
