@@ -32,7 +32,7 @@ from bench import metrics                                    # noqa: E402
 from bench.overlay import (BUFFER_BLOCKS, _fanouts, _fraction, _jsonable, churn_schedule,  # noqa: E402
                            table)
 from bench.simnet import Film, World                         # noqa: E402
-from client.core import SERVER, CoreConfig                   # noqa: E402
+from client.core import CoreConfig                           # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -215,7 +215,7 @@ def analyse(run: Run) -> dict:
         rows.append((c, slots))
     ref = metrics.reference_times(s for _, s in rows)
     channel = metrics.channel_slots([s for s, _ in slots if s is not None] for _, slots in rows)
-    per_client, lag_samples, conts, on_time, startups = [], [], [], [], []
+    per_client, lag_samples, conts, on_time, startups, own_conts = [], [], [], [], [], []
     for c, slots in rows:
         stopped = c.fate_at if c.fate != "alive" else t_end
         end_slot = metrics.last_slot_before(ref, stopped - period)
@@ -227,11 +227,16 @@ def analyse(run: Run) -> dict:
                 lag_samples.append((metrics.depth_at(line, t), t - ref[s]))
         first_t = next((t for s, t in slots if s is not None), None)
         startup = None if first_t is None else first_t - c.started_at
+        own_last = max((s for s, _ in slots if s is not None), default=-1)
+        own = metrics.continuity(slots, channel, own_last, period, BUFFER_BLOCKS)
         per_client.append({"ip": c.ip, "max_children": c.config.max_children, "fate": c.fate,
+                           "continuity_to_own_last": own["continuity"],
+                           "holes_to_own_last": own["holes"],
                            "bytes_sent": c.core.relay.bytes_sent, "startup_s": startup,
                            "continuity": cont["continuity"], "holes": cont["holes"],
                            "duplicates": cont["duplicates"]})
         if c.fate == "alive":
+            own_conts.append(own["continuity"])
             conts.append(cont["continuity"])
             on_time.append(cont["on_time_fraction"])
             startups.append(startup)
@@ -258,6 +263,9 @@ def analyse(run: Run) -> dict:
         "kind": "sim", "clients": len(run.clients), "survivors": len(alive),
         "server_slots": args.server_slots,
         "continuity": metrics.summary(conts),
+        # (the overlay's continuity counts, up to the run's end, blocks a deep client had not
+        # received yet because of its lag; this one ends at each client's own latest block)
+        "continuity_to_own_last": metrics.summary(own_conts),
         "on_time_fraction": metrics.summary(on_time),
         "startup_s": metrics.summary(startups),
         "all_receiving_after_s": (max(firsts) - min(starts)) if firsts and
@@ -282,6 +290,8 @@ def analyse(run: Run) -> dict:
                  "server_bytes_sent": world.server.bytes_sent},
         "server_requests_per_failure": storm(run),
         "holes": sum(e["holes"] for e in per_client if e["fate"] == "alive"),
+        "holes_to_own_last": sum(e["holes_to_own_last"] for e in per_client
+                                 if e["fate"] == "alive"),
         "events": world.events,
         "cost": {"client_cpu_s": metrics.summary([]), "client_peak_rss_mib": metrics.summary([]),
                  "server_cpu_s": None, "server_peak_rss_mib": None},
@@ -296,19 +306,31 @@ def _repair_after(slots, at: float, channel) -> dict:
 
 
 def storm(run: Run) -> dict:
-    """How many of a failed relay's subtree ask the server (10X/11X) in the seconds after."""
-    requests = run.world.server.requests
-    times = [t for t, _, _ in requests]
+    """After one relay fails: how many of the clients it orphaned asked the server (10X/11X)
+    in the search that failure started, and how many requests they sent, within
+    :data:`STORM_WINDOW` seconds (requests of climbs and other errands not counted)."""
+    requests: dict[str, list[float]] = {}
+    for t, ip, code in run.world.server.requests:
+        if code in ("10", "11"):
+            requests.setdefault(ip, []).append(t)
     clients, asks = [], []
     for failure in run.failures:
         if failure["action"] == "restart":
             continue
-        affected = set(failure["affected"])
-        lo = bisect.bisect_left(times, failure["at"])
-        hi = bisect.bisect_right(times, failure["at"] + STORM_WINDOW)
-        mine = [ip for _, ip, code in requests[lo:hi] if ip in affected and code in ("10", "11")]
-        clients.append(len(set(mine)))
-        asks.append(len(mine))
+        at, victim = failure["at"], f"{failure['victim']}:"
+        askers = sent = 0
+        for ip in failure["affected"]:
+            client = run.world.clients[ip]
+            for search in client.core.searches:
+                if at <= search.started <= at + STORM_WINDOW and victim in search.cause:
+                    times = requests.get(ip, [])
+                    lo = bisect.bisect_left(times, search.started)
+                    hi = bisect.bisect_right(times, at + STORM_WINDOW)
+                    askers += hi > lo
+                    sent += hi - lo
+                    break
+        clients.append(askers)
+        asks.append(sent)
     return {"clients": metrics.summary(clients), "requests": metrics.summary(asks),
             "window_s": STORM_WINDOW}
 
@@ -333,6 +355,9 @@ def sim_table(result: dict) -> str:
     lines.append(f"server requests per failure: clients med/mean/max "
                  f"{storm_['clients']['median']} / {_f(storm_['clients']['mean'])} / "
                  f"{storm_['clients']['max']}, requests mean {_f(storm_['requests']['mean'])}")
+    own = result["continuity_to_own_last"]
+    lines.append(f"continuity to each one's latest block min/med/mean {_f(own['min'])} / "
+                 f"{_f(own['median'])} / {_f(own['mean'])} (holes {result['holes_to_own_last']})")
     lines.append(f"depth at the end: deepest {tree['deepest']} (best {tree['best_deepest']}); "
                  f"holes in survivors {result['holes']}; {result['events']} events")
     return "\n".join(lines)
