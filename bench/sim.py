@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of relays that leave gracefully per minute")
     p.add_argument("--victims", choices=["any", "parents"], default="any",
                    help="whom churn hits: any relay, or only relays with children then")
+    p.add_argument("--churn-of", choices=["start", "live"], default="start",
+                   help="start: the rates are of the relays at the start, as bench.overlay's "
+                        "(over 10 minutes, 0.1/min fails as many relays as there are); live: "
+                        "of the relays still running (each scheduled event happens with the "
+                        "chance live/start)")
     p.add_argument("--restart-server-at", type=float, default=None, metavar="SECONDS",
                    help="the server restarts (forgets its clients, starts its film again) then")
     p.add_argument("--upload-mbit", type=lambda t: _spread(t, "MBIT"), default=("list", [8.0]),
@@ -128,6 +133,8 @@ class Run:
                        value_of(args.latency_ms, i, n, rng) / 1000.0) for i in range(n)]
         self.events = churn_schedule(argparse.Namespace(**vars(args), freeze_for=0.0), self.ks)
         self.clients = []
+        self.relays = self.live_relays = sum(1 for k in self.ks if k >= 1)
+        self._churn_rng = random.Random(args.seed + 1)
         self.failures: list[dict] = []
         self.epochs = [metrics.Epoch(0.0, 0)]
         self.timelines: dict[str, list] = {}
@@ -195,11 +202,15 @@ class Run:
             return
         if event.action == "thaw" or not self.clients:
             return
+        if self.args.churn_of == "live" and (
+                self._churn_rng.random() >= self.live_relays / max(1, self.relays)):
+            return
         victim = self._victim(event.client % len(self.clients))
         if victim is None:
             return
         affected = self._subtree(victim)
         getattr(victim, {"kill": "kill", "freeze": "freeze", "leave": "leave"}[event.action])()
+        self.live_relays -= 1
         self.failures.append({"action": event.action, "at": now, "victim": victim.ip,
                               "affected": affected})
 
@@ -343,7 +354,8 @@ def title_of(args) -> str:
     return (f"sim N={args.clients} S={args.server_slots} K={ks} period={args.period:g}s "
             f"T={args.duration:g}s spread={args.join_spread:g}s seed={args.seed}"
             + (f" {churn}" if churn else "")
-            + (f" restart@{args.restart_server_at:g}s" if args.restart_server_at is not None else ""))
+            + (f" restart@{args.restart_server_at:g}s" if args.restart_server_at is not None else "")
+            + (" (churn of live relays)" if args.churn_of == "live" else ""))
 
 
 def sim_table(result: dict) -> str:
