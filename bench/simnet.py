@@ -10,7 +10,9 @@ the simulator (:mod:`bench.sim`).
 The network: every client has an upload capacity and a one-way latency
 (a link's is the mean of its two ends'). A block leaves its sender's uplink
 after the blocks queued before it (one uplink, first come first served) and
-arrives a latency later; a control frame takes its latency, never
+arrives a latency later (a repair's block tells its fetcher a latency after
+it is sent that its bytes are coming, as TCP's shared uplink would: the
+fetch is slow, not stalled); a control frame takes its latency, never
 overtaking what went before it on its link. A connection costs a round trip
 before its first frame. A killed client's links end a latency later for its
 peers; a frozen client answers nothing, and its peers find out as the real
@@ -162,6 +164,8 @@ class SimClient:
                 meter[0] += size
                 self.perform(self.core.handle(inputs.Metered(now, link, meter[1],
                                                              meter[0] - meter[1])))
+            else:  # a repair's block: its bytes flow from now on, beside the others' (TCP)
+                world.at(now + conn.latency, _progress, conn, side)
         else:
             size, done, meter = CONTROL_BYTES, now + CONTROL_BYTES / self.upload, None
         arrival = done + conn.latency
@@ -227,6 +231,12 @@ def _arrive(conn: _Conn, side: int, message, metered: int) -> None:
             meter[1] += metered
             sender.perform(sender.core.handle(inputs.Metered(world.now, link, meter[1],
                                                              meter[0] - meter[1])))
+
+
+def _progress(conn: _Conn, side: int) -> None:
+    peer, theirs = conn.ends[1 - side]
+    if peer.fate == "alive" and theirs in peer.ends:
+        peer.perform(peer.core.handle(inputs.Progress(peer.world.now, theirs)))
 
 
 def _end(client: SimClient, link, conn: _Conn, reason: str) -> None:

@@ -328,6 +328,10 @@ class ClientCore:
             self.repair.closed(link, self.now)
             self.repairs.progressed()
 
+    def _on_progress(self, event) -> None:
+        if self.repair is not None:
+            self.repair.progressed(event.link, event.now)
+
     def _on_metered(self, event) -> None:
         self.relay.metered(event.link, event.now, event.delivered, event.queued, event.writing)
 
@@ -434,4 +438,5 @@ _HANDLERS = {
     inputs.LinkClosed: ClientCore._on_closed,
     inputs.TimerFired: ClientCore._on_timer,
     inputs.Metered: ClientCore._on_metered,
+    inputs.Progress: ClientCore._on_progress,
 }

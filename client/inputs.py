@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 __all__ = ["Leave", "SwitchChannel", "GoIdle", "BlockStored", "ServerBlockHeld",
            "SubtreeChanged", "SwapAnswered", "FromParent", "ParentLost", "ParentForged",
+           "Start", "ServerBlock", "Received", "LinkClosed", "ServerAnswered", "TimerFired",
+           "Metered", "Progress",
            "USER_COMMANDS"]
 
 
@@ -164,3 +166,11 @@ class Metered:
     delivered: int
     queued: int
     writing: bool = False
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Bytes of a frame are arriving on ``link`` (a repair source is slow, not stalled)."""
+
+    now: float
+    link: object

@@ -70,6 +70,11 @@ class Repairer:
             self._launch(self.plan.lacked(source, missing, now))
         self._release()
 
+    def progressed(self, link, now: float) -> None:
+        """Bytes are arriving on one of our fetch links."""
+        if link in self.links:
+            self.plan.progressed(self.links[link][0], now)
+
     def closed(self, link, now: float) -> None:
         """A fetch link ended before its FetchEnd (the source died, or never answered)."""
         if link in self.links:
