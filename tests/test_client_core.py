@@ -132,6 +132,26 @@ def test_the_orphans_of_a_killed_relay_rejoin_and_repair_every_block():
         assert client.core.counters["blocks_lost"] == 0
 
 
+@pytest.mark.parametrize("fate", ["kill", "freeze"])
+def test_an_orphan_rejoins_with_its_subtree(fate):
+    world, clients = world_of(15)
+    world.run_until(40)
+    victim = next(c for c in clients if c.core.depth == 2)
+    orphans = [world.clients[a.ip] for a in victim.core.relay.children]
+    below = {o.ip: [world.clients[a.ip] for a in o.core.relay.children] for o in orphans}
+    assert all(below.values())  # each orphan has children of its own
+    searches = {g.ip: len(g.core.searches) for kids in below.values() for g in kids}
+    getattr(victim, fate)()
+    world.run_until(60)
+    for orphan in orphans:
+        assert orphan.core.state == "attached" and len(orphan.core.searches) == 2
+        for grandchild in below[orphan.ip]:
+            # Its parent took it along: it never searched (it may have climbed since).
+            assert len(grandchild.core.searches) == searches[grandchild.ip]
+            assert grandchild.stored[-1][1] > 58
+    check_invariants(clients)
+
+
 def test_the_orphans_of_a_frozen_relay_find_out_by_its_silence_and_rejoin():
     world, clients = subtree_rejoin("freeze")
     # 10.0.0.6 climbed into the slot the frozen relay had at 10.0.0.1; 10.0.0.3 took the
