@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blocks of this size (default: the film's in filme/)")
     p.add_argument("--film-blocks", type=int, default=60, help="blocks of the film with --block-kb")
     p.add_argument("--seed", type=int, default=1, help="seed of the churn and of the network")
+    p.add_argument("--wall-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop simulating after this much wall clock, and report the simulated "
+                        "time reached (simulated_s) with the figures up to it")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on standard error")
     return p
@@ -150,6 +153,8 @@ class Run:
         t, step = 0.0, args.period
         began = time.time()
         while t < args.duration:
+            if args.wall_limit is not None and time.time() - began > args.wall_limit:
+                break
             t = min(t + step, args.duration)
             world.run_until(t)
             self._sample_depths()
@@ -272,6 +277,7 @@ def analyse(run: Run) -> dict:
                                for s in statuses.values())
     return {
         "kind": "sim", "clients": len(run.clients), "survivors": len(alive),
+        "simulated_s": t_end,
         "server_slots": args.server_slots,
         "continuity": metrics.summary(conts),
         # (the overlay's continuity counts, up to the run's end, blocks a deep client had not
@@ -370,7 +376,8 @@ def sim_table(result: dict) -> str:
     own = result["continuity_to_own_last"]
     lines.append(f"continuity to each one's latest block min/med/mean {_f(own['min'])} / "
                  f"{_f(own['median'])} / {_f(own['mean'])} (holes {result['holes_to_own_last']})")
-    lines.append(f"depth at the end: deepest {tree['deepest']} (best {tree['best_deepest']}); "
+    lines.append(f"simulated {result['simulated_s']:.0f} s; "
+                 f"depth at the end: deepest {tree['deepest']} (best {tree['best_deepest']}); "
                  f"holes in survivors {result['holes']}; {result['events']} events")
     return "\n".join(lines)
 
