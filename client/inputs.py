@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 __all__ = ["Leave", "SwitchChannel", "GoIdle", "BlockStored", "ServerBlockHeld",
            "SubtreeChanged", "SwapAnswered", "FromParent", "ParentLost", "ParentForged",
+           "Start", "ServerBlock", "Received", "LinkClosed", "ServerAnswered", "TimerFired",
+           "Metered", "Progress",
            "USER_COMMANDS"]
 
 
@@ -99,3 +101,76 @@ class ParentForged:
 
 #: The user's commands: a search for a place ends before its next step when one is queued.
 USER_COMMANDS = (Leave, SwitchChannel, GoIdle)
+
+
+# -- the core's inputs from its driver (client.core) ----------------------------
+
+@dataclass(frozen=True)
+class Start:
+    """The driver listens on both ports: the core may begin its search."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class ServerBlock:
+    """A whole block came on the push port (the driver checked it starts as Matroska)."""
+
+    now: float
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Received:
+    """A frame came on ``link`` (the first one of a link the driver accepted opens it)."""
+
+    now: float
+    link: object
+    message: object
+
+
+@dataclass(frozen=True)
+class LinkClosed:
+    """``link`` ended: closed by the peer, reset, silent too long, or never connected."""
+
+    now: float
+    link: object
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServerAnswered:
+    """The stock server's answer to a request of the core: True/False for a join, a list of
+    IPs, a count; None when the server could not be reached."""
+
+    now: float
+    token: object
+    answer: object
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """A timer the core set is due."""
+
+    now: float
+    key: object
+
+
+@dataclass(frozen=True)
+class Metered:
+    """A child link's sender: ``delivered`` bytes acknowledged so far, ``queued`` still in
+    the kernel (client.capacity)."""
+
+    now: float
+    link: object
+    delivered: int
+    queued: int
+    writing: bool = False
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Bytes of a frame are arriving on ``link`` (a repair source is slow, not stalled)."""
+
+    now: float
+    link: object

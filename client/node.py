@@ -48,7 +48,8 @@ from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_WANT, Accept, 
 from client.delivery import SERVER, Gate, Step
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
-from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
+from client.store import BlockStore, write_json_atomically
+from client.window import RecentWindow, Stored
 from client.supervise import checkpoint, supervised
 from client.treeview import SubtreeLedger
 from client.moves import Climb, Moves, OfferSwap, Shedding, Situation

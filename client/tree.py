@@ -63,6 +63,8 @@ class RelayView:
         An expected client that has become an ancestor (the swap partner
         this relay now hangs under) no longer needs a slot.
         """
+        if not self.expected:
+            return 0
         return len(self.expected - self.children.keys() - set(self.path))
 
     @property
@@ -247,12 +249,10 @@ class JoinSearch:
 
     def next(self) -> Candidate | None:
         """The next place to try, marked as tried; None when the search is over."""
-        if self._attempts_left <= 0:
+        if self._attempts_left <= 0 or not self._known:
             return None
-        untried = [c for a, c in self._known.items() if a not in self._tried]
-        if not untried:
-            return None
-        best = min(untried, key=_place_order)
+        best = min(self._known.values(), key=_place_order)
+        del self._known[best.addr]  # (tried: add() never takes it again)
         self._tried.add(best.addr)
         self._attempts_left -= 1
         return best

@@ -22,7 +22,7 @@ from client.links import connect_from, listen_on
 from client.model import Config
 from client.node import Node
 from client.peerproto import Addr, Block, Info
-from client.store import Stored
+from client.window import Stored
 from server import protocol as stock
 from test_client_e2e import assert_continuous, status
 

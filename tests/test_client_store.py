@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from client.peerproto import Block
-from client.store import BlockStore, RecentWindow, Stored, write_json_atomically
+from client.store import BlockStore, write_json_atomically
+from client.window import RecentWindow, Stored
 
 FILM = [bytes([i]) * 64 for i in range(6)]  # a film of 6 blocks, repeating
 

@@ -14,9 +14,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PURE = ["client.capacity", "client.crosscheck", "client.delivery", "client.events", "client.inputs", "client.moves",
-        "client.placement", "client.places", "client.peerproto", "client.repair", "client.roles",
-        "client.tree", "client.treenode", "server.protocol"]
+PURE = ["client.capacity", "client.commands", "client.core", "client.crosscheck", "client.delivery",
+        "client.events", "client.flows", "client.inputs", "client.moves", "client.moving",
+        "client.placement", "client.places", "client.peerproto", "client.relaying", "client.repair",
+        "client.repairing", "client.roles", "client.seeking", "client.tree", "client.treenode",
+        "client.window", "server.protocol"]
 
 #: What pure code may not use: I/O, threads, clocks, processes.
 FORBIDDEN = {"socket", "select", "selectors", "threading", "queue", "time", "asyncio", "os",

@@ -1,0 +1,236 @@
+"""The children's side of a client's core: who may join, what they are told, what they report.
+
+A part of :class:`client.core.ClientCore` (it owns one :class:`Relay`):
+answering a stranger's first frame (a join, a probe, a repair fetch, a
+vouch), adopting, redirecting or refusing a joiner (:func:`client.tree.decide_join`),
+relaying each stored block, keeping each child's backup parent fresh, and
+what goes up in the report to our own parent. Pure, like the core.
+"""
+
+from __future__ import annotations
+
+from client import capacity, places, roles, tree
+from client.commands import Close
+from client.peerproto import (MAX_WANT, Accept, Addr, Advice, Block, Bye, Drop, FetchEnd, Hello,
+                              Info, Move, PathUpdate, Redirect, Reject, Report, SwapAnswer, Vouch, VouchAnswer)
+
+__all__ = ["Relay", "STREAM_BLOCKS", "UPLINK_STALE_PERIODS"]
+
+#: The stream's rate is the mean of this many latest blocks.
+STREAM_BLOCKS = 8
+#: An uplink estimate this many periods old is forgotten: a child is tried again.
+UPLINK_STALE_PERIODS = 150
+
+_NONE: frozenset = frozenset()
+
+
+class Relay:
+    """This client's children and what it knows of them (see the module's docstring)."""
+
+    def __init__(self, core):
+        self.core = core
+        self.children: dict[Addr, object] = {}      # addr -> its link
+        self.views: dict[Addr, tree.ChildView] = {}
+        self.expected: dict[Addr, float] = {}       # swap partners, until a deadline
+        self.advice_sent: dict[Addr, Advice] = {}
+        self.uplink = capacity.Uplink(stale_after=UPLINK_STALE_PERIODS * core.config.period)
+        self.bytes_sent = 0                         # to children, and served to repairs
+        self.stream: float | None = None            # bytes/s of the stream (latest blocks)
+        self._estimate: tuple[float, float | None] | None = None  # (now, the uplink's then)
+
+    # -- what this relay is, for its decisions ------------------------------------
+
+    def places(self, now: float) -> int:
+        """Children the measured uplink can feed, at most K (client.capacity)."""
+        return capacity.places(self.core.config.max_children, *self._uplink_now(now))
+
+    def can_take(self, now: float) -> int:
+        return capacity.can_take(self.core.config.max_children, *self._uplink_now(now))
+
+    def relays_nobody(self, now: float) -> bool:
+        estimate, stream = self._uplink_now(now)
+        return estimate is not None and capacity.places(
+            self.core.config.max_children, estimate, stream) == 0
+
+    def _uplink_now(self, now: float):
+        if self._estimate is None or self._estimate[0] != now:
+            self._estimate = (now, self.uplink.estimate(now))
+        return self._estimate[1], self.stream
+
+    def metered(self, link, now: float, delivered: int, queued: int, writing: bool) -> None:
+        """What a child link's sender saw (client.capacity)."""
+        self.uplink.observe(link, now, delivered, queued, writing)
+        self._estimate = None
+
+    def view(self, now: float) -> tree.RelayView:
+        core = self.core
+        return tree.RelayView(
+            me=core.me, channel=core.channel, max_children=core.config.max_children,
+            attached=core.state in ("direct", "attached"), depth=max(core.depth, 1),
+            path=core.path, sent=self.bytes_sent,
+            children=(places.advertised(self.views, core.moves.declines)
+                      if core.moves.declines else self.views),
+            expected=(frozenset(a for a, t in self.expected.items() if t > now)
+                      if self.expected else _NONE),
+            places=self.places(now))
+
+    def members(self, now: float) -> tuple[Addr, ...]:
+        return tree.members_below(self.view(now))
+
+    def expect(self, addrs, now: float) -> None:
+        """Keep a slot for each of ``addrs`` (swap partners) for a few periods."""
+        deadline = now + 2 * self.core.config.link_stall
+        self.expected = {a: t for a, t in self.expected.items() if t > now}
+        self.expected.update((a, deadline) for a in addrs)
+
+    # -- a stranger's first frame ---------------------------------------------------
+
+    def stranger(self, link, first, now: float) -> None:
+        """The first frame of a link that came in: answer it, or adopt a child."""
+        core = self.core
+        talk = roles.Conversation(roles.PEER)
+        try:
+            talk.received(first)
+        except roles.ProtocolViolation:
+            core.out(Close(link, reset=True))
+            return
+        talk.answering(first)
+        core.links[link] = ["answer", talk, getattr(first, "addr", None)]
+        if isinstance(first, Vouch):
+            core.send(link, VouchAnswer(first.channel == core.channel and first.child in self.children))
+        elif not isinstance(first, Hello):
+            core.send(link, Reject("not served by this client's core"))
+        elif first.kind == "probe":
+            core.send(link, self._info(first, now))
+        elif first.kind == "fetch":
+            self._serve_fetch(link, first)
+        else:
+            self._join(link, first, now)
+            return
+        core.close(link)
+
+    def _info(self, probe: Hello, now: float) -> Info:
+        view = self.view(now)
+        after, missed = None, []
+        if probe.have and probe.channel == self.core.channel:
+            after, missed = self.core.window.after(probe.have, probe.have_seq)
+        return Info(view.attached, view.depth, view.free, view.sent, tree.free_places(view),
+                    after, tuple(b.digest for b in missed[-MAX_WANT:]))
+
+    def _serve_fetch(self, link, hello: Hello) -> None:
+        held = self.core.window.find(hello.want)
+        lacking = []
+        for digest in hello.want:
+            block = held.get(digest)
+            if block is None:
+                lacking.append(digest)
+            else:
+                self.core.send(link, block)
+                self.bytes_sent += len(block.data)
+        self.core.send(link, FetchEnd(tuple(lacking)))
+
+    def _join(self, link, hello: Hello, now: float) -> None:
+        core = self.core
+        decision = tree.decide_join(self.view(now), hello)
+        if isinstance(decision, tree.DisplaceJoin):
+            decision = self._displace(decision.leaf, hello.addr, now)
+        if isinstance(decision, tree.AcceptJoin):
+            self._adopt(link, hello, now)
+            return
+        if isinstance(decision, tree.RedirectJoin):
+            core.send(link, Redirect(decision.candidates))
+        else:
+            core.turned_away_at = now
+            core.send(link, Reject(decision.reason))
+        core.close(link)
+
+    def _displace(self, leaf: Addr, joiner: Addr, now: float):
+        """Free ``leaf``'s place for ``joiner``, and send the leaf to it (never more than K)."""
+        link = self.children.get(leaf)
+        if link is None:
+            return tree.RejectJoin("no free slot here or below")
+        self.core.send(link, Move((joiner,)))
+        self.core.close(link)
+        self.forget(leaf, now)
+        return tree.AcceptJoin()
+
+    def _adopt(self, link, hello: Hello, now: float) -> None:
+        core = self.core
+        old = self.children.pop(hello.addr, None)
+        if old is not None:
+            self.views.pop(hello.addr, None)
+            core.send(old, Drop("replaced by a new connection from the same client"))
+            core.close(old)
+        after, missed = core.window.after(hello.have, hello.have_seq)
+        if after is None and not hello.have and hello.catch_up:
+            missed = core.window.latest(hello.catch_up)
+        core.links[link][0] = "child"
+        core.send(link, Accept(max(core.depth, 1), core.path, after, tuple(b.digest for b in missed)))
+        self.children[hello.addr] = link
+        self.views[hello.addr] = tree.ChildView(hello.addr, free=hello.max_children,
+                                                members=hello.subtree)
+        self.advice_sent.pop(hello.addr, None)
+        core.moves.children_changed(now)
+        core.status()
+
+    # -- the children's frames --------------------------------------------------------
+
+    def from_child(self, link, addr: Addr, message, now: float) -> None:
+        if self.children.get(addr) != link:
+            return
+        if isinstance(message, Report):
+            self.views[addr] = tree.ChildView(
+                addr, message.free, message.sent, message.subtree, message.members,
+                message.max_children, message.children, reported=True, parents=message.parents)
+        elif isinstance(message, Bye):
+            if message.successor is not None:
+                self.expect((message.successor,), now)  # its slot is for the swap partner
+            self.core.close(link)
+            self.forget(addr, now)
+        elif isinstance(message, SwapAnswer):
+            self.core.mover.swap_answered(link, message.accept, now)
+
+    def forget(self, addr: Addr, now: float) -> None:
+        link = self.children.pop(addr, None)
+        if link is None:
+            return
+        self.views.pop(addr, None)
+        self.core.moves.child_gone(addr, now)
+        self.uplink.forget(link, now)
+        self._estimate = None
+        self.core.status()
+
+    # -- what they are sent -------------------------------------------------------------
+
+    def relay(self, block: Block) -> None:
+        sizes = (len(b.data) for b in self.core.window.latest(STREAM_BLOCKS))
+        self.stream = capacity.stream_rate(sizes, self.core.config.period)
+        for link in self.children.values():
+            self.core.send(link, block)
+        self.bytes_sent += len(block.data) * len(self.children)
+
+    def tell_path(self) -> None:
+        update = PathUpdate(max(self.core.depth, 1), self.core.path)
+        for link in self.children.values():
+            self.core.send(link, update)
+
+    def advise(self, advice, now: float) -> None:
+        """Keep every child's backup parent fresh (sent only when it changed)."""
+        view = self.view(now)
+        for addr, link in self.children.items():
+            message = Advice(advice, tree.advice_for(view, addr))
+            if self.advice_sent.get(addr) != message:
+                self.core.send(link, message)
+                self.advice_sent[addr] = message
+
+    def report(self, now: float) -> Report:
+        view = self.view(now)
+        return Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
+                      self.can_take(now), tuple(view.children), tree.member_parents(view))
+
+    def hand_over(self, move: Move, now: float) -> None:
+        """Send every child ``move`` and let it go (leaving, or a swap)."""
+        for addr, link in list(self.children.items()):
+            self.core.send(link, move)
+            self.core.close(link)
+            self.forget(addr, now)
