@@ -27,7 +27,7 @@ STATUS = {"ip": str, "peer_port": int, "push_port": int, "channel": int, "max_ch
           "state": str, "parent": (str, dict, type(None)), "parent_server": str, "path": list,
           "children": list, "depth": int, "blocks_received": int, "bytes_received": int,
           "bytes_sent": int, "bytes_served": int, "blocks_repaired": int, "blocks_lost": int,
-          "repairing": bool, "backup": (str, type(None)), "rejoins": int, "swaps": int,
+          "blocks_discarded": int, "repairing": bool, "backup": (str, type(None)), "rejoins": int, "swaps": int,
           "climbs": int, "last_block_at": (float, type(None)), "members": list,
           "refusals": dict, "behind_live_s": (float, type(None)), "play_rate": (float, type(None)),
           "player": (dict, type(None)), "store": dict, "tree": list, "problem": (str, type(None)),
