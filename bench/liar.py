@@ -25,7 +25,7 @@ import threading
 from client.links import connect_from, listen_on, read_message
 from client.peerproto import (Accept, Addr, Block, BlockEnd, BlockPart, BlockStart, Candidate,
                               FetchEnd, FrameDecoder, Hello, Info, PeerProtocolError, Reassembly,
-                              Report, Swap, SwapAnswer, encode, parts_of)
+                              Report, Swap, SwapAnswer, Vouch, VouchAnswer, encode, parts_of)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class LyingRelay:
         self.channel, self.claim_depth_one = channel, claim_depth_one
         self.honest_blocks, self.period = honest_blocks, period
         self.lie, self.in_parts = lie, in_parts or lie != "tamper"
-        self.lied: Block | None = None         # the block it cut or corrupted
+        self.lied: Block | None = None         # the (first) block it cut, corrupted or altered
+        self.blocks_seen = 0                   # from its parent (a test may set honest_blocks to it)
         self.depth, self.path = 1, ()
         self.joins: list[Addr] = []            # clients that asked it for a place
         self.swaps_declined = 0
@@ -62,6 +63,7 @@ class LyingRelay:
         self.free = FREE                       # the places it advertises (a test may set 0)
         self.reports_sent = 0
         self._children: dict[Addr, socket.socket] = {}
+        self._below: dict[Addr, tuple[Candidate, ...]] = {}  # free places its children report
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._parent: socket.socket | None = None
@@ -126,10 +128,11 @@ class LyingRelay:
                 elif isinstance(message, BlockEnd):
                     message = whole.end(message)
                 if isinstance(message, Block):
-                    seen += 1
+                    self.blocks_seen = seen = seen + 1
                     if seen <= self.honest_blocks or (self.lie != "tamper" and self.lied):
                         self._relay(message)
                     elif self.lie == "tamper":
+                        self.lied = self.lied or message
                         self._relay(Block.of(message.seq, tamper(message.data)))
                     else:
                         self.lied = message
@@ -172,7 +175,10 @@ class LyingRelay:
     def _report(self) -> None:
         while not self._stop.wait(self.period / 2):
             try:
-                self._parent.sendall(encode(Report(self.free, self.bytes_sent, (self._candidate(),),
+                with self._lock:
+                    below = tuple(c for places in self._below.values() for c in places)
+                own = (self._candidate(),) if self.free else ()
+                self._parent.sendall(encode(Report(self.free, self.bytes_sent, own + below,
                                                    max_children=FREE)))
                 self.reports_sent += 1
             except OSError:
@@ -193,6 +199,12 @@ class LyingRelay:
         conn.settimeout(3.0)
         try:
             hello = read_message(conn, decoder)
+            if isinstance(hello, Vouch):        # its own children it names truly
+                with self._lock:
+                    yes = hello.child in self._children
+                conn.sendall(encode(VouchAnswer(yes)))
+                conn.close()
+                return
             if not isinstance(hello, Hello):
                 conn.close()
                 return
@@ -207,8 +219,11 @@ class LyingRelay:
                 with self._lock:
                     self._children[hello.addr] = conn
                 conn.settimeout(None)
-                while read_message(conn, decoder) is not None:   # its reports, until it goes
-                    pass
+                while True:                                     # its reports, until it goes
+                    report = read_message(conn, decoder)
+                    if isinstance(report, Report):
+                        with self._lock:
+                            self._below[hello.addr] = report.subtree
         except (OSError, EOFError, PeerProtocolError):
             pass
         finally:
@@ -217,6 +232,7 @@ class LyingRelay:
     def _forget(self, addr: Addr) -> None:
         with self._lock:
             conn = self._children.pop(addr, None)
+            self._below.pop(addr, None)
         if conn is not None:
             _close(conn)
 
@@ -225,6 +241,7 @@ class LyingRelay:
             for addr, sock in list(self._children.items()):
                 if sock is conn:
                     del self._children[addr]
+                    self._below.pop(addr, None)
         _close(conn)
 
 

@@ -416,7 +416,8 @@ class Node(Joining, Upkeep):
         if relay is None or relay is not self._relaying:
             return
         self._relaying = None
-        log.info("block %d forwarded in parts is aborted: %s", relay.seq, reason)
+        if relay.children:
+            log.info("block %d forwarded in parts is aborted: %s", relay.seq, reason)
         abort = BlockAbort(reason[:200])
         for child in relay.children:
             child.enqueue(abort)
