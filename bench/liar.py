@@ -54,7 +54,7 @@ class LyingRelay:
         self.honest_blocks, self.period = honest_blocks, period
         self.lie, self.in_parts = lie, in_parts or lie != "tamper"
         self.lied: Block | None = None         # the (first) block it cut, corrupted or altered
-        self.blocks_seen = 0                   # from its parent (a test may set honest_blocks to it)
+        self.blocks_seen = 0                   # from its parent (a test sets honest_blocks to it)
         self.depth, self.path = 1, ()
         self.joins: list[Addr] = []            # clients that asked it for a place
         self.swaps_declined = 0

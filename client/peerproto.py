@@ -964,7 +964,8 @@ class DigestAnswer:
 
 
 Message = (Hello | Accept | Redirect | Reject | Block | BlockStart | BlockPart | BlockEnd
-           | BlockAbort | Keepalive | PathUpdate | Move | Drop | Bye | Report | Info | Advice | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer
+           | BlockAbort | Keepalive | PathUpdate | Move | Drop | Bye | Report | Info | Advice
+           | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer
            | LibraryFetch | LibraryEnd | Vouch | VouchAnswer | DigestQuery | DigestAnswer)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
                                             Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap,

@@ -42,7 +42,8 @@ CORPUS = [encode(m) for m in (
     Info(True, 2, 1, 0, (Candidate(B, 2, 1, 0),)), Advice(Candidate(A, 1, 1, 0)),
     FetchEnd((bytes(16),)), Swap(A, (B,), (A, B)), SwapAnswer(True), TreeQuery(0),
     Vouch(0, A), VouchAnswer(False), DigestQuery(0, (bytes(16),), 100),
-    DigestAnswer((bytes(16),), True, 5000), BlockStart(7), BlockPart(b"\x1a\x45\xdf\xa3" + bytes(60)),
+    DigestAnswer((bytes(16),), True, 5000), BlockStart(7),
+    BlockPart(b"\x1a\x45\xdf\xa3" + bytes(60)),
     BlockEnd(64, bytes(16)), BlockAbort("parent lost"))]
 
 
