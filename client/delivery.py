@@ -124,6 +124,27 @@ class Gate:
             return Step(check_gap=check_gap)
         return Step(self._live(block, source, wall))
 
+    def streams(self, source: object, seq: int, wall: float) -> int | None:
+        """The number a block from ``source`` beginning now would be stored under, if
+        it came whole now and were stored at once; None when that is not sure (a stale
+        source, live blocks held, a missed push about to be looked for, identities to
+        skip: a block's identity is known only at its end).
+
+        ``seq`` is the sender's number (a parent's); the server's blocks are numbered
+        here. A relay forwards a block's parts to its children before it has all of it
+        only then (cut-through), and ends the forward with the block if :meth:`arrived`
+        passes it under that number; a block the gate holds, skips or numbers
+        otherwise goes to them whole, when and if it is stored. Nothing changes here.
+        """
+        if source is None or source != self.source or self.holding or self._skip:
+            return None
+        if source != SERVER:
+            return seq
+        if (self._last_push is not None and self.seq >= 0
+                and wall - self._last_push > MISSED_PUSH_PERIODS * self._period):
+            return None
+        return self.seq + 1 if self.seq >= 0 else int(wall / self._period)
+
     def _live(self, block: Block, source: object, wall: float) -> tuple[Pass, ...]:
         if block.digest in self._skip:
             # Stored before this parent resumed us: skip it and what preceded it.

@@ -17,8 +17,9 @@ import threading
 import time
 from typing import Callable
 
-from client.peerproto import (Block, Drop, FrameDecoder, Keepalive, Message, Move,
-                              PeerProtocolError, encode)
+from client.peerproto import (Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Drop,
+                              FrameDecoder, Keepalive, Message, Move, PeerProtocolError,
+                              Reassembly, encode)
 from client.roles import Conversation, OwnViolation
 from client.supervise import checkpoint
 from server import protocol as stock
@@ -270,6 +271,10 @@ class ParentLink:
                  keepalive: float | None = None):
         """``conversation``: the join's (:data:`client.roles.JOIN`), in its ``attached`` state."""
         self.sock, self.addr = sock, addr
+        #: The block arriving in parts, and the node's forward of it to its children
+        #: (both touched by this link's reader thread only, through ``on_message``).
+        self.incoming = Reassembly()
+        self.relay = None
         self._decoder = decoder
         self._conversation = conversation
         self._on_message, self._on_lost = on_message, on_lost
@@ -351,15 +356,18 @@ class ChildLink:
     """A child's connection: a bounded queue of frames drained by a sender thread.
 
     Relaying to one child never waits on another: the node only enqueues.
-    A child whose queue overflows is too slow; it is told (``Drop``) and cut.
+    The queue holds at most ``backlog`` blocks and control frames; a block in
+    parts counts once, at its :class:`BlockStart` (its parts, bounded by the
+    block's own bound, and its end follow it). A child whose queue overflows
+    is too slow; it is told (``Drop``) and cut.
     Keepalives go out whenever the queue stays empty for ``keepalive`` seconds.
     A child whose socket takes no byte for ``send_timeout`` seconds is cut
     (:func:`send_progressing`: a slow but moving send is never cut).
 
     ``meter(link, now, written, unacknowledged, writing)`` is told, at each
-    piece of a block written and every :data:`DRAIN_LOOK` seconds until the
-    kernel has it all acknowledged, what the link has written and what its
-    peer has not acknowledged yet (:class:`client.capacity.Uplink`).
+    piece of a block or a part written and every :data:`DRAIN_LOOK` seconds
+    until the kernel has it all acknowledged, what the link has written and
+    what its peer has not acknowledged yet (:class:`client.capacity.Uplink`).
     """
 
     def __init__(self, sock: socket.socket, addr, backlog: int, keepalive: float,
@@ -378,7 +386,9 @@ class ChildLink:
         self._load_lock = threading.Lock()
         self._waiting_bytes = 0      # of the blocks queued and the one being written
         self._waiting_blocks = 0     # blocks queued, not yet being written
-        self._queue: queue.Queue = queue.Queue(maxsize=backlog)
+        self._backlog = backlog
+        self._queued = 0             # frames queued that count against the backlog
+        self._queue: queue.Queue = queue.Queue()
         self._keepalive = keepalive
         self._on_gone = on_gone
         self._closing = threading.Event()
@@ -392,15 +402,18 @@ class ChildLink:
         """Queue a frame; False (and the child is being dropped) when it cannot keep up."""
         if self._closing.is_set():
             return False
-        try:
-            self._queue.put_nowait(message)
-        except queue.Full:
+        counts = not isinstance(message, _FOLLOWERS)
+        with self._load_lock:
+            full = counts and self._queued >= self._backlog
+            if not full:
+                self._queued += counts
+                if isinstance(message, (Block, BlockPart)):
+                    self._waiting_bytes += len(message.data)
+                self._waiting_blocks += isinstance(message, (Block, BlockStart))
+        if full:
             self.drop("too slow: its backlog of blocks overflowed")
             return False
-        if isinstance(message, Block):
-            with self._load_lock:
-                self._waiting_bytes += len(message.data)
-                self._waiting_blocks += 1
+        self._queue.put_nowait(message)
         return True
 
     def load(self) -> tuple[int, int]:
@@ -452,7 +465,7 @@ class ChildLink:
             except queue.Empty:
                 break
         with self._load_lock:
-            self._waiting_bytes = self._waiting_blocks = 0
+            self._waiting_bytes = self._waiting_blocks = self._queued = 0
         self._queue.put_nowait(message)
         self._closing.set()
 
@@ -495,25 +508,29 @@ class ChildLink:
                     if self._cut is not None:
                         raise _LinkCut(self._cut)
                     break
+                with self._load_lock:
+                    self._queued = max(0, self._queued - (not isinstance(message, _FOLLOWERS)))
+                    if isinstance(message, (Block, BlockStart)):
+                        self._waiting_blocks = max(0, self._waiting_blocks - 1)
                 try:
                     self.conversation.sending(message)
                 except OwnViolation:
                     log.exception("not sent to the child %s", self.addr)
                     continue
                 frame = encode(message)
-                block = isinstance(message, Block)
-                if block:
+                carries = isinstance(message, (Block, BlockPart))  # a block's bytes: metered
+                if carries:
                     with self._load_lock:
-                        self._waiting_blocks = max(0, self._waiting_blocks - 1)
                         # the frame's header and fields count too, from now on
                         self._waiting_bytes += len(frame) - len(message.data)
                     self._look(writing=True)
                 send_progressing(self.sock, frame, self._send_timeout,
-                                 self._wrote_block_piece if block else self._wrote,
-                                 look_every=DRAIN_LOOK if block and self._meter else None)
-                if block:
+                                 self._wrote_block_piece if carries else self._wrote,
+                                 look_every=DRAIN_LOOK if carries and self._meter else None)
+                if isinstance(message, _BLOCK_FRAMES):
                     self.bytes_sent += len(frame)
-                    self.blocks_sent += 1
+                    self.blocks_sent += isinstance(message, (Block, BlockEnd))
+                if carries:
                     self._draining = self._meter is not None
                 if isinstance(message, (Drop, Move)):
                     reason = (f"dropped: {message.reason}" if isinstance(message, Drop)
@@ -533,15 +550,18 @@ class ChildLink:
     def close(self) -> None:
         """Stop the sender after what is queued, and wait for it."""
         self._closing.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            _shutdown(self.sock)
+        self._queue.put_nowait(None)
         if threading.current_thread() is not self._thread and self._thread.ident:
             self._thread.join(timeout=5)
             if self._thread.is_alive():
                 _shutdown(self.sock)
                 self._thread.join(timeout=5)
+
+
+#: Frames that follow a BlockStart: not counted against a child's backlog (the start is).
+_FOLLOWERS = (BlockPart, BlockEnd, BlockAbort)
+#: Frames of the blocks themselves: a link's upload (``bytes_sent``).
+_BLOCK_FRAMES = (Block, BlockStart, BlockPart, BlockEnd, BlockAbort)
 
 
 class _LinkCut(Exception):

@@ -155,6 +155,7 @@ class Counters:
     bytes_served: int = 0           # repair blocks sent to peers that fetched them
     blocks_repaired: int = 0
     blocks_lost: int = 0
+    blocks_discarded: int = 0       # begun in parts, never whole: cut short, aborted, corrupt
     swaps: int = 0
     climbs: int = 0
     children_moved: int = 0         # sent elsewhere because their links fell behind

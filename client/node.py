@@ -40,11 +40,13 @@ from client.library import serve_fetch
 from client.links import (ChildLink, ParentLink, StockServer, addresses_of, listen_on,
                           read_message, read_message_by, send_checked, send_progressing)
 from client.model import Config, Counters, Rejoin, State
-from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_WANT, Accept, Addr, Advice,
-                              Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
+from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_PART, MAX_WANT, Accept, Addr,
+                              Advice, Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Bye,
+                              Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryFetch, Move, PathUpdate, PeerProtocolError,
                               Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
-                              VersionMismatch, Vouch, VouchAnswer, DigestQuery, encode)
+                              VersionMismatch, Vouch, VouchAnswer, DigestQuery, encode,
+                              parts_of)
 from client.delivery import SERVER, Gate, Step
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
@@ -118,6 +120,7 @@ class Node(Joining, Upkeep):
         # Which block is stored next, and its number (client.delivery); its
         # calls are made under the deliver lock, in arrival order.
         self.gate = Gate(config.period, self.window.capacity)
+        self._relaying: _Relay | None = None  # the block being forwarded in parts (deliver lock)
         self._server_member = False
         self._former_path: tuple[Addr, ...] = ()      # the path before becoming direct
         self._sent_before: dict[str, int] = {}
@@ -282,7 +285,14 @@ class Node(Joining, Upkeep):
             self._spawn_handler(self._handle_push, conn, peer_ip, self._push_gate)
 
     def _handle_push(self, conn: socket.socket, peer_ip: str, ticket: strangers.Ticket) -> None:
+        """Read one push to its end; a block's bytes go on to the children as they come.
+
+        The first bytes tell a block (the EBML magic) from a join answer; from
+        then on each piece read is forwarded at once (:meth:`_begin_relay`),
+        and the block is delivered when the server closes.
+        """
         data = bytearray()
+        relay, began = None, None
         deadline = time.monotonic() + PUSH_DEADLINE
         try:
             while len(data) <= MAX_BLOCK:
@@ -290,14 +300,26 @@ class Node(Joining, Upkeep):
                 if remaining <= 0:
                     raise socket.timeout(f"the push did not end within {PUSH_DEADLINE:.0f} s")
                 conn.settimeout(min(5.0, remaining))
-                chunk = conn.recv(1024 * 1024)
+                chunk = conn.recv(MAX_PART)
                 if not chunk:
                     break
                 data += chunk
+                if began is None and len(data) >= len(stock.EBML_MAGIC):
+                    if not data.startswith(stock.EBML_MAGIC):
+                        began = 0.0  # not a block: read on, nothing to forward
+                        continue
+                    began = time.time()
+                    relay = self._begin_relay(SERVER, 0, began)
+                    chunk = bytes(data)
+                if relay is not None:
+                    self._relay_part(relay, chunk)
         except OSError as exc:
+            self._abort_relay_now(relay, "the server's push was cut short")
+            self._discarded(began is not None and began > 0)
             log.warning("push connection from %s failed after %d bytes: %s", peer_ip, len(data), exc)
             return
         if len(data) > MAX_BLOCK:
+            self._abort_relay_now(relay, "the server's push is too large")
             self._blame.report(strangers.LIMIT, peer_ip, "a push larger than "
                                f"{MAX_BLOCK >> 20} MiB, the largest block relaytv stores and "
                                "relays: refused")
@@ -307,40 +329,109 @@ class Node(Joining, Upkeep):
         elif data.startswith(stock.EBML_MAGIC):
             block = Block.of(0, bytes(data))
             self.crosscheck.witnessed(self.config.channel, block.digest)  # what we vouch for
-            self.deliver(block, SERVER)
+            self.deliver(block, SERVER, relay, began)
         else:
             log.warning("push from %s is neither a join answer nor a Matroska block "
                         "(%d bytes): ignored", peer_ip, len(data))
 
     # -- blocks ------------------------------------------------------------
 
-    def deliver(self, block: Block, source) -> None:
+    def deliver(self, block: Block, source, relay: "_Relay | None" = None,
+                wall: float | None = None) -> None:
         """Store a block from the current parent (or the server) and relay it to every child.
 
         The gate (:mod:`client.delivery`) ignores blocks from anyone else (a
         stale link, or the server still pushing to a client that moved into
         the tree), holds live blocks while a repair runs so that storage stays
         in play order, and numbers the server's. A block from a parent is
-        stored only if the server's feed names it.
+        stored only if the server's feed names it. ``relay``: the forward of
+        its parts begun as it came (ended here with the block, or aborted);
+        ``wall``: when it began to come (a push's start, the server's send).
         """
         with self._deliver_lock:
             if source != SERVER and source == self.gate.source and not self._authentic(
                     block.digest, source.addr):
+                self._abort_relay(relay, "forged: the server does not vouch for it")
                 self._inputs.put(inputs.ParentForged(time.monotonic(), source))
                 return
-            stored = self._perform(self.gate.arrived(block, source, time.time()))
+            wall = time.time() if wall is None else wall
+            stored = self._perform(self.gate.arrived(block, source, wall), relay)
         if stored:
             self._write_status()
 
-    def _perform(self, step: Step) -> bool:
-        """(Under the deliver lock.) Store what the gate passed, in order; True if any."""
+    def _perform(self, step: Step, relay: "_Relay | None" = None) -> bool:
+        """(Under the deliver lock.) Store what the gate passed, in order; True if any.
+
+        ``relay``: the forward in parts of the block that just came; it ends with
+        that block if the gate passed it under the number it began with, and is
+        aborted otherwise (held, skipped, ignored: the children get it whole, if
+        and when it is stored).
+        """
         for passed in step.passes:
             if passed.source == SERVER:
                 self._last_server_block = time.monotonic()
-            self._store_and_relay(passed.block)
+            self._store_and_relay(passed.block, relay)
+        self._abort_relay(relay, "not stored now")  # (nothing left to do when it ended)
         if step.check_gap:
             self._inputs.put(inputs.ServerBlockHeld(time.monotonic()))  # client.joining
         return bool(step.passes)
+
+    # -- cut-through: a block's parts go on before all of it is in ------------------
+
+    def _begin_relay(self, source, seq: int, wall: float) -> "_Relay | None":
+        """A block from ``source`` begins to come: forward its parts to every child now?
+
+        Only when the gate would store it live as it stands
+        (:meth:`client.delivery.Gate.streams`) and no other block is being
+        forwarded (pushes may overlap); otherwise the children get it whole,
+        when it is stored. A forward left by a link we have left is aborted.
+        """
+        with self._deliver_lock:
+            if self._relaying is not None and self._relaying.source != self.gate.source:
+                self._abort_relay(self._relaying, "its sender is no longer followed")
+            number = self.gate.streams(source, seq, wall)
+            if number is None or self._relaying is not None:
+                return None
+            with self._lock:
+                children = list(self.children.values())
+            start = BlockStart(number)
+            self._relaying = _Relay(source, number, [c for c in children if c.enqueue(start)])
+            return self._relaying
+
+    def _relay_part(self, relay: "_Relay | None", data: bytes) -> None:
+        """More bytes of the block ``relay`` forwards: queued to its children at once."""
+        with self._deliver_lock:
+            if relay is None or relay is not self._relaying:
+                return
+            if relay.size + len(data) > MAX_BLOCK:
+                self._abort_relay(relay, "too large")  # (the block will be refused whole too)
+                return
+            relay.size += len(data)
+            for part in parts_of(data):
+                for child in relay.children:
+                    child.enqueue(part)
+
+    def _abort_relay(self, relay: "_Relay | None", reason: str) -> None:
+        """(Under the deliver lock.) The block ``relay`` forwards will not be stored (now):
+        its children discard it."""
+        if relay is None or relay is not self._relaying:
+            return
+        self._relaying = None
+        if relay.children:
+            log.info("block %d forwarded in parts is aborted: %s", relay.seq, reason)
+        abort = BlockAbort(reason[:200])
+        for child in relay.children:
+            child.enqueue(abort)
+
+    def _abort_relay_now(self, relay: "_Relay | None", reason: str) -> None:
+        with self._deliver_lock:
+            self._abort_relay(relay, reason)
+
+    def _discarded(self, begun: bool = True) -> None:
+        """A block begun (in parts, or a push) was dropped before it was whole."""
+        if begun:
+            with self._lock:
+                self.counters.blocks_discarded += 1
 
     def _authentic(self, digest: bytes, sender: Addr) -> bool:
         """May a block from ``sender`` be stored? A forged one gets the sender distrusted."""
@@ -364,17 +455,30 @@ class Node(Joining, Upkeep):
         with self._lock:
             return self._distrusted.get(addr, 0.0) > time.monotonic()
 
-    def _store_and_relay(self, block: Block) -> None:
-        """(Under the deliver lock.) The one place a block is stored and passed on."""
+    def _store_and_relay(self, block: Block, relay: "_Relay | None" = None) -> None:
+        """(Under the deliver lock.) The one place a block is stored and passed on.
+
+        The children that got its parts (``relay``, when it forwarded this very
+        block under this number) get its end; the others get it whole. Any
+        other forward still open is aborted first: frames of two blocks never
+        interleave. The children's frames are queued before the disk write.
+        """
         with self._lock:
             children = list(self.children.values())
+        ends = (relay is not None and relay is self._relaying and relay.seq == block.seq
+                and relay.size == len(block.data))
+        if not ends:
+            self._abort_relay(self._relaying, "another block is stored first")
+        streamed = set(relay.children) if ends else set()
+        self._relaying = None
+        end = BlockEnd(len(block.data), block.digest)
+        for child in children:
+            child.enqueue(end if child in streamed else block)
         stored_at = time.time()
+        self.window.append(Stored(block, stored_at))
         self.store.write(block.data, block.seq)  # a refusal (full disk) is said once; relay goes on
         if self.recorder is not None:
             self.recorder.keep(self.config.channel, block.data)  # --record (client/record.py)
-        self.window.append(Stored(block, stored_at))
-        for child in children:
-            child.enqueue(block)
         for watch in self.watchers:
             watch("block", Stored(block, stored_at))
         # Only now: moves made then must follow the relay.
@@ -774,8 +878,34 @@ class Node(Joining, Upkeep):
     # -- the parent link -----------------------------------------------------
 
     def _on_parent_message(self, link: ParentLink, message) -> None:
+        """(The link's reader.) A block whole or in parts, or a control frame.
+
+        A block in parts is forwarded as it comes and checked at its end
+        (:class:`client.peerproto.Reassembly`: a wrong size or digest is the
+        parent's protocol error, which ends the link; its forward is aborted).
+        """
         if isinstance(message, Block):
             self.deliver(message, link)
+        elif isinstance(message, BlockStart):
+            link.incoming.start(message.seq)
+            link.relay = self._begin_relay(link, message.seq, time.time())
+        elif isinstance(message, BlockPart):
+            link.incoming.add(message.data)
+            self._relay_part(link.relay, message.data)
+        elif isinstance(message, BlockEnd):
+            relay, link.relay = link.relay, None
+            try:
+                block = link.incoming.end(message)
+            except PeerProtocolError:
+                self._abort_relay_now(relay, "corrupt: its end does not match its bytes")
+                self._discarded()
+                raise
+            self.deliver(block, link, relay)
+        elif isinstance(message, BlockAbort):
+            link.incoming.abort()
+            self._discarded()
+            relay, link.relay = link.relay, None
+            self._abort_relay_now(relay, f"aborted above: {message.reason}")
         elif isinstance(message, Keepalive):
             pass
         elif isinstance(message, Advice):
@@ -786,6 +916,9 @@ class Node(Joining, Upkeep):
             self._inputs.put(inputs.FromParent(time.monotonic(), link, message))
 
     def _on_parent_lost(self, link: ParentLink, reason: str) -> None:
+        self._discarded(link.incoming.open)  # (a block cut short: its parts are dropped)
+        relay, link.relay = link.relay, None
+        self._abort_relay_now(relay, f"cut short: parent lost ({reason})")
         self._inputs.put(inputs.ParentLost(time.monotonic(), link, reason))
 
     # -- the controller ------------------------------------------------------
@@ -944,6 +1077,7 @@ class Node(Joining, Upkeep):
                 "bytes_served": self.counters.bytes_served,
                 "blocks_repaired": self.counters.blocks_repaired,
                 "blocks_lost": self.counters.blocks_lost,
+                "blocks_discarded": self.counters.blocks_discarded,
                 "repairing": self.gate.repair is not None,
                 "backup": str(self._backup.addr) if self._backup else None,
                 "rejoins": max(0, len(self.rejoins) - 1),
@@ -990,6 +1124,15 @@ class Node(Joining, Upkeep):
             write_json_atomically(self.config.store / "status.json", self.snapshot())
         for watch in self.watchers:
             watch("status", None)
+
+
+class _Relay:
+    """A block forwarded in parts as it comes: from whom, under which number, to which
+    children, how many bytes so far (the node's, under its deliver lock)."""
+
+    def __init__(self, source, seq: int, children: list[ChildLink]):
+        self.source, self.seq, self.children = source, seq, children
+        self.size = 0
 
 
 #: A child not heard for this long (its keepalives come every quarter second at most) whose

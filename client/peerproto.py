@@ -4,17 +4,27 @@ Nothing here touches a socket: :func:`encode` turns a message into bytes and
 :class:`FrameDecoder` turns received bytes back into messages (the h11 style,
 see STYLE.md). The node's socket threads are thin adapters around it.
 
-Wire format (version 1)::
+Wire format (version 2)::
 
-    frame   = type:u8  length:u32-be  payload[length]
-    BLOCK   payload = seq:u64-be  digest[16]  data        (binary)
-    others  payload = UTF-8 JSON object with the fields of the message class
+    frame       = type:u8  length:u32-be  payload[length]
+    BLOCK       payload = seq:u64-be  digest[16]  data     (binary: a whole block)
+    BLOCK_START payload = seq:u64-be                       (binary: a block in parts begins)
+    BLOCK_PART  payload = data[1..MAX_PART]                (binary: its next bytes)
+    BLOCK_END   payload = size:u32-be  digest[16]          (binary: all of it is in)
+    others      payload = UTF-8 JSON object with the fields of the message class
 
 Every frame length is bounded (:data:`MAX_CONTROL` for JSON frames,
-:data:`MAX_BLOCK` for blocks); a frame over its bound, an unknown type,
-malformed JSON or a field of the wrong type is a :class:`PeerProtocolError`,
-raised as soon as the header or payload shows it, never after buffering
-without limit.
+:data:`MAX_BLOCK` for blocks, :data:`MAX_PART` for a part, the fixed sizes of
+a start and an end); a frame over its bound, an unknown type, malformed JSON
+or a field of the wrong type is a :class:`PeerProtocolError`, raised as soon
+as the header or payload shows it, never after buffering without limit.
+
+A relay forwards a block's bytes while they arrive (cut-through): a
+:class:`BlockStart`, :class:`BlockPart` frames, then a :class:`BlockEnd`
+whose size and digest the receiver checks against what came
+(:class:`Reassembly`), or a :class:`BlockAbort`: the block is not to be
+stored (the sender's copy turned out short, corrupt or forged, or the
+sender does not store it now).
 
 Every connection opens with a :class:`Hello` from the connecting side, which
 names the protocol, its version and what the connection is for (``kind``).
@@ -32,9 +42,15 @@ from typing import ClassVar
 from server import protocol as stock
 
 PROTOCOL = "relaytv"
-VERSION = 1
+#: 2: blocks relayed in parts (BlockStart, BlockPart, BlockEnd, BlockAbort), which a
+#: version 1 client cannot decode.
+VERSION = 2
 HEADER = struct.Struct(">BI")
 BLOCK_HEADER = struct.Struct(">Q16s")
+START_FORMAT = struct.Struct(">Q")
+END_FORMAT = struct.Struct(">I16s")
+#: The most bytes one BlockPart carries: a hop costs about this much transfer.
+MAX_PART = 64 * 1024
 MAX_CONTROL = 64 * 1024
 MAX_BLOCK = stock.MAX_BLOCK    # one bound for a block, pushed or relayed
 MAX_LIST = 64
@@ -359,6 +375,115 @@ class Block:
     @classmethod
     def of(cls, seq: int, data: bytes) -> "Block":
         return cls(seq, block_digest(data), data)
+
+
+@dataclass(frozen=True)
+class BlockStart:
+    """A block begins, sent in parts: ``seq`` is its position in the sender's numbering."""
+
+    TYPE: ClassVar[int] = 50
+    seq: int
+
+    def __post_init__(self):
+        _check_int(self.seq, "seq", 0, 2**64 - 1)
+
+
+@dataclass(frozen=True)
+class BlockPart:
+    """The next bytes of the block begun (at least one, at most :data:`MAX_PART`)."""
+
+    TYPE: ClassVar[int] = 51
+    data: bytes = field(repr=False)
+
+    def __post_init__(self):
+        if not 1 <= len(self.data) <= MAX_PART:
+            raise PeerProtocolError(f"block part of {len(self.data)} bytes is out of bounds")
+
+
+@dataclass(frozen=True)
+class BlockEnd:
+    """The block begun is whole: its size and identity, which the receiver checks."""
+
+    TYPE: ClassVar[int] = 52
+    size: int
+    digest: bytes
+
+    def __post_init__(self):
+        _check_int(self.size, "size", 0, MAX_BLOCK)
+        if len(self.digest) != DIGEST_SIZE:
+            raise PeerProtocolError("bad block digest length")
+
+
+@dataclass(frozen=True)
+class BlockAbort(_Refusal):
+    """The block begun is not to be stored: discard its parts (``reason`` says why)."""
+
+    TYPE: ClassVar[int] = 53
+
+
+class Reassembly:
+    """The block arriving in parts on one link: bounded, hashed as it comes, checked at its end.
+
+    Pure bookkeeping for the receiver (and for a direct client reading the
+    server's push, with :meth:`add` and :meth:`finish`). Every misuse is the
+    peer's :class:`PeerProtocolError`: a part or an end with no start, a start
+    inside a block, more than :data:`MAX_BLOCK` bytes, an end whose size or
+    digest is not that of the bytes that came.
+    """
+
+    def __init__(self):
+        self.seq: int | None = None
+        self._parts: list[bytes] = []
+        self._hash = None
+        self.size = 0
+
+    @property
+    def open(self) -> bool:
+        return self.seq is not None
+
+    def start(self, seq: int) -> None:
+        if self.open:
+            raise PeerProtocolError(f"a block start inside block {self.seq}")
+        self.seq, self._parts, self.size = seq, [], 0
+        self._hash = hashlib.blake2b(digest_size=DIGEST_SIZE)
+
+    def add(self, data: bytes) -> None:
+        if not self.open:
+            raise PeerProtocolError("a block part with no block started")
+        if self.size + len(data) > MAX_BLOCK:
+            raise PeerProtocolError(f"block {self.seq} grows past {MAX_BLOCK} bytes")
+        self._parts.append(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finish(self) -> Block:
+        """The whole block as it came (the server's push: its end is the connection's)."""
+        if not self.open:
+            raise PeerProtocolError("a block end with no block started")
+        block = Block(self.seq, self._hash.digest(), b"".join(self._parts))
+        self.abort()
+        return block
+
+    def end(self, end: BlockEnd) -> Block:
+        """The block, once its end's size and digest match what came."""
+        if not self.open:
+            raise PeerProtocolError("a block end with no block started")
+        if end.size != self.size:
+            raise PeerProtocolError(f"block {self.seq} ends at {end.size} bytes, "
+                                    f"{self.size} came")
+        block = self.finish()
+        if block.digest != end.digest:
+            raise PeerProtocolError(f"block {block.seq}: digest does not match its bytes")
+        return block
+
+    def abort(self) -> None:
+        """Forget the block begun (aborted, or its link ended)."""
+        self.seq, self._parts, self._hash, self.size = None, [], None, 0
+
+
+def parts_of(data: bytes) -> list[BlockPart]:
+    """``data`` cut into parts of at most :data:`MAX_PART` bytes."""
+    return [BlockPart(data[at:at + MAX_PART]) for at in range(0, len(data), MAX_PART)]
 
 
 @dataclass(frozen=True)
@@ -842,20 +967,30 @@ class DigestAnswer:
                    obj.get("covered_ms", 0))
 
 
-Message = (Hello | Accept | Redirect | Reject | Block | Keepalive | PathUpdate | Move | Drop | Bye
-           | Report | Info | Advice | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer
+Message = (Hello | Accept | Redirect | Reject | Block | BlockStart | BlockPart | BlockEnd
+           | BlockAbort | Keepalive | PathUpdate | Move | Drop | Bye | Report | Info | Advice
+           | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer
            | LibraryFetch | LibraryEnd | Vouch | VouchAnswer | DigestQuery | DigestAnswer)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
                                             Move, Drop, Bye, Report, Info, Advice, FetchEnd, Swap,
                                             SwapAnswer, TreeQuery, TreeAnswer, LibraryFetch,
                                             LibraryEnd, Vouch, VouchAnswer, DigestQuery,
-                                            DigestAnswer)}
+                                            DigestAnswer, BlockAbort)}
+#: The binary frames of a block in parts: their payload's bounds, (least, most) bytes.
+PART_BOUNDS = {BlockStart.TYPE: (START_FORMAT.size, START_FORMAT.size),
+               BlockPart.TYPE: (1, MAX_PART), BlockEnd.TYPE: (END_FORMAT.size, END_FORMAT.size)}
 
 
 def encode(message: Message) -> bytes:
     """The bytes of one frame carrying ``message``."""
     if isinstance(message, Block):
         payload = BLOCK_HEADER.pack(message.seq, message.digest) + message.data
+    elif isinstance(message, BlockStart):
+        payload = START_FORMAT.pack(message.seq)
+    elif isinstance(message, BlockPart):
+        payload = message.data
+    elif isinstance(message, BlockEnd):
+        payload = END_FORMAT.pack(message.size, message.digest)
     else:
         payload = json.dumps(message.to_json(), separators=(",", ":")).encode()
         if len(payload) > MAX_CONTROL:
@@ -870,6 +1005,12 @@ def _decode_payload(kind: int, payload: bytes) -> Message:
         if block_digest(data) != digest:
             raise PeerProtocolError("block digest does not match its bytes")
         return Block(seq, digest, data)
+    if kind == BlockStart.TYPE:
+        return BlockStart(*START_FORMAT.unpack(payload))
+    if kind == BlockPart.TYPE:
+        return BlockPart(payload)
+    if kind == BlockEnd.TYPE:
+        return BlockEnd(*END_FORMAT.unpack(payload))
     try:
         obj = json.loads(payload.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
@@ -919,6 +1060,11 @@ class FrameDecoder:
             if kind == Block.TYPE:
                 if not BLOCK_HEADER.size <= length <= BLOCK_HEADER.size + MAX_BLOCK:
                     raise PeerProtocolError(f"block frame of {length} bytes is out of bounds")
+            elif kind in PART_BOUNDS:
+                least, most = PART_BOUNDS[kind]
+                if not least <= length <= most:
+                    raise PeerProtocolError(f"frame of type {kind} and {length} bytes is out "
+                                            "of bounds")
             elif kind in JSON_MESSAGES:
                 if length > MAX_CONTROL:
                     raise PeerProtocolError(f"control frame of {length} bytes exceeds {MAX_CONTROL}")

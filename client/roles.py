@@ -41,7 +41,8 @@ def frame_name(message) -> str:
 
 
 #: Every name a frame can have (the tables are checked against it at import).
-FRAME_NAMES = frozenset({cls.__name__ for cls in (*pp.JSON_MESSAGES.values(), pp.Block)}
+FRAME_NAMES = frozenset({cls.__name__ for cls in (*pp.JSON_MESSAGES.values(), pp.Block,
+                                                   pp.BlockStart, pp.BlockPart, pp.BlockEnd)}
                         - {"Hello"} | {f"Hello({k})" for k in ("join", "probe", "fetch")})
 
 
@@ -98,9 +99,15 @@ class Role:
             raise error(self.name, state, name) from None
 
 
-_PARENT = {"attached": {"Block": "attached", "Keepalive": "attached", "Advice": "attached",
-                        "PathUpdate": "attached", "Swap": "attached",
-                        "Move": DONE, "Drop": DONE}}
+#: What a parent may send between blocks and inside a block sent in parts (``streaming``):
+#: control frames anywhere, a whole Block or a BlockStart only between blocks, a part and
+#: the block's end or abort only inside one. A link that ends inside a block leaves it short.
+_ANYWHERE = {"Keepalive", "Advice", "PathUpdate", "Swap"}
+_PARENT = {"attached": {"Block": "attached", "BlockStart": "streaming",
+                        **dict.fromkeys(_ANYWHERE, "attached"), "Move": DONE, "Drop": DONE},
+           "streaming": {"BlockPart": "streaming", "BlockEnd": "attached",
+                         "BlockAbort": "attached", **dict.fromkeys(_ANYWHERE, "streaming"),
+                         "Move": DONE, "Drop": DONE}}
 _CHILD = {"child": {"Report": "child", "Keepalive": "child", "SwapAnswer": "child",
                     "Bye": DONE}}
 

@@ -153,7 +153,10 @@ def test_random_orders_of_live_repaired_and_stale_blocks_store_each_block_once_i
             schedule.insert(rng.randrange(last + 1, len(schedule) + 1), ("done", None))
         for kind, block in schedule:
             if kind == "live":
-                out += stored([gate.arrived(block, parent, 0.0)])
+                promised = gate.streams(parent, block.seq, 0.0)
+                passed = stored([gate.arrived(block, parent, 0.0)])
+                assert promised is None or passed == [promised], (seed, promised, passed)
+                out += passed
             elif kind == "stale":
                 out += stored([gate.arrived(block, stale, 0.0)])
             elif kind == "repair":
@@ -176,3 +179,34 @@ def test_a_missed_push_is_looked_for_like_the_gap_before_the_first_one():
     assert stored([gate.gap_checked(1006.5, job, [missed.digest]), gate.repaired(job, missed),
                    gate.repair_done(job, 1006.6)]) == [502, 503]
     assert stored([gate.arrived(Block.of(0, b"push 4"), SERVER, 1008.2)]) == [504]
+
+
+def test_a_block_is_forwarded_in_parts_only_when_it_would_be_stored_at_once_under_that_number():
+    """``streams`` promises what ``arrived`` then does, and changes nothing itself."""
+    gate, parent, stale, job = Gate(PERIOD, 8), Link(), Link(), object()
+    blocks = film(6)
+    assert gate.streams(parent, 100, 0.0) is None                 # nobody followed yet
+    gate.follow(parent, skip=[blocks[0].digest])
+    assert gate.streams(parent, 100, 0.0) is None                 # it may be skipped
+    assert stored([gate.arrived(blocks[0], parent, 0.0)]) == []
+    assert gate.streams(parent, 101, 0.0) == 101
+    assert gate.streams(stale, 101, 0.0) is None
+    assert stored([gate.arrived(blocks[1], parent, 0.0)]) == [101]
+    gate.start_repair(job)
+    assert gate.streams(parent, 102, 0.0) is None                 # held: goes whole, later
+    assert stored([gate.arrived(blocks[2], parent, 0.0), gate.repair_done(job, 0.0)]) == [102]
+    assert gate.streams(parent, 103, 0.0) == 103
+
+
+def test_the_servers_pushes_are_forwarded_in_parts_under_the_number_they_get():
+    gate = Gate(PERIOD, 8)
+    gate.follow(SERVER)
+    pushes = [Block.of(0, f"push {i}".encode()) for i in range(3)]
+    assert gate.streams(SERVER, 0, 1000.9) == 500
+    assert gate.streams(SERVER, 0, 1000.9) == 500                 # asking changes nothing
+    assert stored([gate.arrived(pushes[0], SERVER, 1000.9)]) == [500]
+    assert gate.streams(SERVER, 0, 1002.9) == 501
+    assert stored([gate.arrived(pushes[1], SERVER, 1002.9)]) == [501]
+    # A push more than 1.5 periods after the last one will be held (a missed push): whole.
+    assert gate.streams(SERVER, 0, 1006.0) is None
+    assert stored([gate.arrived(pushes[2], SERVER, 1006.0)]) == []

@@ -18,7 +18,7 @@ from bench.cluster import Cluster, session_ports, wait_until
 from client import eventlog
 from client.events import FILE as EVENTS_FILE
 from client.links import StockServer
-from client.peerproto import block_digest
+from client.peerproto import VERSION, block_digest
 
 PERIOD = 0.5
 PEER_PORT = session_ports().peer   # every cluster's clients listen there
@@ -236,7 +236,7 @@ def test_hostile_peer_input_is_refused_and_the_client_keeps_receiving(cluster, f
     send(struct.pack(">BI", 1, 50_000_000))                # oversized control frame
     send(struct.pack(">BI", 1, 100) + b"{")                # stops mid-frame
     send(struct.pack(">BI", 1, 2) + b"[]")                 # not an object
-    hello = json.dumps({"proto": "relaytv", "version": 1, "kind": "join", "ip": "127.0.0.9",
+    hello = json.dumps({"proto": "relaytv", "version": VERSION, "kind": "join", "ip": "127.0.0.9",
                         "port": PEER_PORT, "channel": 0}).encode()
     send(struct.pack(">BI", 1, len(hello)) + hello)        # claims another address
     before = counts(clients)
@@ -293,7 +293,7 @@ def test_a_child_that_stops_reading_is_dropped_and_its_siblings_lose_nothing(clu
     server, clients = start_tree(cluster, 2, "--balance-margin", "0")
     parent = clients[0]
     stuck_ip = "127.0.0.252"
-    hello = json.dumps({"proto": "relaytv", "version": 1, "kind": "join", "ip": stuck_ip,
+    hello = json.dumps({"proto": "relaytv", "version": VERSION, "kind": "join", "ip": stuck_ip,
                         "port": PEER_PORT, "channel": 0, "max_children": 0}).encode()
     with socket.create_connection((parent.ip, PEER_PORT), timeout=5, source_address=(stuck_ip, 0)) as stuck:
         stuck.sendall(struct.pack(">BI", 1, len(hello)) + hello)  # joins, then never reads

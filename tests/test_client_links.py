@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from bench.cluster import wait_until
 from client import roles
 from client.links import ParentLink, send_progressing
 from client.model import Config
@@ -137,3 +138,77 @@ def test_a_repair_served_to_a_slow_fetcher_is_served_whole_past_the_socket_s_tim
         receiver.close()
     assert bytes(got) == frame
 
+
+
+def _child_link(sock, backlog: int, meter=None):
+    from client import roles
+    from client.links import ChildLink
+    from client.peerproto import Addr, Hello
+    talk = roles.Conversation(roles.PEER)
+    hello = Hello("join", Addr("127.0.0.9", 9092), 0)
+    talk.received(hello)
+    talk.answering(hello)
+    talk.their_state = "attached"          # (its Accept went out)
+    gone = []
+    link = ChildLink(sock, hello.addr, backlog=backlog, keepalive=5.0, send_timeout=2.0,
+                     on_gone=lambda link, reason: gone.append(reason), conversation=talk,
+                     meter=meter)
+    return link, gone
+
+
+def test_a_block_in_parts_counts_once_against_a_childs_backlog():
+    from client.peerproto import BlockEnd, BlockStart, block_digest, parts_of
+    sender, receiver = socket.socketpair()
+    try:
+        link, _ = _child_link(sender, backlog=2)          # its sender not started: all waits
+        data = bytes(300_000)
+        for number in (1, 2):
+            assert link.enqueue(BlockStart(number))
+            assert all(link.enqueue(part) for part in parts_of(data))
+            assert link.enqueue(BlockEnd(len(data), block_digest(data)))
+        assert link.load() == (2 * len(data), 2)
+        assert not link.enqueue(BlockStart(3))            # a third block: too slow, dropped
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_each_part_sent_to_a_child_is_metered_and_arrives_in_order():
+    from client import roles
+    from client.peerproto import (BlockEnd, BlockStart, FrameDecoder, Reassembly, block_digest,
+                                  encode, parts_of)
+    sender, receiver = socket.socketpair()
+    looks = []
+    link, gone = _child_link(sender, backlog=8,
+                             meter=lambda link, now, written, queued, writing:
+                             looks.append((written, writing)))
+    data = bytes(range(256)) * 1000
+    frames = [BlockStart(4), *parts_of(data), BlockEnd(len(data), block_digest(data))]
+    link.start()
+    try:
+        for frame in frames:
+            assert link.enqueue(frame)
+        decoder, parent, whole = FrameDecoder(), roles.Conversation(roles.PARENT), Reassembly()
+        receiver.settimeout(5.0)
+        got = []
+        while len(got) < len(frames):
+            message = decoder.next_message()
+            if message is None:
+                decoder.feed(receiver.recv(65536))
+                continue
+            parent.received(message)                      # in the order the role allows
+            got.append(message)
+        whole.start(got[0].seq)
+        for part in got[1:-1]:
+            whole.add(part.data)
+        assert whole.end(got[-1]).data == data
+        wire = sum(len(encode(f)) for f in frames)
+        wait_until(lambda: link.blocks_sent == 1, 5, "the sender to count the block's end")
+        assert link.bytes_sent == wire
+        # The meter saw each part begin (writing) and the bytes of every part written.
+        assert sum(1 for _, writing in looks if writing) >= len(frames) - 2
+        assert max(written for written, _ in looks) >= wire - len(encode(frames[-1]))
+    finally:
+        link.close()
+        receiver.close()
+    assert gone

@@ -14,9 +14,10 @@ import pytest
 
 import client.peerproto as peerproto
 from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, MAX_BLOCK,
-                              MAX_CHILDREN, MAX_CONTROL, MAX_LIST, MAX_WANT, PROTOCOL, VERSION,
-                              Accept, Addr, Advice,
-                              Block, Bye, Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
+                              MAX_CHILDREN, MAX_CONTROL, MAX_LIST, MAX_PART, MAX_WANT, PART_BOUNDS,
+                              PROTOCOL, VERSION, Accept, Addr, Advice, Block, BlockAbort, BlockEnd,
+                              BlockPart, BlockStart, Bye, Reassembly, parts_of, Candidate, Drop,
+                              FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryEnd, LibraryFetch, Move, PathUpdate,
                               PeerProtocolError, Redirect, Reject, Report, Swap, SwapAnswer,
                               TreeAnswer, TreeQuery, Vouch, VouchAnswer, DigestQuery, DigestAnswer,
@@ -25,7 +26,7 @@ from client.treenode import TreeNode
 
 # A relay lists its whole subtree (Report.members, Hello.subtree): a longer bound than MAX_LIST.
 MEMBERS_BOUND = getattr(peerproto, "MAX_MEMBERS", MAX_LIST)
-KNOWN_TYPES = {Block.TYPE, *JSON_MESSAGES}
+KNOWN_TYPES = {Block.TYPE, *JSON_MESSAGES, *PART_BOUNDS}
 UNKNOWN_TYPES = [t for t in (0, 13, 14, 15, 42, 128, 255) if t not in KNOWN_TYPES]
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -81,6 +82,13 @@ MESSAGES = [
     Block.of(0, b""),
     Block.of(7, b"\x00\x01\x02binary\xff" * 100),
     Block.of(2**64 - 1, b"last"),
+    BlockStart(0),
+    BlockStart(2**64 - 1),
+    BlockPart(b"\x1a\x45\xdf\xa3"),
+    BlockPart(bytes(MAX_PART)),
+    BlockEnd(0, block_digest(b"")),
+    BlockEnd(MAX_BLOCK, D1),
+    BlockAbort("parent lost"),
     Keepalive(),
     PathUpdate(3, (addr(8), addr(9))),
     PathUpdate(1, ()),
@@ -158,11 +166,13 @@ def test_round_trip_one_byte_at_a_time(message):
 
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
-    assert covered == set(JSON_MESSAGES.values()) | {Block}
-    # 20-29: the web view, 30-39: the library, 45-49: verification
-    assert {cls.TYPE for cls in covered} == set(range(1, 17)) | {20, 21, 30, 31, 45, 46, 47, 48}
-    assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - {Block})
-    assert Block.TYPE not in JSON_MESSAGES
+    binary = {Block, BlockStart, BlockPart, BlockEnd}
+    assert covered == set(JSON_MESSAGES.values()) | binary
+    # 20-29: the web view, 30-39: the library, 45-49: verification, 50-59: blocks in parts
+    assert {cls.TYPE for cls in covered} == (set(range(1, 17)) | {20, 21, 30, 31, 45, 46, 47, 48}
+                                             | {50, 51, 52, 53})
+    assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - binary)
+    assert not {cls.TYPE for cls in binary} & set(JSON_MESSAGES)
 
 
 def test_hello_fields_survive():
@@ -442,7 +452,7 @@ MALFORMED = [
     # Hello: protocol, version, kind, channel
     (Hello.TYPE, _hello(proto="http"), "hello-proto-http"),
     (Hello.TYPE, _hello(proto=_MISSING), "hello-proto-missing"),
-    (Hello.TYPE, _hello(version=2), "hello-version-2"),
+    (Hello.TYPE, _hello(version=VERSION + 1), "hello-version-next"),
     (Hello.TYPE, _hello(version=0), "hello-version-0"),
     (Hello.TYPE, _hello(version="1"), "hello-version-str"),
     (Hello.TYPE, _hello(version=_MISSING), "hello-version-missing"),
@@ -641,7 +651,7 @@ def test_messages_validate_when_built():
     with pytest.raises(PeerProtocolError):
         Hello("join", addr(1), 1, proto="other")
     with pytest.raises(PeerProtocolError):
-        Hello("join", addr(1), 1, version=2)
+        Hello("join", addr(1), 1, version=VERSION - 1)
     with pytest.raises(PeerProtocolError):
         Hello("leave", addr(1), 1)
     with pytest.raises(PeerProtocolError):
@@ -729,3 +739,89 @@ def test_swap_names_either_a_parent_or_the_server():
 def test_hello_catch_up_is_bounded():
     with pytest.raises(PeerProtocolError):
         Hello("join", addr(1), 0, catch_up=10_000)
+
+
+# -- blocks in parts (cut-through relaying) ---------------------------------------------------
+
+
+def test_wire_format_of_a_block_in_parts_is_pinned():
+    assert encode(BlockStart(7)) == b"\x32\x00\x00\x00\x08" + (7).to_bytes(8, "big")
+    assert encode(BlockPart(b"ab")) == b"\x33\x00\x00\x00\x02ab"
+    assert encode(BlockEnd(3, D1)) == b"\x34\x00\x00\x00\x14" + (3).to_bytes(4, "big") + D1
+
+
+@pytest.mark.parametrize("kind, length", [
+    (BlockStart.TYPE, 7), (BlockStart.TYPE, 9), (BlockPart.TYPE, 0),
+    (BlockPart.TYPE, MAX_PART + 1), (BlockPart.TYPE, 2**32 - 1), (BlockEnd.TYPE, 19),
+    (BlockEnd.TYPE, 21), (BlockAbort.TYPE, MAX_CONTROL + 1)])
+def test_a_part_frame_out_of_its_bounds_is_refused_from_its_header(kind, length):
+    decoder = FrameDecoder()
+    decoder.feed(HEADER.pack(kind, length))
+    with pytest.raises(PeerProtocolError, match="out of bounds|exceeds"):
+        decoder.next_message()
+
+
+def test_a_part_frame_at_its_bound_waits_for_its_payload():
+    decoder = FrameDecoder()
+    decoder.feed(HEADER.pack(BlockPart.TYPE, MAX_PART))
+    assert decoder.next_message() is None
+
+
+def test_an_end_declaring_more_than_a_block_is_refused():
+    with pytest.raises(PeerProtocolError, match="size"):
+        decode_one(frame(BlockEnd.TYPE, (MAX_BLOCK + 1).to_bytes(4, "big") + D1))
+    with pytest.raises(PeerProtocolError):
+        BlockPart(bytes(MAX_PART + 1))
+    with pytest.raises(PeerProtocolError):
+        BlockPart(b"")
+
+
+def reassembled(data: bytes, seq: int = 4) -> Block:
+    whole = Reassembly()
+    whole.start(seq)
+    for part in parts_of(data):
+        whole.add(part.data)
+    return whole.end(BlockEnd(len(data), block_digest(data)))
+
+
+def test_a_block_in_parts_is_the_block_and_its_digest_is_checked_at_its_end():
+    data = bytes(range(256)) * 1000
+    assert len(parts_of(data)) == -(-len(data) // MAX_PART)
+    assert all(len(p.data) <= MAX_PART for p in parts_of(data))
+    assert reassembled(data) == Block.of(4, data)
+
+
+def test_an_end_with_the_wrong_size_or_digest_is_the_senders_error():
+    for end in (BlockEnd(5, block_digest(b"abcd")), BlockEnd(4, block_digest(b"abce"))):
+        whole = Reassembly()
+        whole.start(1)
+        whole.add(b"abcd")
+        with pytest.raises(PeerProtocolError, match="ends at|digest"):
+            whole.end(end)
+
+
+def test_parts_with_no_start_or_past_a_blocks_bound_are_refused():
+    whole = Reassembly()
+    with pytest.raises(PeerProtocolError, match="no block started"):
+        whole.add(b"x")
+    with pytest.raises(PeerProtocolError, match="no block started"):
+        whole.end(BlockEnd(0, block_digest(b"")))
+    whole.start(2)
+    with pytest.raises(PeerProtocolError, match="inside block"):
+        whole.start(3)
+    for _ in range(MAX_BLOCK // MAX_PART):
+        whole.add(bytes(MAX_PART))
+    whole.add(bytes(MAX_BLOCK % MAX_PART))
+    with pytest.raises(PeerProtocolError, match="grows past"):
+        whole.add(b"x")
+
+
+def test_an_aborted_block_is_forgotten_and_the_next_one_starts_clean():
+    whole = Reassembly()
+    whole.start(1)
+    whole.add(b"half of it")
+    whole.abort()
+    assert not whole.open
+    with pytest.raises(PeerProtocolError):
+        whole.add(b"more")
+    assert reassembled(b"next", seq=2) == Block.of(2, b"next")

@@ -19,7 +19,8 @@ from bench.cluster import Cluster, next_address, session_ports, wait_until
 from client import roles
 from client.fetcher import RepairJob
 from client.links import ANSWER_DEADLINE, ParentLink, StockServer, ask, read_message_by
-from client.peerproto import (HEADER, JSON_MESSAGES, VERSION, Accept, Addr, Advice, Block, Bye,
+from client.peerproto import (HEADER, JSON_MESSAGES, PART_BOUNDS, VERSION, Accept, Addr, Advice,
+                              Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Bye,
                               Drop, FetchEnd, FrameDecoder, Hello, Info, Keepalive, LibraryEnd,
                               LibraryFetch, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
                               Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, VersionMismatch,
@@ -41,7 +42,8 @@ SAMPLES = {
     "TreeQuery": TreeQuery(0), "TreeAnswer": TreeAnswer(), "LibraryFetch":
     LibraryFetch(A, "0123456789abcdef", (0,)), "LibraryEnd": LibraryEnd(), "Vouch": Vouch(0, B),
     "VouchAnswer": VouchAnswer(True), "DigestQuery": DigestQuery(0, (bytes(16),)),
-    "DigestAnswer": DigestAnswer(),
+    "DigestAnswer": DigestAnswer(), "BlockStart": BlockStart(1), "BlockPart": BlockPart(b"x"),
+    "BlockEnd": BlockEnd(1, bytes(16)), "BlockAbort": BlockAbort("short"),
 }
 
 
@@ -56,7 +58,7 @@ def test_every_peer_frame_type_may_arrive_in_some_role():
     allowed = {name for role in roles.ROLES.values() for moves in role.table.values()
                for name in moves}
     types = {type(SAMPLES[name]).TYPE for name in allowed}
-    assert types == {*JSON_MESSAGES, Block.TYPE}
+    assert types == {*JSON_MESSAGES, Block.TYPE, *PART_BOUNDS}
     assert allowed == roles.FRAME_NAMES        # every Hello kind too
 
 
@@ -118,6 +120,22 @@ def test_a_join_becomes_a_parent_link_and_a_child_link_on_each_side():
         joiner.received(Accept(1))               # once attached, no second Accept
 
 
+def test_a_block_in_parts_has_a_start_parts_and_one_end_and_control_frames_may_interleave():
+    link = roles.Conversation(roles.PARENT)
+    for message in (BlockStart(1), BlockPart(b"a"), Keepalive(), Advice(), BlockPart(b"b"),
+                    BlockEnd(2, bytes(16)), Block.of(2, b"x"), BlockStart(3), BlockAbort("cut")):
+        link.received(message)
+    assert link.state == "attached"
+    for wrong in (BlockPart(b"a"), BlockEnd(1, bytes(16)), BlockAbort("none begun")):
+        with pytest.raises(roles.ProtocolViolation):     # no block begun
+            roles.Conversation(roles.PARENT).received(wrong)
+    for wrong in (BlockStart(2), Block.of(2, b"x")):
+        inside = roles.Conversation(roles.PARENT)
+        inside.received(BlockStart(1))
+        with pytest.raises(roles.ProtocolViolation):     # two blocks never interleave
+            inside.received(wrong)
+
+
 def test_the_tables_refuse_unknown_names():
     with pytest.raises(ValueError):
         roles.Role("bad", "s", {"s": {"Helo": roles.DONE}}, "a typo")
@@ -148,21 +166,22 @@ def _frame(kind: int, obj: dict) -> bytes:
 
 
 def test_a_hello_of_another_version_is_a_version_mismatch_naming_it():
-    hello = Hello("join", A, 0).to_json() | {"version": 2, "kind": "join-v2", "have": 7}
+    hello = Hello("join", A, 0).to_json() | {"version": VERSION + 1, "kind": "join-v9", "have": 7}
     decoder = FrameDecoder()
     decoder.feed(_frame(Hello.TYPE, hello))
     with pytest.raises(VersionMismatch) as caught:   # before any other field is read
         decoder.next_message()
-    assert caught.value.theirs == 2
-    fetch = LibraryFetch(A, "0123456789abcdef", (0,)).to_json() | {"version": 3}
+    assert caught.value.theirs == VERSION + 1
+    fetch = LibraryFetch(A, "0123456789abcdef", (0,)).to_json() | {"version": VERSION + 2}
     decoder.feed(_frame(LibraryFetch.TYPE, fetch))
     with pytest.raises(VersionMismatch):
         decoder.next_message()
 
 
 def test_the_version_refusal_is_a_reject_every_client_decodes():
-    refusal = roles.version_refusal(2)
-    assert refusal.version == VERSION and "2" in refusal.reason and str(VERSION) in refusal.reason
+    refusal = roles.version_refusal(VERSION + 1)
+    assert refusal.version == VERSION and str(VERSION + 1) in refusal.reason
+    assert f"version {VERSION}" in refusal.reason
     decoder = FrameDecoder()
     decoder.feed(encode(refusal))
     assert decoder.next_message() == refusal
@@ -383,24 +402,25 @@ def _listening(ip: str, port: int) -> bool:
         return False
 
 
-def test_a_hello_of_version_2_is_answered_and_a_version_refusal_is_shown(cluster):
-    fake, a, b = start_tree(cluster, lambda first: Reject("protocol version 1 is not supported "
-                                                          "here: this client speaks version 2",
-                                                          version=2))
+def test_a_hello_of_the_next_version_is_answered_and_a_version_refusal_is_shown(cluster):
+    future = VERSION + 1
+    fake, a, b = start_tree(cluster, lambda first: Reject(f"protocol version {VERSION} is not "
+                                                          "supported here: this client speaks "
+                                                          f"version {future}", version=future))
     try:
-        # A fake joiner written with the project's codec, speaking version 2.
+        # A fake joiner written with the project's codec, speaking the next version.
         joiner = next_address()
-        hello = Hello("join", Addr(joiner, cluster.ports.peer), 0).to_json() | {"version": 2}
+        hello = Hello("join", Addr(joiner, cluster.ports.peer), 0).to_json() | {"version": future}
         with socket.create_connection((a.ip, cluster.ports.peer), 5,
                                       source_address=(joiner, 0)) as sock:
             sock.sendall(_frame(Hello.TYPE, hello))
             answer = read_message_by(sock, FrameDecoder(), time.monotonic() + 5)
         assert isinstance(answer, Reject) and answer.version == VERSION, answer
-        assert "version 2" in answer.reason and f"version {VERSION}" in answer.reason
+        assert f"version {future}" in answer.reason and f"version {VERSION}" in answer.reason
         wait_until(lambda: status(a)["refusals"].get("protocol violation", 0) >= 1, 10,
                    "A to count the refusal")
         # B probes the fake direct client, which refuses our version: B says so, and goes on.
-        wait_until(lambda: status(b).get("incompatible_peers") == {fake.addr: 2}, 20,
+        wait_until(lambda: status(b).get("incompatible_peers") == {fake.addr: future}, 20,
                    "B to show the version refusal")
         wait_until(lambda: status(b).get("state") == "attached", 20, "B to attach to A")
         assert status(b)["parent"] == {"ip": a.ip, "port": cluster.ports.peer}

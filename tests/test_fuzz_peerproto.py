@@ -23,7 +23,8 @@ from client.inputs import Leave
 from client.links import connect_from, read_message
 from client.model import Config
 from client.node import Node
-from client.peerproto import (MAX_CONTROL, Accept, Addr, Advice, Block, Bye, Candidate, FetchEnd,
+from client.peerproto import (MAX_CONTROL, Accept, Addr, Advice, Block, BlockAbort, BlockEnd,
+                              BlockPart, BlockStart, Bye, Candidate, FetchEnd,
                               FrameDecoder, Hello, Info, Keepalive, PathUpdate, PeerProtocolError,
                               Report, Swap, SwapAnswer, TreeQuery, Vouch, VouchAnswer, DigestQuery,
                               DigestAnswer, encode)
@@ -41,7 +42,9 @@ CORPUS = [encode(m) for m in (
     Info(True, 2, 1, 0, (Candidate(B, 2, 1, 0),)), Advice(Candidate(A, 1, 1, 0)),
     FetchEnd((bytes(16),)), Swap(A, (B,), (A, B)), SwapAnswer(True), TreeQuery(0),
     Vouch(0, A), VouchAnswer(False), DigestQuery(0, (bytes(16),), 100),
-    DigestAnswer((bytes(16),), True, 5000))]
+    DigestAnswer((bytes(16),), True, 5000), BlockStart(7),
+    BlockPart(b"\x1a\x45\xdf\xa3" + bytes(60)),
+    BlockEnd(64, bytes(16)), BlockAbort("parent lost"))]
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -99,6 +102,40 @@ def test_the_codec_raises_only_its_own_errors():
             except (PeerProtocolError, EOFError):
                 pass
     assert runs > 100
+
+
+def test_a_parent_links_blocks_in_parts_raise_only_the_codecs_errors():
+    """Mutated and shuffled runs of starts, parts and ends through the parent link's table
+    and the reassembly, as its reader takes them: the codec's errors, nothing else."""
+    from client import roles
+    from client.peerproto import Reassembly, block_digest, parts_of
+    rng = random.Random(SEED)
+    data = rng.randbytes(300_000)
+    good = [BlockStart(3), *parts_of(data), BlockEnd(len(data), block_digest(data))]
+    deadline, runs = time.monotonic() + SECONDS, 0
+    while time.monotonic() < deadline:
+        frames = [encode(m) for m in good]
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(frames))
+            frames[at] = (mutate(rng, frames[at]) if rng.random() < 0.6
+                          else rng.choice(frames + [encode(BlockAbort("x"))]))
+        decoder, link, whole = FrameDecoder(), roles.Conversation(roles.PARENT), Reassembly()
+        decoder.feed(b"".join(frames))
+        runs += 1
+        try:
+            while (message := decoder.next_message()) is not None:
+                link.received(message)
+                if isinstance(message, BlockStart):
+                    whole.start(message.seq)
+                elif isinstance(message, BlockPart):
+                    whole.add(message.data)
+                elif isinstance(message, BlockEnd):
+                    assert whole.end(message).data == data   # only the true block ends well
+                elif isinstance(message, BlockAbort):
+                    whole.abort()
+        except PeerProtocolError:
+            pass
+    assert runs > 20
 
 
 def test_the_feed_document_raises_only_feed_errors():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from client.peerproto import (HEADER, MAX_LIBRARY_WANT, Addr, FrameDecoder, LibraryEnd,
+from client.peerproto import (HEADER, VERSION, MAX_LIBRARY_WANT, Addr, FrameDecoder, LibraryEnd,
                               LibraryFetch, PeerProtocolError, encode)
 
 
@@ -21,7 +21,7 @@ def _decode(data: bytes):
     return decoder.next_message()
 
 
-GOOD = {"proto": "relaytv", "version": 1, "ip": "127.0.0.2", "port": 9092,
+GOOD = {"proto": "relaytv", "version": VERSION, "ip": "127.0.0.2", "port": 9092,
         "film": "0123456789abcdef", "blocks": [0, 1]}
 
 
@@ -34,7 +34,7 @@ def test_a_library_fetch_round_trips():
 @pytest.mark.parametrize("change", [
     {"film": "../../etc/passwd"}, {"film": "0123456789ABCDEF"}, {"film": 7},
     {"blocks": [-1]}, {"blocks": [10_000]}, {"blocks": [True]}, {"blocks": "0-3"},
-    {"blocks": list(range(MAX_LIBRARY_WANT + 1))}, {"proto": "other"}, {"version": 2},
+    {"blocks": list(range(MAX_LIBRARY_WANT + 1))}, {"proto": "other"}, {"version": VERSION - 1},
     {"ip": "not an ip"},
 ])
 def test_bad_library_fetches_are_refused(change):

@@ -5,7 +5,8 @@
   factory such as ``build_parser`` or a ``parse_args(argv)`` function, which
   is called with ``["--help"]``).
 * ``.. peer-frames::`` -- the table of peer protocol frames, built from
-  :data:`client.peerproto.JSON_MESSAGES`, :class:`client.peerproto.Block`
+  :data:`client.peerproto.JSON_MESSAGES`, :class:`client.peerproto.Block`, the frames of a
+  block in parts
   and the dataclass fields of each message.
 * ``.. peer-bounds::`` -- the protocol constants and bounds, read from the module.
 * ``.. package-modules:: package`` -- one ``automodule`` per module of a
@@ -170,10 +171,11 @@ class PeerFrames(_Generated):
 
     def lines(self):
         pp = importlib.import_module("client.peerproto")
-        classes = sorted([*pp.JSON_MESSAGES.values(), pp.Block], key=lambda c: c.TYPE)
+        binary = (pp.Block, pp.BlockStart, pp.BlockPart, pp.BlockEnd)
+        classes = sorted([*pp.JSON_MESSAGES.values(), *binary], key=lambda c: c.TYPE)
         rows = []
         for cls in classes:
-            encoding = "binary" if cls is pp.Block else "JSON"
+            encoding = "binary" if cls in binary else "JSON"
             rows.append([str(cls.TYPE), f":class:`~client.peerproto.{cls.__name__}`",
                          encoding, _fields(cls), _summary(cls)])
         return _table(["type", "frame", "payload", "fields", "meaning"], rows, "6 12 8 40 34")
@@ -196,6 +198,10 @@ class PeerBounds(_Generated):
         rows.append(["frame header", f"``{pp.HEADER.format}`` ({pp.HEADER.size} bytes: type, length)"])
         rows.append(["block payload header",
                      f"``{pp.BLOCK_HEADER.format}`` ({pp.BLOCK_HEADER.size} bytes: seq, digest)"])
+        rows.append(["BlockStart payload",
+                     f"``{pp.START_FORMAT.format}`` ({pp.START_FORMAT.size} bytes: seq)"])
+        rows.append(["BlockEnd payload",
+                     f"``{pp.END_FORMAT.format}`` ({pp.END_FORMAT.size} bytes: size, digest)"])
         return _table(["name", "value"], rows, "40 60")
 
 
