@@ -900,17 +900,19 @@ def run_one(args, workdir: Path, films: Path, digests, star: bool) -> dict:
         "schedule": [vars(e) for e in scenario.events]}
 
 
-def title_of(args) -> str:
+def title_of(args, prefix: str = "") -> str:
+    """One line naming a run's scenario (this benchmark's or the simulator's, ``prefix`` "sim ")."""
     churn = ", ".join(f"{name} {getattr(args, name.replace('-', '_'))}/min"
                       for name in ("kill-rate", "freeze-rate", "leave-rate")
                       if getattr(args, name.replace("-", "_")))
     ks = ",".join(map(str, args.max_children))
-    return (f"N={args.clients} S={args.server_slots} K={ks} period={args.period:g}s "
+    return (f"{prefix}N={args.clients} S={args.server_slots} K={ks} period={args.period:g}s "
             f"T={args.duration:g}s spread={args.join_spread:g}s seed={args.seed}"
             + (f" {churn}" if churn else "")
             + (f" restart@{args.restart_server_at:g}s" if args.restart_server_at is not None else "")
             + (" netns up=" + ",".join(f"{c:g}" for c in args.upload_mbit) + "Mbit/s"
-               if args.netns else ""))
+               if getattr(args, "netns", False) else "")
+            + (" (churn of live relays)" if getattr(args, "churn_of", None) == "live" else ""))
 
 
 def network_of(args) -> str:

@@ -30,7 +30,7 @@ if __package__ in (None, ""):           # python bench/sim.py
 
 from bench import metrics                                    # noqa: E402
 from bench.overlay import (BUFFER_BLOCKS, _fanouts, _fraction, _jsonable, churn_schedule,  # noqa: E402
-                           table)
+                           table, title_of)
 from bench.simnet import Film, World                         # noqa: E402
 from client.core import CoreConfig                           # noqa: E402
 
@@ -352,18 +352,6 @@ def storm(run: Run) -> dict:
             "window_s": STORM_WINDOW}
 
 
-def title_of(args) -> str:
-    churn = ", ".join(f"{name} {getattr(args, name.replace('-', '_'))}/min"
-                      for name in ("kill-rate", "freeze-rate", "leave-rate")
-                      if getattr(args, name.replace("-", "_")))
-    ks = ",".join(map(str, args.max_children))
-    return (f"sim N={args.clients} S={args.server_slots} K={ks} period={args.period:g}s "
-            f"T={args.duration:g}s spread={args.join_spread:g}s seed={args.seed}"
-            + (f" {churn}" if churn else "")
-            + (f" restart@{args.restart_server_at:g}s" if args.restart_server_at is not None else "")
-            + (" (churn of live relays)" if args.churn_of == "live" else ""))
-
-
 def sim_table(result: dict) -> str:
     """The overlay benchmark's table, and the simulator's own lines."""
     lines = [line for line in table({"overlay": result}).split("\n")
@@ -395,7 +383,7 @@ def main(argv=None) -> int:
     run.run()
     result = analyse(run)
     wall = time.time() - started
-    results = _jsonable({"title": title_of(args), "options": {k: (str(v) if isinstance(v, Path)
+    results = _jsonable({"title": title_of(args, "sim "), "options": {k: (str(v) if isinstance(v, Path)
                                                                  else v)
                                                              for k, v in vars(args).items()},
                          "sim": result, "wall_clock_s": wall,

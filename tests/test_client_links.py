@@ -27,30 +27,41 @@ def test_a_silent_parent_counts_lost_after_about_a_second_whatever_the_period(tm
     assert config.link_stall > config.parent_silence
 
 
+class SlowReader:
+    """The far end of a socket pair, taking ``chunk`` bytes every ``pause`` seconds (in a thread)
+    until it has ``size``; small buffers both ways, so that the sender feels it."""
+
+    def __init__(self, size: int, chunk: int, pause: float, buffers: int):
+        self.sender, self._receiver = socket.socketpair()
+        self.sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
+        self._receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffers)
+        self.got = bytearray()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(size, chunk, pause))
+
+    def _read(self, size, chunk, pause):
+        while len(self.got) < size and not self._done.wait(pause):
+            self.got.extend(self._receiver.recv(chunk))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, *_):
+        if kind is None:        # the send ended: let the reader take the rest
+            self._thread.join(timeout=30)
+        self._done.set()
+        self._thread.join(timeout=5)
+        self.sender.close()
+        self._receiver.close()
+
+
 def test_a_slow_but_moving_send_outlasts_the_stall_bound():
     """1 MB to a reader that takes 64 kB every 0.05 s: about 0.8 s, with a stall bound of 0.3 s."""
-    sender, receiver = socket.socketpair()
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    got = bytearray()
-    done = threading.Event()
-
-    def slow_reader():
-        while len(got) < 1_000_000 and not done.wait(0.05):
-            got.extend(receiver.recv(64 * 1024))
-
-    reader = threading.Thread(target=slow_reader)
-    reader.start()
-    try:
-        sender.settimeout(5.0)
-        send_progressing(sender, b"x" * 1_000_000, stall=0.3)
-        reader.join(timeout=30)
-    finally:
-        done.set()
-        reader.join(timeout=5)
-        sender.close()
-        receiver.close()
-    assert len(got) == 1_000_000
+    with SlowReader(1_000_000, 64 * 1024, 0.05, buffers=32 * 1024) as reader:
+        reader.sender.settimeout(5.0)
+        send_progressing(reader.sender, b"x" * 1_000_000, stall=0.3)
+    assert len(reader.got) == 1_000_000
 
 
 def test_a_peer_that_takes_nothing_is_cut_after_the_stall_bound():
@@ -114,29 +125,11 @@ def test_a_repair_served_to_a_slow_fetcher_is_served_whole_past_the_socket_s_tim
     """300 kB to a fetcher taking 80 kB/s: about 4 s, on a socket whose timeout is 0.5 s (the
     peer handler's own, 3 s, bounded each whole block's send and cut repairs mid-frame)."""
     node = Node(Config("127.0.0.1", "127.0.0.1", 9090, 0, 1, tmp_path / "store", period=2.0))
-    sender, receiver = socket.socketpair()
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sender.settimeout(0.5)
     frame = encode(Block.of(0, b"x" * 300_000))
-    got = bytearray()
-    done = threading.Event()
-
-    def slow_fetcher():
-        while len(got) < len(frame) and not done.wait(0.1):
-            got.extend(receiver.recv(8 * 1024))
-
-    reader = threading.Thread(target=slow_fetcher)
-    reader.start()
-    try:
-        assert node._send_paced(sender, frame)
-        reader.join(timeout=30)
-    finally:
-        done.set()
-        reader.join(timeout=5)
-        sender.close()
-        receiver.close()
-    assert bytes(got) == frame
+    with SlowReader(len(frame), 8 * 1024, 0.1, buffers=4096) as fetcher:
+        fetcher.sender.settimeout(0.5)
+        assert node._send_paced(fetcher.sender, frame)
+    assert bytes(fetcher.got) == frame
 
 
 
