@@ -14,7 +14,8 @@ import pytest
 from bench.cluster import Cluster, session_ports, wait_until
 from bench.liar import FREE, LyingRelay
 from client import strangers
-from client.peerproto import Addr, block_digest
+from client.links import connect_from, read_message
+from client.peerproto import Addr, FrameDecoder, Hello, Info, block_digest, encode
 
 PERIOD = 0.5
 PORTS = session_ports()
@@ -87,6 +88,16 @@ def start_liar(parent, **kwargs) -> LyingRelay:
     raise OSError("no free address for the liar")
 
 
+def best_place(proc) -> Addr | None:
+    """The first free place ``proc`` offers a newcomer now, as a probe answers it."""
+    me = Addr("127.0.2.1", PORTS.peer)  # below every cluster address, never a client's
+    with connect_from(me.ip, proc.ip, PORTS.peer, timeout=3.0) as sock:
+        sock.sendall(encode(Hello("probe", me, channel=0)))
+        info = read_message(sock, FrameDecoder())
+    assert isinstance(info, Info), info
+    return info.candidates[0].addr if info.candidates else None
+
+
 class ParentWatch:
     """Every parent each client had, sampled whenever a condition is awaited."""
 
@@ -129,9 +140,12 @@ def test_a_lying_relays_altered_blocks_are_stored_by_nobody(tmp_path, long_film)
             wait_until(lambda: status(victims[0]).get("state") == "attached"
                        and status(victims[0]).get("blocks_received", 0) >= 4, 20,
                        "the first victim placed")
-            wait_until(lambda: liar.bytes_sent > 0 or any(
-                c["bytes_sent"] > 0 for c in status(honest).get("children", [])), 10,
-                "the first victim's parent relaying to it (its next report says so)")
+            # The direct client ranks its children's places by what their reports say:
+            # the second victim is started once the liar's place comes first there (a
+            # newcomer probes it), not merely once the honest child has sent (its report
+            # may not have arrived: at equal bytes, 127.0.1xx.x sorts before 127.0.2.x).
+            wait_until(lambda: liar.joins or best_place(direct) == liar.me, 10,
+                       "the liar's place the best the direct client offers")
             victims.append(cluster.start_client(server, max_children=2, period=PERIOD))
             everyone = [direct, honest, *victims]
             # The precondition: the liar's place is taken (else this test proves nothing).
