@@ -333,7 +333,8 @@ class ClientCore:
             self.repair.progressed(event.link, event.now)
 
     def _on_metered(self, event) -> None:
-        self.relay.metered(event.link, event.now, event.delivered, event.queued, event.writing)
+        self.relay.metered(event.link, event.now, event.delivered, event.queued, event.writing,
+                           event.busy)
 
     # -- the parent ------------------------------------------------------------------------
 

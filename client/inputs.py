@@ -159,13 +159,14 @@ class TimerFired:
 @dataclass(frozen=True)
 class Metered:
     """A child link's sender: ``delivered`` bytes acknowledged so far, ``queued`` still in
-    the kernel (client.capacity)."""
+    the kernel, ``busy`` the kernel's busy seconds when known (client.capacity)."""
 
     now: float
     link: object
     delivered: int
     queued: int
     writing: bool = False
+    busy: float | None = None
 
 
 @dataclass(frozen=True)

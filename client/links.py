@@ -154,6 +154,30 @@ def unacknowledged(sock: socket.socket) -> int:
         return 0
 
 
+#: Offset and size of ``tcpi_busy_time`` in Linux's ``struct tcp_info`` (4.10 and later).
+_TCPI_BUSY_TIME = 168
+_TCP_INFO_SIZE = 192
+
+
+def busy_seconds(sock: socket.socket) -> float | None:
+    """Seconds ``sock`` has had bytes in flight, as the kernel counts them (``tcpi_busy_time``,
+    in jiffies, receive-window-limited time included); None where it is not known.
+
+    The time between two looks at a link says nothing of when its bytes left:
+    with cut-through a link is looked at as each part comes in, and a part
+    that drained in 3 ms looked busy until the next one, 20 ms later (measured
+    under a 16 Mbit/s cap: estimates of 8.5-13 Mbit/s, about the pace at which
+    parts came in). The kernel's count is the time the link really worked.
+    """
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if len(raw) < _TCPI_BUSY_TIME + 8:
+        return None
+    return struct.unpack_from("Q", raw, _TCPI_BUSY_TIME)[0] / 1e6
+
+
 def addresses_of(host: str) -> frozenset[str]:
     """The IPv4 addresses of ``host`` (itself when it is one: no look-up then)."""
     try:
@@ -473,7 +497,8 @@ class ChildLink:
         """Tell the meter what the link wrote and the child has not acknowledged; that amount."""
         queued = unacknowledged(self.sock)
         if self._meter is not None:
-            self._meter(self, time.monotonic(), self._written, queued, writing)
+            self._meter(self, time.monotonic(), self._written, queued, writing,
+                        busy_seconds(self.sock))
         return queued
 
     def _wrote(self, sent: int, left: int) -> None:

@@ -694,10 +694,11 @@ class Node(Joining, Upkeep):
     # -- the uplink's capacity (client.capacity) ----------------------------------
 
     def _metered(self, link: ChildLink, now: float, written: int, queued: int,
-                 writing: bool) -> None:
-        """(A child link's sender thread.) What it wrote and what is not acknowledged yet."""
+                 writing: bool, busy: float | None) -> None:
+        """(A child link's sender thread.) What it wrote, what is not acknowledged yet, and
+        the kernel's count of its busy seconds."""
         with self._uplink_lock:
-            self.uplink.observe(link, now, written - queued, queued, writing)
+            self.uplink.observe(link, now, written - queued, queued, writing, busy)
 
     def _drain_rate(self, link: ChildLink) -> float | None:
         with self._uplink_lock:

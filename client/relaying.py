@@ -57,9 +57,10 @@ class Relay:
             self._estimate = (now, self.uplink.estimate(now))
         return self._estimate[1], self.stream
 
-    def metered(self, link, now: float, delivered: int, queued: int, writing: bool) -> None:
+    def metered(self, link, now: float, delivered: int, queued: int, writing: bool,
+                busy: float | None = None) -> None:
         """What a child link's sender saw (client.capacity)."""
-        self.uplink.observe(link, now, delivered, queued, writing)
+        self.uplink.observe(link, now, delivered, queued, writing, busy)
         self._estimate = None
 
     def view(self, now: float) -> tree.RelayView:

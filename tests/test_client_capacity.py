@@ -279,3 +279,55 @@ def test_a_joiner_with_a_subtree_takes_a_leaf_s_place_when_nothing_is_free():
     # Nothing to displace when every child relays.
     view.children.pop(leaf)
     assert not isinstance(tree.decide_join(view, with_subtree), tree.DisplaceJoin)
+
+
+def parts_at_a_pace(uplink: Uplink, kernel_count: bool, rate: float, pace: float,
+                    part: int = 64_000, seconds: float = 2.0) -> float:
+    """Cut-through as a relay's sender sees it: a part written each ``part / pace`` seconds
+    (its parent's pace), drained at ``rate`` bytes/s, looked at on each write and once
+    between; ``kernel_count``: the looks carry the kernel's busy seconds. Returns the end."""
+    gap, drain = part / pace, part / rate
+    assert drain < gap           # the uplink is faster than the parts come
+    delivered = busy = now = 0.0
+    while now < seconds:
+        count = busy if kernel_count else None
+        uplink.observe("a", now, int(delivered), part, writing=False, busy_total=count)
+        busy += drain            # gone after `drain` seconds; looked at once meanwhile
+        delivered += part
+        uplink.observe("a", now + gap / 2, int(delivered), 0, busy_total=busy if kernel_count else None)
+        now += gap
+    return now
+
+
+def test_parts_coming_slower_than_the_uplink_measure_the_uplink_with_the_kernels_count():
+    # 4 MB/s of uplink, parts coming at 1 MB/s: without the kernel's count each part looks
+    # busy until the next look, 32 ms, and alone in its stretch counts MIN_BUSY: the
+    # estimate is a bound that knows nothing of the uplink.
+    paced = Uplink(stale_after=300)
+    end = parts_at_a_pace(paced, kernel_count=False, rate=4 * MB, pace=1 * MB)
+    assert paced.estimate(end) == pytest.approx(64_000 / capacity.MIN_BUSY)
+    counted = Uplink(stale_after=300)
+    end = parts_at_a_pace(counted, kernel_count=True, rate=4 * MB, pace=1 * MB)
+    assert counted.estimate(end) == pytest.approx(4 * MB, rel=0.1)
+    assert counted.rate_of("a") == pytest.approx(4 * MB, rel=0.1)
+
+
+def test_the_kernels_count_never_stretches_a_look_beyond_its_interval():
+    meter = LinkMeter()
+    meter.observe(0.0, 0, 100_000, busy_total=1.0)
+    busy = meter.observe(0.05, 100_000, 0, busy_total=1.2)   # a count that ran ahead
+    assert (busy.start, busy.end, busy.bytes, busy.drained) == (0.0, 0.05, 100_000, True)
+
+
+def test_a_look_with_no_bytes_and_no_busy_time_is_no_interval():
+    meter = LinkMeter()
+    meter.observe(0.0, 500, 0, busy_total=2.0)
+    assert meter.observe(1.0, 500, 0, busy_total=2.0) is None
+
+
+def test_bytes_gone_within_a_jiffy_give_the_lower_bound_of_a_jiffy():
+    uplink = Uplink(stale_after=300)
+    uplink.observe("a", 0.0, 0, 100_000, busy_total=0.0)
+    uplink.observe("a", 0.02, 100_000, 0, busy_total=0.0)   # the kernel counted no time
+    assert uplink.estimate(0.02) == pytest.approx(100_000 / capacity.KERNEL_TICK)
+    assert uplink.rate_of("a") == pytest.approx(100_000 / capacity.KERNEL_TICK)

@@ -173,7 +173,7 @@ def test_each_part_sent_to_a_child_is_metered_and_arrives_in_order():
     sender, receiver = socket.socketpair()
     looks = []
     link, gone = _child_link(sender, backlog=8,
-                             meter=lambda link, now, written, queued, writing:
+                             meter=lambda link, now, written, queued, writing, busy:
                              looks.append((written, writing)))
     data = bytes(range(256)) * 1000
     frames = [BlockStart(4), *parts_of(data), BlockEnd(len(data), block_digest(data))]
@@ -205,3 +205,21 @@ def test_each_part_sent_to_a_child_is_metered_and_arrives_in_order():
         link.close()
         receiver.close()
     assert gone
+
+
+def test_the_kernel_counts_a_tcp_links_busy_seconds_and_nothing_for_other_sockets():
+    from client.links import busy_seconds
+    with socket.create_server(("127.0.0.2", 0)) as server:
+        sender = socket.create_connection(server.getsockname(), timeout=5.0)
+        receiver, _ = server.accept()
+        with sender, receiver:
+            before = busy_seconds(sender)
+            sender.sendall(b"x" * 200_000)
+            got = 0
+            while got < 200_000:
+                got += len(receiver.recv(65536))
+            after = busy_seconds(sender)
+            assert before is not None and after is not None and after >= before >= 0
+    pair = socket.socketpair()
+    with pair[0], pair[1]:
+        assert busy_seconds(pair[0]) is None
