@@ -56,7 +56,7 @@ MIN_BUSY = 0.05
 
 #: The same where the kernel counted the busy time: its resolution, a jiffy (Linux's HZ is
 #: 250 here). MIN_BUSY there would cap what one part shows: a 64 KB part alone in its
-#: stretch read at most 10.5 Mbit/s (measured: 16 Mbit/s uplinks estimated at 8.5-13).
+#: stretch read at most 10.5 Mbit/s (measured: 16 Mbit/s uplinks estimated at 8.6-11.7).
 KERNEL_TICK = 0.004
 
 #: Seconds over which the links' busy intervals are summed into one uplink sample.
