@@ -29,7 +29,9 @@ its parent, not the time its own uplink worked. From that:
 * :func:`places`: the children the estimate can feed with :data:`HEADROOM`
   (:func:`can_take`: how many it could take over in a swap);
 * :func:`to_move`: the child to send elsewhere when a link falls behind
-  (:func:`cut_instead`: whether to reset its link rather than tell it).
+  (:func:`cut_instead`: whether to reset its link rather than tell it), or
+  at once where the uplink cannot carry one stream (:func:`cannot_carry`);
+* :func:`retry_due`: when an uplink measured to feed nobody is tried again.
 
 Time is passed in (``now``, monotonic seconds): no clock, no thread, no
 socket. The caller serialises the calls (the sender threads share one lock).
@@ -74,6 +76,10 @@ QUEUE_ALARM = 4
 
 #: Weight of a new sample in a link's drain rate.
 SMOOTHING = 0.3
+
+#: An uplink measured to feed nobody is tried again after this many periods without a
+#: sample, while joiners are turned away (:func:`retry_due`).
+RETRIAL_PERIODS = 15
 
 
 @dataclass(frozen=True)
@@ -222,7 +228,17 @@ class Uplink:
         """Bytes/s the uplink delivers; None while never measured or stale."""
         if not self._samples or now - self._samples[-1][0] > self.stale_after:
             return None
-        return sum(s[1] for s in self._samples) / sum(s[2] for s in self._samples)
+        return sum(s[1] for s in self._samples) / self.busy(now)
+
+    def busy(self, now: float) -> float:
+        """Seconds of sending behind the estimate (0 while there is none)."""
+        if not self._samples or now - self._samples[-1][0] > self.stale_after:
+            return 0.0
+        return sum(s[2] for s in self._samples)
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the latest sample; None while never measured."""
+        return now - self._samples[-1][0] if self._samples else None
 
 
 def stream_rate(block_sizes: Iterable[int], period: float) -> float | None:
@@ -253,6 +269,39 @@ def places(max_children: int, estimate: float | None, stream: float | None) -> i
     if estimate is None or not stream:
         return min(max_children, TRIAL_PLACES)
     return max(0, min(max_children, int(estimate // (stream * HEADROOM))))
+
+
+def cannot_carry(estimate: float | None, busy: float, stream: float | None,
+                 period: float) -> bool:
+    """The uplink, sending for a period at least, delivered less than one stream.
+
+    Any child it holds then falls further behind with every block: waiting
+    for its backlog to pass :func:`behind`'s bound costs the child seconds
+    of blocks, and its parent's link with it (measured: a 2 Mbit/s relay
+    kept its trial child 17 s; its own uplink full, the acknowledgements of
+    what its parent sent it waited in the same queue, and the parent, a 20
+    Mbit/s uplink, measured its own at 3.4 Mbit/s from that link).
+    """
+    return (estimate is not None and bool(stream) and busy >= period
+            and estimate < stream)
+
+
+def retry_due(max_children: int, estimate: float | None, stream: float | None,
+              age: float | None, jammed: bool, period: float) -> bool:
+    """Forget an estimate that feeds nobody: measured :data:`RETRIAL_PERIODS` periods ago
+    or more, while joiners are turned away (``jammed``).
+
+    An uplink is only measured by sending, and one that offers nothing is
+    never measured again: a wrong estimate (a slow child's link, whose own
+    uplink was full, seen as the uplink) would keep a strong uplink out of
+    the tree until it went stale, while clients starve for a place (measured:
+    a client found no place for 100 s beside three such uplinks). Retried
+    only when places are short, a weak uplink costs a child a move now and
+    then, and only when that child had no place anyway.
+    """
+    return (jammed and estimate is not None and age is not None
+            and age >= RETRIAL_PERIODS * period
+            and places(max_children, estimate, stream) == 0)
 
 
 def can_take(max_children: int, estimate: float | None, stream: float | None) -> int:
@@ -318,10 +367,12 @@ def cut_instead(load: LinkLoad, period: float) -> bool:
     return load.backlog > load.rate * period * CUT_PERIODS
 
 
-def to_move(loads: Iterable[LinkLoad], period: float, overloaded: bool = True):
-    """The child to send elsewhere, or None: of the links that are behind, the one whose
-    child has the smallest subtree, then the slowest (by drain rate; unmeasured counts as
-    the slowest), then the one with the largest backlog.
+def to_move(loads: Iterable[LinkLoad], period: float, overloaded: bool = True,
+            hopeless: bool = False):
+    """The child to send elsewhere, or None: of the links that are behind (every link on a
+    ``hopeless`` uplink, :func:`cannot_carry`), the one whose child has the smallest
+    subtree, then the slowest (by drain rate; unmeasured counts as the slowest), then the
+    one with the largest backlog.
 
     When one child's own link is slow, its link alone is behind, and that
     child goes. When the uplink itself is short, every link lags, and moving
@@ -330,7 +381,7 @@ def to_move(loads: Iterable[LinkLoad], period: float, overloaded: bool = True):
     (measured: a relay moved off an uplink that a rotation had overloaded
     searched for 20 s while every free place was below it).
     """
-    lagging = [load for load in loads if behind(load, period, overloaded)]
+    lagging = [load for load in loads if hopeless or behind(load, period, overloaded)]
     if not lagging:
         return None
     chosen = min(lagging, key=lambda load: (load.below,

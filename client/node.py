@@ -710,10 +710,24 @@ class Node(Joining, Upkeep):
                                     self.config.period)
 
     def _uplink_now(self) -> tuple[float | None, float | None]:
-        """(Under the lock.) The uplink's estimate and the stream's rate, bytes/s."""
+        """(Under the lock.) The uplink's estimate and the stream's rate, bytes/s; an old
+        estimate that feeds nobody is forgotten while joiners are turned away
+        (:func:`client.capacity.retry_due`)."""
+        now = time.monotonic()
         with self._uplink_lock:
-            estimate = self.uplink.estimate(time.monotonic())
-        return estimate, self._stream_rate()
+            estimate, age = self.uplink.estimate(now), self.uplink.age(now)
+        stream = self._stream_rate()
+        if capacity.retry_due(self.config.max_children, estimate, stream, age,
+                              self.shedding.jammed(now), self.config.period):
+            estimate = None
+        return estimate, stream
+
+    def _uplink_hopeless(self) -> bool:
+        """(Under the lock.) The uplink cannot carry one stream (:func:`client.capacity.cannot_carry`)."""
+        estimate, stream = self._uplink_now()
+        with self._uplink_lock:
+            busy = self.uplink.busy(time.monotonic())
+        return capacity.cannot_carry(estimate, busy, stream, self.config.period)
 
     def _places(self) -> int:
         """(Under the lock.) How many children the measured uplink can feed, at most K."""

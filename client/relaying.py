@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from client import capacity, places, roles, tree
 from client.commands import Close
+from client.moves import JAMMED_PERIODS
 from client.peerproto import (MAX_WANT, Accept, Addr, Advice, Block, Bye, Drop, FetchEnd, Hello,
                               Info, Move, PathUpdate, Redirect, Reject, Report, SwapAnswer, Vouch, VouchAnswer)
 
@@ -54,7 +55,13 @@ class Relay:
 
     def _uplink_now(self, now: float):
         if self._estimate is None or self._estimate[0] != now:
-            self._estimate = (now, self.uplink.estimate(now))
+            config = self.core.config
+            estimate = self.uplink.estimate(now)
+            jammed = now - self.core.turned_away_at < JAMMED_PERIODS * config.period
+            if capacity.retry_due(config.max_children, estimate, self.stream,
+                                  self.uplink.age(now), jammed, config.period):
+                estimate = None
+            self._estimate = (now, estimate)
         return self._estimate[1], self.stream
 
     def metered(self, link, now: float, delivered: int, queued: int, writing: bool,

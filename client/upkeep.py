@@ -71,16 +71,19 @@ class Upkeep:
             below = {link: len(self.child_views[a].members) if a in self.child_views else 0
                      for a, link in self.children.items()}
             places = self._places()
+            hopeless = self._uplink_hopeless()
         # A new link on an uplink that feeds someone gets a period (client.capacity.behind);
         # on one measured to feed nobody, none: every second of it costs the relay its own blocks.
         loads = [capacity.LinkLoad(link, *link.load(), self._drain_rate(link), below[link],
                                    young=places >= 1 and now - link.started < self.config.period)
                  for link in links]
-        link = capacity.to_move(loads, self.config.period, overloaded=len(links) > places)
+        link = capacity.to_move(loads, self.config.period, overloaded=len(links) > places,
+                                hopeless=hopeless)
         if link is None:
             return
         load = next(load for load in loads if load.key is link)
-        why = (f"uplink behind: {load.backlog} bytes waiting, drains "
+        why = ("uplink cannot carry one stream" if hopeless else
+               f"uplink behind: {load.backlog} bytes waiting, drains "
                + (f"{load.rate:.0f} B/s" if load.rate else "unmeasured"))
         cut = capacity.cut_instead(load, self.config.period)
         if not (link.cut(why) if cut else link.move(Move(()))):

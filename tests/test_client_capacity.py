@@ -176,6 +176,51 @@ def test_a_weak_uplink_is_measured_on_its_trial_child_and_then_offers_nothing():
     assert capacity.places(3, uplink.estimate(now), stream) == 0
 
 
+def test_an_uplink_sending_a_period_below_one_stream_gives_its_child_up_at_once():
+    stream, period = 125_000, 2.0
+    uplink = Uplink(stale_after=300)
+    link = FakeLink(uplink, "trial")
+    link.look(0.0, writing=True)
+    link.written += 200_000
+    now = 0.0
+    while now < 1.0:                                   # 1 s at 60 kB/s: not a period yet
+        now += 0.02
+        link.delivered += 1_200
+        link.look(now)
+    estimate, busy = uplink.estimate(now), uplink.busy(now)
+    assert estimate == pytest.approx(60_000, rel=0.05) and busy == pytest.approx(0.75, abs=0.05)
+    assert not capacity.cannot_carry(estimate, busy, stream, period)
+    load = LinkLoad("trial", link.queued, 0, uplink.rate_of("trial"))
+    assert capacity.to_move([load], period, overloaded=True) is None   # 140 kB: 2.3 s
+    while now < 2.5:
+        now += 0.02
+        link.delivered += 1_200
+        link.look(now)
+    estimate, busy = uplink.estimate(now), uplink.busy(now)
+    assert capacity.cannot_carry(estimate, busy, stream, period)
+    small = dataclasses.replace(load, backlog=10_000)  # its backlog is no longer the question
+    assert capacity.to_move([small], period, overloaded=True, hopeless=True) == "trial"
+    # Enough for one stream, without the headroom: it keeps its child until the link lags.
+    assert not capacity.cannot_carry(1.1 * stream, busy, stream, period)
+    assert not capacity.cannot_carry(None, busy, stream, period)
+    assert not capacity.cannot_carry(estimate, busy, None, period)
+
+
+def test_an_estimate_that_feeds_nobody_is_tried_again_only_late_and_when_places_are_short():
+    stream, period, k = 125_000, 2.0, 3
+    late = capacity.RETRIAL_PERIODS * period
+    weak = 1.2 * stream                                # below one stream with headroom
+    assert capacity.retry_due(k, weak, stream, age=late, jammed=True, period=period)
+    assert not capacity.retry_due(k, weak, stream, age=late - 1, jammed=True, period=period)
+    assert not capacity.retry_due(k, weak, stream, age=late, jammed=False, period=period)
+    assert not capacity.retry_due(k, 3 * stream, stream, age=late, jammed=True, period=period)
+    assert not capacity.retry_due(k, None, stream, age=None, jammed=True, period=period)
+    uplink = Uplink(stale_after=300)
+    assert uplink.age(5.0) is None and uplink.busy(5.0) == 0.0
+    push(uplink, [FakeLink(uplink, "a")], block=100_000, rate=1 * MB)
+    assert uplink.age(10.0) == pytest.approx(9.9, abs=0.05)
+
+
 def test_a_link_moved_away_mid_block_leaves_its_measure_behind():
     uplink = Uplink(stale_after=300)
     link = FakeLink(uplink, "trial")
