@@ -334,7 +334,7 @@ class ClientCore:
 
     def _on_metered(self, event) -> None:
         self.relay.metered(event.link, event.now, event.delivered, event.queued, event.writing,
-                           event.busy)
+                           event.busy, event.kernel_rate)
 
     # -- the parent ------------------------------------------------------------------------
 

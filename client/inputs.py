@@ -159,7 +159,8 @@ class TimerFired:
 @dataclass(frozen=True)
 class Metered:
     """A child link's sender: ``delivered`` bytes acknowledged so far, ``queued`` still in
-    the kernel, ``busy`` the kernel's busy seconds when known (client.capacity)."""
+    the kernel, ``busy`` the kernel's busy seconds and ``kernel_rate`` its bandwidth sample of
+    the link when known (client.capacity)."""
 
     now: float
     link: object
@@ -167,6 +168,7 @@ class Metered:
     queued: int
     writing: bool = False
     busy: float | None = None
+    kernel_rate: float | None = None
 
 
 @dataclass(frozen=True)

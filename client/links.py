@@ -15,7 +15,7 @@ import struct
 import termios
 import threading
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from client.peerproto import (Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Drop,
                               FrameDecoder, Keepalive, Message, Move, PeerProtocolError,
@@ -154,20 +154,40 @@ def unacknowledged(sock: socket.socket) -> int:
         return 0
 
 
-#: Offset and size of ``tcpi_busy_time`` in Linux's ``struct tcp_info`` (4.10 and later).
+#: Offsets in Linux's ``struct tcp_info`` (4.10 and later): the byte whose lowest bit is
+#: ``tcpi_delivery_rate_app_limited``, ``tcpi_delivery_rate`` and ``tcpi_busy_time``.
+_TCPI_APP_LIMITED_BYTE = 7
+_TCPI_DELIVERY_RATE = 160
 _TCPI_BUSY_TIME = 168
 _TCP_INFO_SIZE = 192
 
 
-def busy_seconds(sock: socket.socket) -> float | None:
-    """Seconds ``sock`` has had bytes in flight, as the kernel counts them (``tcpi_busy_time``,
-    in jiffies, receive-window-limited time included); None where it is not known.
+class KernelCount(NamedTuple):
+    """What the kernel counts of a link's sending (:func:`kernel_count`)."""
+
+    busy: float             # seconds it has had bytes in flight
+    delivery_rate: float    # bytes/s of its latest delivery sample
+    app_limited: bool       # that sample was limited by what we gave it, not by the path
+
+    @property
+    def bandwidth(self) -> float | None:
+        """The delivery rate where it measured the path (not app-limited), else None."""
+        return self.delivery_rate if self.delivery_rate > 0 and not self.app_limited else None
+
+
+def kernel_count(sock: socket.socket) -> KernelCount | None:
+    """The kernel's count of ``sock``'s sending (``tcpi_busy_time``, in jiffies,
+    receive-window-limited time included; ``tcpi_delivery_rate`` and whether it
+    was app-limited); None where it is not known.
 
     The time between two looks at a link says nothing of when its bytes left:
     with cut-through a link is looked at as each part comes in, and a part
     that drained in 3 ms looked busy until the next one, 20 ms later (measured
     under a 16 Mbit/s cap: estimates of 8.5-13 Mbit/s, about the pace at which
     parts came in). The kernel's count is the time the link really worked.
+    The delivery rate is the kernel's own bandwidth sample (what BBR steers
+    by), which acknowledgements held up on the child's side do not stretch
+    as they stretch the busy time (:mod:`client.capacity`).
     """
     try:
         raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
@@ -175,7 +195,9 @@ def busy_seconds(sock: socket.socket) -> float | None:
         return None
     if len(raw) < _TCPI_BUSY_TIME + 8:
         return None
-    return struct.unpack_from("Q", raw, _TCPI_BUSY_TIME)[0] / 1e6
+    return KernelCount(struct.unpack_from("Q", raw, _TCPI_BUSY_TIME)[0] / 1e6,
+                       float(struct.unpack_from("Q", raw, _TCPI_DELIVERY_RATE)[0]),
+                       bool(raw[_TCPI_APP_LIMITED_BYTE] & 1))
 
 
 def addresses_of(host: str) -> frozenset[str]:
@@ -498,7 +520,7 @@ class ChildLink:
         queued = unacknowledged(self.sock)
         if self._meter is not None:
             self._meter(self, time.monotonic(), self._written, queued, writing,
-                        busy_seconds(self.sock))
+                        kernel_count(self.sock))
         return queued
 
     def _wrote(self, sent: int, left: int) -> None:

@@ -37,8 +37,9 @@ from client.eventlog import EventLog
 from client.fetcher import RepairJob
 from client.joining import Joining
 from client.library import serve_fetch
-from client.links import (ChildLink, ParentLink, StockServer, addresses_of, listen_on,
-                          read_message, read_message_by, send_checked, send_progressing)
+from client.links import (ChildLink, KernelCount, ParentLink, StockServer, addresses_of,
+                          listen_on, read_message, read_message_by, send_checked,
+                          send_progressing)
 from client.model import Config, Counters, Rejoin, State
 from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_PART, MAX_WANT, Accept, Addr,
                               Advice, Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Bye,
@@ -694,11 +695,12 @@ class Node(Joining, Upkeep):
     # -- the uplink's capacity (client.capacity) ----------------------------------
 
     def _metered(self, link: ChildLink, now: float, written: int, queued: int,
-                 writing: bool, busy: float | None) -> None:
+                 writing: bool, count: KernelCount | None) -> None:
         """(A child link's sender thread.) What it wrote, what is not acknowledged yet, and
-        the kernel's count of its busy seconds."""
+        the kernel's count of its sending."""
+        busy, bandwidth = (count.busy, count.bandwidth) if count is not None else (None, None)
         with self._uplink_lock:
-            self.uplink.observe(link, now, written - queued, queued, writing, busy)
+            self.uplink.observe(link, now, written - queued, queued, writing, busy, bandwidth)
 
     def _drain_rate(self, link: ChildLink) -> float | None:
         with self._uplink_lock:

@@ -65,9 +65,9 @@ class Relay:
         return self._estimate[1], self.stream
 
     def metered(self, link, now: float, delivered: int, queued: int, writing: bool,
-                busy: float | None = None) -> None:
+                busy: float | None = None, kernel_rate: float | None = None) -> None:
         """What a child link's sender saw (client.capacity)."""
-        self.uplink.observe(link, now, delivered, queued, writing, busy)
+        self.uplink.observe(link, now, delivered, queued, writing, busy, kernel_rate)
         self._estimate = None
 
     def view(self, now: float) -> tree.RelayView:

@@ -376,3 +376,42 @@ def test_bytes_gone_within_a_jiffy_give_the_lower_bound_of_a_jiffy():
     uplink.observe("a", 0.02, 100_000, 0, busy_total=0.0)   # the kernel counted no time
     assert uplink.estimate(0.02) == pytest.approx(100_000 / capacity.KERNEL_TICK)
     assert uplink.rate_of("a") == pytest.approx(100_000 / capacity.KERNEL_TICK)
+
+
+def starved_link(uplink: Uplink, kernel_rate: float | None, seconds: float = 3.0,
+                 start: float = 0.0, key: str = "a") -> float:
+    """A child whose own uplink is full: 66 KB parts every 80 ms leave at once but are
+    acknowledged only as the next one comes, so the link counts busy all the time (the
+    kernel's busy seconds run with the clock); the kernel's bandwidth samples see the
+    path. Returns the end."""
+    now, delivered = start, 0
+    while now < start + seconds:
+        uplink.observe(key, now, delivered, 66_000, busy_total=now, kernel_rate=kernel_rate)
+        now = round(now + 0.08, 6)
+        delivered += 66_000
+    uplink.observe(key, now, delivered, 0, busy_total=now, kernel_rate=kernel_rate)
+    return now
+
+
+def test_acknowledgements_held_up_at_the_child_fool_the_busy_time_not_the_kernels_samples():
+    by_busy = Uplink(stale_after=300)
+    end = starved_link(by_busy, kernel_rate=None)
+    assert by_busy.estimate(end) == pytest.approx(66_000 / 0.08, rel=0.05)   # the pace fed
+    with_kernel = Uplink(stale_after=300)
+    end = starved_link(with_kernel, kernel_rate=2.4 * MB)
+    assert with_kernel.estimate(end) == pytest.approx(2.4 * MB)
+    # Kernel samples below what the busy time shows change nothing: the larger figure counts.
+    slow_samples = Uplink(stale_after=300)
+    end = starved_link(slow_samples, kernel_rate=0.1 * MB)
+    assert slow_samples.estimate(end) == pytest.approx(66_000 / 0.08, rel=0.05)
+
+
+def test_a_few_kernel_samples_are_not_enough_and_their_median_resists_one_outlier():
+    uplink = Uplink(stale_after=300)
+    end = starved_link(uplink, kernel_rate=2.4 * MB, seconds=0.5)   # two stretches
+    assert uplink.estimate(end) == pytest.approx(66_000 / 0.08, rel=0.05)
+    uplink = Uplink(stale_after=300)
+    end = starved_link(uplink, kernel_rate=2.4 * MB, seconds=2.0)
+    end = starved_link(uplink, kernel_rate=90 * MB, seconds=0.2, start=end + 1,
+                       key="b")                                      # one wild sample
+    assert uplink.estimate(end) == pytest.approx(2.4 * MB)

@@ -208,18 +208,42 @@ def test_each_part_sent_to_a_child_is_metered_and_arrives_in_order():
 
 
 def test_the_kernel_counts_a_tcp_links_busy_seconds_and_nothing_for_other_sockets():
-    from client.links import busy_seconds
+    from client.links import kernel_count
     with socket.create_server(("127.0.0.2", 0)) as server:
         sender = socket.create_connection(server.getsockname(), timeout=5.0)
         receiver, _ = server.accept()
         with sender, receiver:
-            before = busy_seconds(sender)
+            before = kernel_count(sender)
             sender.sendall(b"x" * 200_000)
             got = 0
             while got < 200_000:
                 got += len(receiver.recv(65536))
-            after = busy_seconds(sender)
-            assert before is not None and after is not None and after >= before >= 0
+            after = kernel_count(sender)
+            assert before is not None and after is not None and after.busy >= before.busy >= 0
     pair = socket.socketpair()
     with pair[0], pair[1]:
-        assert busy_seconds(pair[0]) is None
+        assert kernel_count(pair[0]) is None
+
+
+def test_the_kernels_bandwidth_sample_counts_only_where_the_link_had_bytes_waiting():
+    """A few bytes now and then: the link waits for us (app-limited), its delivery rate
+    says nothing of the path; a sender blocked on a full buffer: it does."""
+    from client.links import kernel_count
+    with socket.create_server(("127.0.0.2", 0)) as server:
+        sender = socket.create_connection(server.getsockname(), timeout=10.0)
+        receiver, _ = server.accept()
+        with sender, receiver:
+            sender.sendall(b"x" * 100)
+            assert receiver.recv(100) == b"x" * 100
+            wait_until(lambda: kernel_count(sender).app_limited, 5, "the link app-limited")
+            assert kernel_count(sender).bandwidth is None
+            total = 64 << 20
+            writer = threading.Thread(target=sender.sendall, args=(b"x" * total,))
+            writer.start()
+            got, seen = 0, []
+            while got < total:
+                got += len(receiver.recv(1 << 20))
+                if got > total // 2 and not seen:
+                    seen.append(kernel_count(sender))  # the writer still blocked on a full buffer
+            writer.join()
+            assert seen and not seen[0].app_limited and seen[0].bandwidth > 0
