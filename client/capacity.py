@@ -266,6 +266,10 @@ class Uplink:
         """Seconds since the latest sample; None while never measured."""
         return now - self._samples[-1][0] if self._samples else None
 
+    def forget_estimate(self) -> None:
+        """Unmeasured again (:func:`retry_due`): the next samples alone make the estimate."""
+        self._samples.clear()
+
 
 def stream_rate(block_sizes: Iterable[int], period: float) -> float | None:
     """The stream's bytes/s: the mean of the latest blocks' sizes, one block a period."""
@@ -314,8 +318,8 @@ def cannot_carry(estimate: float | None, busy: float, stream: float | None,
 
 def retry_due(max_children: int, estimate: float | None, stream: float | None,
               age: float | None, jammed: bool, period: float) -> bool:
-    """Forget an estimate that feeds nobody: measured :data:`RETRIAL_PERIODS` periods ago
-    or more, while joiners are turned away (``jammed``).
+    """Forget an estimate that feeds nobody (:meth:`Uplink.forget_estimate`): measured
+    :data:`RETRIAL_PERIODS` periods ago or more, while joiners are turned away (``jammed``).
 
     An uplink is only measured by sending, and one that offers nothing is
     never measured again: a wrong estimate (a slow child's link, whose own
@@ -323,7 +327,10 @@ def retry_due(max_children: int, estimate: float | None, stream: float | None,
     the tree until it went stale, while clients starve for a place (measured:
     a client found no place for 100 s beside three such uplinks). Retried
     only when places are short, a weak uplink costs a child a move now and
-    then, and only when that child had no place anyway.
+    then, and only when that child had no place anyway. Forgotten, not
+    hidden: the jam ends as the trial child comes, and the old figure would
+    condemn the uplink before the child's link had shown anything (measured:
+    a trial child cut as "cannot carry one stream" 0.5 s after it came).
     """
     return (jammed and estimate is not None and age is not None
             and age >= RETRIAL_PERIODS * period

@@ -716,12 +716,13 @@ class Node(Joining, Upkeep):
         estimate that feeds nobody is forgotten while joiners are turned away
         (:func:`client.capacity.retry_due`)."""
         now = time.monotonic()
+        stream = self._stream_rate()
         with self._uplink_lock:
             estimate, age = self.uplink.estimate(now), self.uplink.age(now)
-        stream = self._stream_rate()
-        if capacity.retry_due(self.config.max_children, estimate, stream, age,
-                              self.shedding.jammed(now), self.config.period):
-            estimate = None
+            if capacity.retry_due(self.config.max_children, estimate, stream, age,
+                                  self.shedding.jammed(now), self.config.period):
+                self.uplink.forget_estimate()
+                estimate = None
         return estimate, stream
 
     def _uplink_hopeless(self) -> bool:

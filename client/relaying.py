@@ -60,6 +60,7 @@ class Relay:
             jammed = now - self.core.turned_away_at < JAMMED_PERIODS * config.period
             if capacity.retry_due(config.max_children, estimate, self.stream,
                                   self.uplink.age(now), jammed, config.period):
+                self.uplink.forget_estimate()
                 estimate = None
             self._estimate = (now, estimate)
         return self._estimate[1], self.stream

@@ -219,6 +219,9 @@ def test_an_estimate_that_feeds_nobody_is_tried_again_only_late_and_when_places_
     assert uplink.age(5.0) is None and uplink.busy(5.0) == 0.0
     push(uplink, [FakeLink(uplink, "a")], block=100_000, rate=1 * MB)
     assert uplink.age(10.0) == pytest.approx(9.9, abs=0.05)
+    uplink.forget_estimate()          # tried again: unmeasured until new samples come
+    assert uplink.estimate(10.0) is None and uplink.age(10.0) is None
+    assert capacity.places(k, uplink.estimate(10.0), stream) == capacity.TRIAL_PLACES
 
 
 def test_a_link_moved_away_mid_block_leaves_its_measure_behind():
