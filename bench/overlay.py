@@ -610,6 +610,8 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool,
                      "rejoins": len(rejoins),
                      "rejoin_took_s": [j["took"] for j in rejoins],
                      "rejoin_causes": [str(j.get("cause", "")).split(":")[0] for j in rejoins],
+                     "uplink": {k: (status.get("uplink") or {}).get(k)
+                                for k in ("estimate_bps", "places", "children_moved")},
                      "cpu_s": r["cost"].get("cpu_s"), "peak_rss_mib": r["cost"].get("peak_rss_mib"),
                      **{k: cont[k] for k in ("continuity", "on_time_fraction", "expected", "good",
                                              "holes", "duplicates", "not_film")}}
@@ -647,6 +649,11 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool,
                 for e in members]
             for d, n in metrics.best_depths(capped, raw["slots"]).items():
                 best_capped[d] = best_capped.get(d, 0) + n
+    estimates: dict[str, list[float]] = {}   # what the survivors measured, by their cap
+    for e in survivors if caps and any(caps) else ():
+        cap = netns.cap_of(caps, index_of.get(e["ip"], 0), args.clients)
+        if e["uplink"]["estimate_bps"] is not None:
+            estimates.setdefault(f"{cap:g}", []).append(e["uplink"]["estimate_bps"] / 1e6)
     client_cpu = [e["cpu_s"] for e in per_client]
     client_mem = [e["peak_rss_mib"] for e in per_client]
     run_s = raw["t_end"] - raw["t_start"]
@@ -684,6 +691,9 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool,
                  "jain_index_relays": metrics.jain_index(e["bytes_sent"] for e in relays),
                  "server_bytes_sent": server_bytes,
                  "server_upload_bytes_per_s": server_bytes / run_s if run_s else None,
+                 "uplink_estimate_mbit_by_cap": {cap: metrics.summary(v)
+                                                 for cap, v in sorted(estimates.items(),
+                                                                      key=lambda kv: float(kv[0]))},
                  "control_vs_block_bytes": None},
         "cost": {"client_cpu_s": metrics.summary(client_cpu),
                  "client_cpu_fraction_of_a_core": metrics.summary(
@@ -782,6 +792,10 @@ def table(results: dict) -> str:
     if any("best_capacity_depth_histogram" in r["tree"] for r in runs):
         add("best the uplinks allow", lambda r: depth_counts(
             r["tree"].get("best_capacity_depth_histogram", {})) or "-")
+    if any(r["load"].get("uplink_estimate_mbit_by_cap") for r in runs):
+        add("uplink estimate Mbit/s", lambda r: " ".join(
+            f"{cap}:{_fmt(v['min'], 1)}-{_fmt(v['max'], 1)}"
+            for cap, v in r["load"].get("uplink_estimate_mbit_by_cap", {}).items()) or "-")
     add("loops / over limit", lambda r: f"{r['tree']['loops']} / {len(r['tree']['over_limit'])}")
     add("Jain (relays)", lambda r: _fmt(r["load"]["jain_index_relays"]))
     add("server MB sent", lambda r: _fmt(r["load"]["server_bytes_sent"] / 1e6, 1))

@@ -27,7 +27,7 @@ its parent, not the time its own uplink worked. From that:
   child whose own uplink is full: the acknowledgements of what it receives
   wait in the same queue as what it sends, and the link looks busy while
   the bytes are long delivered (measured in netns: a 20 Mbit/s sender,
-  66 KB parts every 80 ms to a client uploading at its 2 Mbit/s cap, read
+  64 KB parts every 80 ms to a client uploading at its 2 Mbit/s cap, read
   6.8 Mbit/s by busy time; the kernel's samples had a median of 14.6 and a
   maximum of 19.4). Sums,
   not the best stretch: a capped link loses packets, and the retransmission
@@ -41,7 +41,8 @@ its parent, not the time its own uplink worked. From that:
 * :func:`to_move`: the child to send elsewhere when a link falls behind
   (:func:`cut_instead`: whether to reset its link rather than tell it), or
   at once where the uplink cannot carry one stream (:func:`cannot_carry`);
-* :func:`retry_due`: when an uplink measured to feed nobody is tried again.
+* :func:`retry_due`: when an uplink measured to feed nobody is tried again;
+* :func:`room_for_swap`: whether the uplink can pay for a balance swap.
 
 Time is passed in (``now``, monotonic seconds): no clock, no thread, no
 socket. The caller serialises the calls (the sender threads share one lock).
@@ -335,6 +336,23 @@ def retry_due(max_children: int, estimate: float | None, stream: float | None,
     return (jammed and estimate is not None and age is not None
             and age >= RETRIAL_PERIODS * period
             and places(max_children, estimate, stream) == 0)
+
+
+def room_for_swap(estimate: float | None, stream: float | None, children: int) -> bool:
+    """Whether the uplink has a stream to spare beyond feeding its ``children``: the cost
+    of a balance swap (unmeasured: yes, as :func:`can_take` says).
+
+    A swap is three new links at once, each catching up on the blocks its
+    child missed while it moved: on uplinks that carry their children and
+    little more, the catch-up and the live stream share what is left, and
+    the chain below lags and loses blocks (measured: 8 Mbit/s uplinks, one
+    child each, 39 rejoins for the balance in two minutes among 20 clients,
+    most of the lost blocks after them). The rotation waits for room instead;
+    the bytes sent stay as even as the uplinks allow.
+    """
+    if estimate is None or not stream:
+        return True
+    return estimate >= stream * (HEADROOM * children + 1)
 
 
 def can_take(max_children: int, estimate: float | None, stream: float | None) -> int:

@@ -57,6 +57,8 @@ class Mover:
         if core.config.balance_blocks <= 0 or not core.moves.may_offer(self.situation()):
             return
         view = core.relay.view(now)
+        if not core.relay.room_for_swap(now):
+            return
         latest = core.window.latest(4)
         margin = int(core.config.balance_blocks * sum(len(b.data) for b in latest) / len(latest)
                      * max(1, len(view.children)))

@@ -48,6 +48,9 @@ class Relay:
     def can_take(self, now: float) -> int:
         return capacity.can_take(self.core.config.max_children, *self._uplink_now(now))
 
+    def room_for_swap(self, now: float) -> bool:
+        return capacity.room_for_swap(*self._uplink_now(now), len(self.children))
+
     def relays_nobody(self, now: float) -> bool:
         estimate, stream = self._uplink_now(now)
         return estimate is not None and capacity.places(

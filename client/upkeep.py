@@ -172,6 +172,8 @@ class Upkeep:
             if self.config.balance_blocks <= 0 or not self.moves.may_offer(self._situation()):
                 return
             view = self._relay_view()
+            if not capacity.room_for_swap(*self._uplink_now(), len(view.children)):
+                return
             block_size = sum(len(b.data) for b in self.window.latest(4)) / min(4, len(self.window))
             margin = int(self.config.balance_blocks * block_size * max(1, len(view.children)))
             target = tree.choose_swap(view, margin)

@@ -267,6 +267,18 @@ def test_the_slowest_child_with_a_backlog_is_moved_and_only_when_one_is_behind()
     assert capacity.to_move([fine, relay], period) == "relay"
 
 
+def test_a_swap_waits_for_an_uplink_with_a_stream_to_spare():
+    stream = 500_000                                   # 4 Mbit/s
+    eight, sixteen = 1_000_000, 2_000_000              # 8 and 16 Mbit/s
+    assert not capacity.room_for_swap(eight, stream, children=1)     # 1.25 + 1 streams: 9 Mbit/s
+    assert capacity.room_for_swap(sixteen, stream, children=1)
+    assert capacity.room_for_swap(sixteen, stream, children=2)       # 3.5 streams: 14 Mbit/s
+    assert not capacity.room_for_swap(0.8 * sixteen, stream, children=2)
+    assert capacity.room_for_swap(eight, stream, children=0)
+    assert capacity.room_for_swap(None, stream, children=2)          # unmeasured: not weak
+    assert capacity.room_for_swap(eight, None, children=2)
+
+
 def test_a_moved_child_is_cut_when_its_link_holds_more_than_a_quarter_period():
     period = 2.0
     assert not capacity.cut_instead(LinkLoad("a", 40_000, 0, 100_000), period)   # 0.4 s
