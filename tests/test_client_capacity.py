@@ -270,10 +270,10 @@ def test_the_slowest_child_with_a_backlog_is_moved_and_only_when_one_is_behind()
 def test_a_swap_waits_for_an_uplink_with_a_stream_to_spare():
     stream = 500_000                                   # 4 Mbit/s
     eight, sixteen = 1_000_000, 2_000_000              # 8 and 16 Mbit/s
-    assert not capacity.room_for_swap(eight, stream, children=1)     # 1.25 + 1 streams: 9 Mbit/s
+    assert not capacity.room_for_swap(0.95 * eight, stream, children=1)  # 2 streams: 8 Mbit/s
     assert capacity.room_for_swap(sixteen, stream, children=1)
-    assert capacity.room_for_swap(sixteen, stream, children=2)       # 3.5 streams: 14 Mbit/s
-    assert not capacity.room_for_swap(0.8 * sixteen, stream, children=2)
+    assert capacity.room_for_swap(0.8 * sixteen, stream, children=2)     # 3 streams: 12 Mbit/s
+    assert not capacity.room_for_swap(0.7 * sixteen, stream, children=2)
     assert capacity.room_for_swap(eight, stream, children=0)
     assert capacity.room_for_swap(None, stream, children=2)          # unmeasured: not weak
     assert capacity.room_for_swap(eight, None, children=2)
@@ -430,3 +430,14 @@ def test_a_few_kernel_samples_are_not_enough_and_their_median_resists_one_outlie
     end = starved_link(uplink, kernel_rate=90 * MB, seconds=0.2, start=end + 1,
                        key="b")                                      # one wild sample
     assert uplink.estimate(end) == pytest.approx(2.4 * MB)
+
+
+def test_a_stretchs_kernel_figure_is_a_links_median_not_its_luckiest_sample():
+    uplink = Uplink(stale_after=300)
+    now, delivered, samples = 0.0, 0, [2.0 * MB, 2.1 * MB, 2.4 * MB, 1.9 * MB, 2.0 * MB]
+    for step in range(60):                            # 66 KB every 80 ms, always busy
+        rate = samples[step % len(samples)] if step % 7 else 9 * MB   # a bunch now and then
+        uplink.observe("a", now, delivered, 66_000, busy_total=now, kernel_rate=rate)
+        now = round(now + 0.08, 6)
+        delivered += 66_000
+    assert uplink.estimate(now) == pytest.approx(2.0 * MB, rel=0.03)
