@@ -460,7 +460,8 @@ class Node(Joining, Upkeep):
         """(Under the deliver lock.) The one place a block is stored and passed on.
 
         The children that got its parts (``relay``, when it forwarded this very
-        block under this number) get its end; the others get it whole. Any
+        block under this number) get its end; the others get all of it, in
+        parts, which they forward as they come. Any
         other forward still open is aborted first: frames of two blocks never
         interleave. The children's frames are queued before the disk write.
         """
@@ -473,8 +474,18 @@ class Node(Joining, Upkeep):
         streamed = set(relay.children) if ends else set()
         self._relaying = None
         end = BlockEnd(len(block.data), block.digest)
+        parts = None
         for child in children:
-            child.enqueue(end if child in streamed else block)
+            if child in streamed:
+                child.enqueue(end)
+            elif child.enqueue(BlockStart(block.seq)):
+                # Whole here, in parts all the same: the child forwards each part as it comes
+                # (a repaired block crossed a subtree a block's transfer a level, 1 s at 8
+                # Mbit/s, while its children waited behind it).
+                parts = parts if parts is not None else parts_of(block.data)
+                for part in parts:
+                    child.enqueue(part)
+                child.enqueue(end)
         stored_at = time.time()
         self.window.append(Stored(block, stored_at))
         self.store.write(block.data, block.seq)  # a refusal (full disk) is said once; relay goes on

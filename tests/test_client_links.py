@@ -247,3 +247,33 @@ def test_the_kernels_bandwidth_sample_counts_only_where_the_link_had_bytes_waiti
                     seen.append(kernel_count(sender))  # the writer still blocked on a full buffer
             writer.join()
             assert seen and not seen[0].app_limited and seen[0].bandwidth > 0
+
+
+def test_a_block_a_relay_got_whole_goes_to_its_children_in_parts(tmp_path):
+    """A repaired block (fetched whole) goes down in parts, so that each child forwards it
+    as it comes instead of after all of it (a block's transfer a level)."""
+    from client.peerproto import BlockEnd, BlockPart, BlockStart, parts_of
+    node = Node(Config("127.0.0.1", "127.0.0.1", 9090, 0, 1, tmp_path / "store", period=2.0,
+                       player=False))
+    sender, receiver = socket.socketpair()
+    link, gone = _child_link(sender, backlog=8)
+    node.children[link.addr] = link
+    block = Block.of(7, bytes(range(256)) * 1200)        # 307 kB: five parts
+    try:
+        with node._deliver_lock:
+            node._store_and_relay(block)
+        link.start()
+        decoder, frames = FrameDecoder(), []
+        receiver.settimeout(5.0)
+        while not frames or not isinstance(frames[-1], BlockEnd):
+            decoder.feed(receiver.recv(1 << 16))
+            frames.extend(message for message in iter(decoder.next_message, None)
+                          if not isinstance(message, Keepalive))
+    finally:
+        link.close()
+        receiver.close()
+    parts = parts_of(block.data)
+    assert len(parts) == 5
+    assert frames == [BlockStart(7), *parts, BlockEnd(len(block.data), block.digest)]
+    assert all(isinstance(f, BlockPart) for f in frames[1:-1])
+    assert node.window.latest(1)[0].digest == block.digest   # stored, as before
