@@ -13,7 +13,7 @@ from client import roles
 from client.links import ParentLink, send_progressing
 from client.model import Config
 from client.node import Node
-from client.peerproto import Addr, Block, FrameDecoder, Keepalive, Report, encode
+from client.peerproto import MAX_PART, Addr, Block, FrameDecoder, Keepalive, Report, encode
 
 
 @pytest.mark.parametrize("period", [0.5, 2.0, 8.0])
@@ -277,3 +277,53 @@ def test_a_block_a_relay_got_whole_goes_to_its_children_in_parts(tmp_path):
     assert frames == [BlockStart(7), *parts, BlockEnd(len(block.data), block.digest)]
     assert all(isinstance(f, BlockPart) for f in frames[1:-1])
     assert node.window.latest(1)[0].digest == block.digest   # stored, as before
+
+
+def read_block_frames(sock, count: int = 1) -> list:
+    """The frames on ``sock`` up to its ``count``-th BlockEnd, keepalives and accepts aside."""
+    from client.peerproto import BlockEnd
+    decoder, frames = FrameDecoder(), []
+    sock.settimeout(5.0)
+    while sum(isinstance(f, BlockEnd) for f in frames) < count:
+        decoder.feed(sock.recv(1 << 16))
+        frames.extend(message for message in iter(decoder.next_message, None)
+                      if not isinstance(message, Keepalive))
+    return frames
+
+
+def test_a_child_taken_in_the_middle_of_its_next_block_gets_it_from_its_start_at_once(tmp_path):
+    """A child whose next block is being forwarded when it comes gets its parts so far and
+    the rest as they come; one that lacks an older block first gets it at the end, whole."""
+    from client.node import _Relay
+    from client.peerproto import BlockEnd, BlockStart, parts_of
+    from client.window import Stored
+    node = Node(Config("127.0.0.1", "127.0.0.1", 9090, 0, 2, tmp_path / "store", period=2.0,
+                       player=False))
+    earlier, latest = Block.of(7, b"a" * 1000), Block.of(8, b"b" * 1000)
+    for block in (earlier, latest):
+        node.window.append(Stored(block, 0.0))
+    coming = Block.of(9, bytes(range(256)) * 1200)     # five parts, two of them in so far
+    pairs = [socket.socketpair() for _ in range(2)]
+    (caught, _), (behind, _) = (_child_link(a, backlog=8) for a, _ in pairs)
+    try:
+        relay = node._relaying = _Relay("server", 9, [])
+        node._relay_part(relay, coming.data[:2 * MAX_PART])
+        with node._deliver_lock:
+            node.children[caught.addr] = caught
+            node._join_relay(caught, after=latest.digest)     # it has 8: 9 is its next
+            node._join_relay(behind, after=earlier.digest)    # it lacks 8: not now
+        node._relay_part(relay, coming.data[2 * MAX_PART:])
+        with node._deliver_lock:
+            node.children[Addr("127.0.0.10", 9092)] = behind
+            node._store_and_relay(coming, relay)
+        caught.start()
+        behind.start()
+        whole = [BlockStart(9), *parts_of(coming.data), BlockEnd(len(coming.data), coming.digest)]
+        assert read_block_frames(pairs[0][1]) == whole
+        assert read_block_frames(pairs[1][1]) == whole       # all of it, after its end
+        assert relay.children == [caught]
+    finally:
+        for link in (caught, behind):
+            link.close()
+        for _, receiver in pairs:
+            receiver.close()
