@@ -498,8 +498,8 @@ class Node(Joining, Upkeep):
                 child.enqueue(end)
             elif child.enqueue(BlockStart(block.seq)):
                 # Whole here, in parts all the same: the child forwards each part as it comes
-                # (a repaired block crossed a subtree a block's transfer a level, 1 s at 8
-                # Mbit/s, while its children waited behind it).
+                # (sent whole, a repaired block crossed a subtree a block's transfer a level:
+                # 1.2 s a level measured at 16 Mbit/s, two children a relay).
                 parts = parts if parts is not None else parts_of(block.data)
                 for part in parts:
                     child.enqueue(part)
