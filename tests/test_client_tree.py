@@ -405,9 +405,49 @@ def test_search_worse_report_does_not_replace_better():
 def test_search_attempts_are_bounded():
     search = JoinSearch(A(999), max_attempts=5)
     search.add([C(n, depth=2, sent=n) for n in range(20)])
-    assert addrs(drain(search)) == [A(n) for n in range(5)]
+    tried = addrs(drain(search))
+    assert len(tried) == len(set(tried)) == 5 and set(tried) <= {A(n) for n in range(20)}
     search.add([C(500, depth=1)])
     assert search.next() is None
+
+
+def test_search_tries_full_places_in_order_and_draws_nothing():
+    search = JoinSearch(A(999))
+    search.add([C(n, depth=2, free=0, sent=10 - n) for n in range(5)])
+    assert addrs(drain(search)) == [A(4), A(3), A(2), A(1), A(0)]
+
+
+def test_a_crowd_that_missed_a_free_place_spreads_over_the_shallowest():
+    """Told of the same ten free places, a crowd whose first try missed draws the next ones
+    among them all (never a deeper one while one is left), each joiner the same way each time."""
+    places = [C(n, depth=3, free=1, sent=n) for n in range(10)] + [C(50, depth=4, free=3)]
+    second = {}
+    for joiner in range(200):
+        search = JoinSearch(A(1000 + joiner))
+        search.add(places)
+        first = search.next()
+        assert first.addr == A(0)                      # the least loaded, while nothing missed
+        rest = addrs(drain(search))
+        assert rest[:9] and set(rest[:9]) == {A(n) for n in range(1, 10)} and rest[9] == A(50)
+        second[rest[0]] = second.get(rest[0], 0) + 1
+    assert len(second) == 9 and max(second.values()) < 200 / 9 * 2
+    assert _tries(A(1000), places) == _tries(A(1000), places)
+
+
+def _tries(joiner: Addr, places) -> list[Addr]:
+    search = JoinSearch(joiner)
+    search.add(places)
+    return addrs(drain(search))
+
+
+def test_a_crowded_draw_weighs_each_place_by_its_free_slots():
+    counts = {A(1): 0, A(2): 0}
+    for joiner in range(400):
+        search = JoinSearch(A(2000 + joiner))
+        search.add([C(0, depth=2, free=1), C(1, depth=3, free=3), C(2, depth=3, free=1)])
+        search.next()                                   # A(0), which took someone else
+        counts[search.next().addr] += 1
+    assert 2 * counts[A(2)] < counts[A(1)] < 5 * counts[A(2)]
 
 
 def test_search_default_bound_ends_an_endless_redirect_chain():
