@@ -264,21 +264,6 @@ class ClientCore:
             self.server_member = False
             self.out(AskServer(None, LEAVE, self.channel))
 
-    # -- the search and the other errands (client.flows) ----------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
     # -- links ---------------------------------------------------------------------------
 
     def _on_received(self, event) -> None:
@@ -363,7 +348,6 @@ class ClientCore:
                            insist=message.candidates[-1] if message.candidates else None,
                            moved_by=addr)
 
-
     def report_to_parent(self) -> None:
         if self.parent_link is not None:
             self.send(self.parent_link, self.relay.report(self.now))
@@ -392,25 +376,6 @@ class ClientCore:
         search = self.searches[-1] if self.searches else None
         if search is not None and search.took is None:
             search.took = self.now - search.started
-
-    # -- repairs -------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-    # -- the client's own moves (client.moves) -----------------------------------------------
-
-
-
-
-
-
-
-
 
     # -- what tests, tools and the simulator read ------------------------------------------
 
