@@ -35,6 +35,7 @@ import time
 from client import capacity, channels, crosswire, events, inputs, places, roles, strangers, tree, verify
 from client.eventlog import EventLog
 from client.fetcher import RepairJob
+from client.forwarding import Forward, Forwarder
 from client.joining import Joining
 from client.library import serve_fetch
 from client.links import (ChildLink, KernelCount, ParentLink, StockServer, addresses_of,
@@ -46,8 +47,7 @@ from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_PART, MAX_WANT
                               Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryFetch, Move, PathUpdate, PeerProtocolError,
                               Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
-                              VersionMismatch, Vouch, VouchAnswer, DigestQuery, encode,
-                              parts_of)
+                              VersionMismatch, Vouch, VouchAnswer, DigestQuery, encode)
 from client.delivery import SERVER, Gate, Step
 from client.repair import RepairPlan
 from client.behind import PlayerWatch
@@ -121,7 +121,8 @@ class Node(Joining, Upkeep):
         # Which block is stored next, and its number (client.delivery); its
         # calls are made under the deliver lock, in arrival order.
         self.gate = Gate(config.period, self.window.capacity)
-        self._relaying: _Relay | None = None  # the block being forwarded in parts (deliver lock)
+        # The block being forwarded in parts, to whom (client.forwarding; under the deliver lock).
+        self.forwarder = Forwarder(lambda child, frame: child.enqueue(frame))
         self._server_member = False
         self._former_path: tuple[Addr, ...] = ()      # the path before becoming direct
         self._sent_before: dict[str, int] = {}
@@ -337,7 +338,7 @@ class Node(Joining, Upkeep):
 
     # -- blocks ------------------------------------------------------------
 
-    def deliver(self, block: Block, source, relay: "_Relay | None" = None,
+    def deliver(self, block: Block, source, relay: Forward | None = None,
                 wall: float | None = None) -> None:
         """Store a block from the current parent (or the server) and relay it to every child.
 
@@ -360,7 +361,7 @@ class Node(Joining, Upkeep):
         if stored:
             self._write_status()
 
-    def _perform(self, step: Step, relay: "_Relay | None" = None) -> bool:
+    def _perform(self, step: Step, relay: Forward | None = None) -> bool:
         """(Under the deliver lock.) Store what the gate passed, in order; True if any.
 
         ``relay``: the forward in parts of the block that just came; it ends with
@@ -379,7 +380,7 @@ class Node(Joining, Upkeep):
 
     # -- cut-through: a block's parts go on before all of it is in ------------------
 
-    def _begin_relay(self, source, seq: int, wall: float) -> "_Relay | None":
+    def _begin_relay(self, source, seq: int, wall: float) -> Forward | None:
         """A block from ``source`` begins to come: forward its parts to every child now?
 
         Only when the gate would store it live as it stands
@@ -388,30 +389,20 @@ class Node(Joining, Upkeep):
         when it is stored. A forward left by a link we have left is aborted.
         """
         with self._deliver_lock:
-            if self._relaying is not None and self._relaying.source != self.gate.source:
-                self._abort_relay(self._relaying, "its sender is no longer followed")
+            current = self.forwarder.current
+            if current is not None and current.source != self.gate.source:
+                self._abort_relay(current, "its sender is no longer followed")
             number = self.gate.streams(source, seq, wall)
-            if number is None or self._relaying is not None:
+            if number is None or self.forwarder.current is not None:
                 return None
             with self._lock:
                 children = list(self.children.values())
-            start = BlockStart(number)
-            self._relaying = _Relay(source, number, [c for c in children if c.enqueue(start)])
-            return self._relaying
+            return self.forwarder.begin(source, number, children)
 
-    def _relay_part(self, relay: "_Relay | None", data: bytes) -> None:
+    def _relay_part(self, relay: Forward | None, data: bytes) -> None:
         """More bytes of the block ``relay`` forwards: queued to its children at once."""
         with self._deliver_lock:
-            if relay is None or relay is not self._relaying:
-                return
-            if relay.size + len(data) > MAX_BLOCK:
-                self._abort_relay(relay, "too large")  # (the block will be refused whole too)
-                return
-            relay.size += len(data)
-            for part in parts_of(data):
-                relay.parts.append(part)
-                for child in relay.children:
-                    child.enqueue(part)
+            self._aborted(self.forwarder.part(relay, data), "too large")
 
     def _join_relay(self, child: ChildLink, after: bytes | None) -> None:
         """(Under the deliver lock.) A child taken while a block is being forwarded in parts
@@ -421,30 +412,23 @@ class Node(Joining, Upkeep):
         later (measured: an orphan placed 1.06 s after a freeze, in the middle
         of its new parent's block, had it at 3.03 s, 1.13 s after its parent).
         """
-        relay = self._relaying
         latest = self.window.latest(1)
-        if (relay is None or after is None or not latest or latest[0].digest != after
-                or child in relay.children or not child.enqueue(BlockStart(relay.seq))):
-            return
-        for part in relay.parts:
-            child.enqueue(part)
-        relay.children.append(child)
+        if after is not None and latest and latest[0].digest == after:
+            self.forwarder.join(child)
 
-    def _abort_relay(self, relay: "_Relay | None", reason: str) -> None:
+    def _abort_relay(self, relay: Forward | None, reason: str) -> None:
         """(Under the deliver lock.) The block ``relay`` forwards will not be stored (now):
         its children discard it."""
-        if relay is None or relay is not self._relaying:
-            return
-        self._relaying = None
-        if relay.children:
-            log.info("block %d forwarded in parts is aborted: %s", relay.seq, reason)
-        abort = BlockAbort(reason[:200])
-        for child in relay.children:
-            child.enqueue(abort)
+        self._aborted(self.forwarder.abort(relay, reason), reason)
 
-    def _abort_relay_now(self, relay: "_Relay | None", reason: str) -> None:
+    def _abort_relay_now(self, relay: Forward | None, reason: str) -> None:
         with self._deliver_lock:
             self._abort_relay(relay, reason)
+
+    @staticmethod
+    def _aborted(forward: Forward | None, reason: str) -> None:
+        if forward is not None:
+            log.info("block %d forwarded in parts is aborted: %s", forward.seq, reason)
 
     def _discarded(self, begun: bool = True) -> None:
         """A block begun (in parts, or a push) was dropped before it was whole."""
@@ -474,7 +458,7 @@ class Node(Joining, Upkeep):
         with self._lock:
             return self._distrusted.get(addr, 0.0) > time.monotonic()
 
-    def _store_and_relay(self, block: Block, relay: "_Relay | None" = None) -> None:
+    def _store_and_relay(self, block: Block, relay: Forward | None = None) -> None:
         """(Under the deliver lock.) The one place a block is stored and passed on.
 
         The children that got its parts (``relay``, when it forwarded this very
@@ -485,25 +469,7 @@ class Node(Joining, Upkeep):
         """
         with self._lock:
             children = list(self.children.values())
-        ends = (relay is not None and relay is self._relaying and relay.seq == block.seq
-                and relay.size == len(block.data))
-        if not ends:
-            self._abort_relay(self._relaying, "another block is stored first")
-        streamed = set(relay.children) if ends else set()
-        self._relaying = None
-        end = BlockEnd(len(block.data), block.digest)
-        parts = None
-        for child in children:
-            if child in streamed:
-                child.enqueue(end)
-            elif child.enqueue(BlockStart(block.seq)):
-                # Whole here, in parts all the same: the child forwards each part as it comes
-                # (sent whole, a repaired block crossed a subtree a block's transfer a level:
-                # 1.2 s a level measured at 16 Mbit/s, two children a relay).
-                parts = parts if parts is not None else parts_of(block.data)
-                for part in parts:
-                    child.enqueue(part)
-                child.enqueue(end)
+        self._aborted(self.forwarder.stored(block, relay, children), "another block is stored first")
         stored_at = time.time()
         self.window.append(Stored(block, stored_at))
         self.store.write(block.data, block.seq)  # a refusal (full disk) is said once; relay goes on
@@ -1173,16 +1139,6 @@ class Node(Joining, Upkeep):
             write_json_atomically(self.config.store / "status.json", self.snapshot())
         for watch in self.watchers:
             watch("status", None)
-
-
-class _Relay:
-    """A block forwarded in parts as it comes: from whom, under which number, to which
-    children, its parts so far (the node's, under its deliver lock)."""
-
-    def __init__(self, source, seq: int, children: list[ChildLink]):
-        self.source, self.seq, self.children = source, seq, children
-        self.size = 0
-        self.parts: list[BlockPart] = []   # forwarded so far, for a child that comes meanwhile
 
 
 #: A child not heard for this long (its keepalives come every quarter second at most) whose

@@ -294,7 +294,6 @@ def read_block_frames(sock, count: int = 1) -> list:
 def test_a_child_taken_in_the_middle_of_its_next_block_gets_it_from_its_start_at_once(tmp_path):
     """A child whose next block is being forwarded when it comes gets its parts so far and
     the rest as they come; one that lacks an older block first gets it at the end, whole."""
-    from client.node import _Relay
     from client.peerproto import BlockEnd, BlockStart, parts_of
     from client.window import Stored
     node = Node(Config("127.0.0.1", "127.0.0.1", 9090, 0, 2, tmp_path / "store", period=2.0,
@@ -306,7 +305,7 @@ def test_a_child_taken_in_the_middle_of_its_next_block_gets_it_from_its_start_at
     pairs = [socket.socketpair() for _ in range(2)]
     (caught, _), (behind, _) = (_child_link(a, backlog=8) for a, _ in pairs)
     try:
-        relay = node._relaying = _Relay("server", 9, [])
+        relay = node.forwarder.begin("server", 9, [])
         node._relay_part(relay, coming.data[:2 * MAX_PART])
         with node._deliver_lock:
             node.children[caught.addr] = caught

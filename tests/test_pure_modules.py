@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 PURE = ["client.capacity", "client.commands", "client.core", "client.crosscheck", "client.delivery",
-        "client.events", "client.flows", "client.inputs", "client.moves", "client.moving",
+        "client.events", "client.flows", "client.forwarding", "client.inputs", "client.moves", "client.moving",
         "client.placement", "client.places", "client.peerproto", "client.relaying", "client.repair",
         "client.repairing", "client.roles", "client.seeking", "client.tree", "client.treenode",
         "client.window", "server.protocol"]
