@@ -8,9 +8,11 @@ happen. Used by the in-memory tests (``tests/test_client_core.py``) and by
 the simulator (:mod:`bench.sim`).
 
 The network: every client has an upload capacity and a one-way latency
-(a link's is the mean of its two ends'). A block leaves its sender's uplink
-after the blocks queued before it (one uplink, first come first served) and
-arrives a latency later (a repair's block tells its fetcher a latency after
+(a link's is the mean of its two ends'). A block, or a part of one a relay
+forwards as it comes (cut-through, :mod:`client.forwarding`), leaves its
+sender's uplink after the frames queued before it (one uplink, first come
+first served: the parts of one block to two children interleave as they
+come in) and arrives a latency later (a repair's block tells its fetcher a latency after
 it is sent that its bytes are coming, as TCP's shared uplink would: the
 fetch is slow, not stalled); a control frame takes its latency, never
 overtaking what went before it on its link. A connection costs a round trip
@@ -35,7 +37,7 @@ from client import inputs
 from client.commands import (COUNT, JOIN, LEAVE, LIST, AskServer, Close, Connect, Placed, SetTimer,
                              Send, StoreBlock)
 from client.core import ClientCore, CoreConfig
-from client.peerproto import Addr, Block, block_digest
+from client.peerproto import Addr, Block, BlockPart, block_digest
 from server.channel import Channel, Registry, Schedule
 
 __all__ = ["World", "SimClient", "SimServer", "Film", "PARENT_SILENCE", "PEER_PORT"]
@@ -153,7 +155,8 @@ class SimClient:
         conn, side = end
         world = self.world
         now = world.now
-        if type(message) is Block:
+        kind = type(message)
+        if kind is Block or kind is BlockPart:     # a block whole, or a part of one forwarded
             size = len(message.data) + FRAME_HEADER
             start = self.up_free if self.up_free > now else now
             self.up_free = done = start + size / self.upload

@@ -11,7 +11,8 @@ with threads and locks, and composes the pure machines unchanged: the search
 beside the other errands of :mod:`client.flows`), the delivery gate
 (:class:`client.delivery.Gate`), the moves (:class:`client.moves.Moves`),
 the tree's decisions (:mod:`client.tree`, on the children's side in
-:class:`client.relaying.Relay`), the repair plan (driven by
+:class:`client.relaying.Relay`), the forwarding of a block's parts as they
+come from the parent (:mod:`client.forwarding`, cut-through), the repair plan (driven by
 :class:`client.repairing.Repairer`), the uplink estimate
 (:mod:`client.capacity`) and the role tables (:mod:`client.roles`) on
 every link.
@@ -39,8 +40,10 @@ from client.commands import LEAVE, AskServer, Close, SetTimer, Send, StatusChang
 from client.delivery import SERVER, Gate, Step
 from client.moves import Moves
 from client.moving import Mover
-from client.peerproto import (Addr, Advice, Block, Bye, Candidate, Drop, Keepalive, Move,
-                              PathUpdate, Swap)
+from client.forwarding import Forward
+from client.peerproto import (Addr, Advice, Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Bye,
+                              Candidate, Drop, Keepalive, Move, PathUpdate, PeerProtocolError,
+                              Reassembly, Swap)
 from client.relaying import Relay
 from client.repairing import Repairer, Repairs
 from client.seeking import Search, Seeker
@@ -97,6 +100,9 @@ class ClientCore:
         self.relay = Relay(self)
         self.seeker, self.mover, self.repairs = Seeker(self), Mover(self), Repairs(self)
         self.links: dict[object, list] = {}     # link -> [kind, conversation, addr, step key]
+        # The block coming in parts on the parent link, and its forward (client.forwarding).
+        self.incoming, self.incoming_link = Reassembly(), None
+        self.forward: Forward | None = None
         self.flows = flows.FlowRunner(me, lambda: self.channel, self.seeker.perform_step,
                                       lambda: self.relay.members(self.now), self.seeker.cancel_step)
         self.repair: Repairer | None = None
@@ -248,6 +254,7 @@ class ClientCore:
             self.flows.answer(event.token, event.answer, self.now)
 
     def become_direct(self) -> None:
+        self.parent_gone()
         self.state, self.parent, self.parent_link, self.path, self.depth = "direct", SERVER, None, (), 1
         self.moves.moved(self.now)
         self.server_member = True
@@ -326,6 +333,8 @@ class ClientCore:
     def _from_parent(self, link, addr: Addr, message) -> None:
         if isinstance(message, Block):
             self.deliver(message, link)
+        elif isinstance(message, (BlockStart, BlockPart, BlockEnd, BlockAbort)):
+            self._part_from_parent(link, message)
         elif isinstance(message, Keepalive):
             pass
         elif isinstance(message, Advice):
@@ -348,30 +357,84 @@ class ClientCore:
                            insist=message.candidates[-1] if message.candidates else None,
                            moved_by=addr)
 
+    def _part_from_parent(self, link, message) -> None:
+        """A block in parts: forwarded as it comes, checked and delivered at its end
+        (:class:`client.peerproto.Reassembly`; a wrong size or digest is the parent's
+        protocol error, which ends the link)."""
+        forwarder = self.relay.forwarder
+        if link != self.incoming_link:
+            self.parent_gone()
+            self.incoming_link = link
+        try:
+            if isinstance(message, BlockStart):
+                self.incoming.start(message.seq)
+                self.forward = self._begin_forward(link, message.seq)
+            elif isinstance(message, BlockPart):
+                self.incoming.add(message.data)
+                forwarder.part(self.forward, message.data)
+            elif isinstance(message, BlockEnd):
+                forward, self.forward = self.forward, None
+                try:
+                    block = self.incoming.end(message)
+                except PeerProtocolError:
+                    forwarder.abort(forward, "corrupt: its end does not match its bytes")
+                    raise
+                self.deliver(block, link, forward)
+            else:
+                self.incoming.abort()
+                forward, self.forward = self.forward, None
+                forwarder.abort(forward, f"aborted above: {message.reason}")
+        except PeerProtocolError as error:
+            self._on_closed(inputs.LinkClosed(self.now, link, str(error)))
+            self.close(link, reset=True)
+
+    def _begin_forward(self, source, seq: int) -> Forward | None:
+        """Forward the block beginning now to the children as it comes, when the gate would
+        store it live as it stands (:meth:`client.delivery.Gate.streams`)."""
+        forwarder = self.relay.forwarder
+        if forwarder.current is not None and forwarder.current.source != self.gate.source:
+            forwarder.abort(forwarder.current, "its sender is no longer followed")
+        number = self.gate.streams(source, seq, self.now)
+        if number is None or forwarder.current is not None:
+            return None
+        return forwarder.begin(source, number, list(self.relay.children.values()))
+
+    def parent_gone(self) -> None:
+        """We left the parent link, or it ended: a block it was sending in parts is dropped."""
+        self.incoming.abort()
+        forward, self.forward = self.forward, None
+        self.relay.forwarder.abort(forward, "cut short: parent lost")
+
     def report_to_parent(self) -> None:
         if self.parent_link is not None:
             self.send(self.parent_link, self.relay.report(self.now))
 
     # -- blocks ------------------------------------------------------------------------------
 
-    def deliver(self, block: Block, source) -> None:
-        self.perform(self.gate.arrived(block, source, self.now))
+    def deliver(self, block: Block, source, forward: Forward | None = None) -> None:
+        self.perform(self.gate.arrived(block, source, self.now), forward)
 
-    def perform(self, step: Step) -> None:
-        """Store what the gate passed, in order; then the moves each block allows."""
+    def perform(self, step: Step, forward: Forward | None = None) -> None:
+        """Store what the gate passed, in order; then the moves each block allows.
+
+        ``forward``: the forward in parts of the block that just came; it ends with that
+        block if the gate passed it under the number it began with, and is aborted
+        otherwise (the children get that block whole, if and when it is stored).
+        """
         for passed in step.passes:
             if passed.source == SERVER:
                 self.last_server_block = self.now
-            self._store_and_relay(passed.block)
+            self._store_and_relay(passed.block, forward)
+        self.relay.forwarder.abort(forward, "not stored now")
         if step.check_gap:
             self.seeker.server_gap()
         for passed in step.passes:
             self.mover.just_stored(passed.block.digest)
 
-    def _store_and_relay(self, block: Block) -> None:
+    def _store_and_relay(self, block: Block, forward: Forward | None = None) -> None:
         self.out(StoreBlock(block))
         self.window.append(Stored(block, self.now))
-        self.relay.relay(block)
+        self.relay.relay(block, forward)
         self.counters["blocks_received"] += 1
         search = self.searches[-1] if self.searches else None
         if search is not None and search.took is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from client import capacity, places, roles, tree
 from client.commands import Close
+from client.forwarding import Forward, Forwarder
 from client.moves import JAMMED_PERIODS
 from client.peerproto import (MAX_WANT, Accept, Addr, Advice, Block, Bye, Drop, FetchEnd, Hello,
                               Info, Move, PathUpdate, Redirect, Reject, Report, SwapAnswer, Vouch, VouchAnswer)
@@ -34,6 +35,7 @@ class Relay:
         self.views: dict[Addr, tree.ChildView] = {}
         self.expected: dict[Addr, float] = {}       # swap partners, until a deadline
         self.advice_sent: dict[Addr, Advice] = {}
+        self.forwarder = Forwarder(self._to_child)  # a block's parts as they come (cut-through)
         self.uplink = capacity.Uplink(stale_after=UPLINK_STALE_PERIODS * core.config.period)
         self.bytes_sent = 0                         # to children, and served to repairs
         self.stream: float | None = None            # bytes/s of the stream (latest blocks)
@@ -179,6 +181,9 @@ class Relay:
         core.links[link][0] = "child"
         core.send(link, Accept(max(core.depth, 1), core.path, after, tuple(b.digest for b in missed)))
         self.children[hello.addr] = link
+        latest = core.window.latest_digests(1)
+        if not missed and after is not None and latest and latest[0] == after:
+            self.forwarder.join(link)   # the block coming in now is its next: its parts so far
         self.views[hello.addr] = tree.ChildView(hello.addr, free=hello.max_children,
                                                 members=hello.subtree)
         self.advice_sent.pop(hello.addr, None)
@@ -214,12 +219,20 @@ class Relay:
 
     # -- what they are sent -------------------------------------------------------------
 
-    def relay(self, block: Block) -> None:
+    def relay(self, block: Block, forward: Forward | None = None) -> None:
+        """A block stored: its end to the children that got its parts, all of it to the others."""
         sizes = (len(b.data) for b in self.core.window.latest(STREAM_BLOCKS))
         self.stream = capacity.stream_rate(sizes, self.core.config.period)
-        for link in self.children.values():
-            self.core.send(link, block)
+        self.forwarder.stored(block, forward, list(self.children.values()))
         self.bytes_sent += len(block.data) * len(self.children)
+
+    def _to_child(self, link, frame) -> bool:
+        """One frame of a block on a child link, if it is still one."""
+        entry = self.core.links.get(link)
+        if entry is None or entry[0] != "child":
+            return False
+        self.core.send(link, frame)
+        return True
 
     def tell_path(self) -> None:
         update = PathUpdate(max(self.core.depth, 1), self.core.path)

@@ -135,6 +135,7 @@ class Seeker:
             core.close(link)
             return None  # it would put us under ourselves
         core.leave_server()
+        core.parent_gone()
         core.links[link][0] = "parent"
         now = core.now
         core.parent, core.parent_link, core.state = addr, link, "attached"
@@ -201,6 +202,7 @@ class Seeker:
                   insist: Addr | None = None, moved_by: Addr | None = None) -> None:
         core = self.core
         core.repairs.cancel()
+        core.parent_gone()
         link, core.parent_link = core.parent_link, None
         was_direct = core.parent == SERVER
         core.parent, core.state = None, "orphaned"

@@ -291,3 +291,42 @@ def test_random_churn_keeps_the_tree_a_tree_and_every_survivor_whole(seed):
     for c in clients:  # (a swap may be under way at the end: a moment without a parent)
         if c.alive:
             assert c.stored and world.now - c.stored[-1][1] < 3 * 2.0, c.ip
+
+
+def chain_of_three(block_bytes):
+    """server -> A -> B -> C (one child each), 16 Mbit/s uplinks, blocks of ``block_bytes``."""
+    world = World([Film.synthetic(FILM, block_bytes, seed=0)], slots=1)
+    clients = []
+    for i in range(3):
+        config = CoreConfig(0, 1, balance_blocks=0.0)
+        clients.append(world.add_client(f"10.0.0.{i + 1}", config, upload_mbit=16.0,
+                                        latency=0.005, seed=i))
+        world.run_until(world.now + 3.0)
+    return world, clients
+
+
+def test_a_relay_forwards_each_part_of_a_block_as_it_comes():
+    """1 MB blocks take 0.5 s on a 16 Mbit/s uplink: a relay that waited for a whole block
+    would put C half a second behind B; with the parts forwarded as they come, C has each
+    block a part's transfer after B."""
+    world, (a, b, c) = chain_of_three(1_000_000)
+    world.run_until(40)
+    assert tree_of([a, b, c]) == {"10.0.0.1": ("server", 1), "10.0.0.2": ("10.0.0.1", 2),
+                                  "10.0.0.3": ("10.0.0.2", 3)}
+    at_b = {i: t for i, t in b.stored}
+    behind = [t - at_b[i] for i, t in c.stored[-10:]]
+    assert len(behind) == 10 and max(behind) < 0.1, behind
+    check_invariants([a, b, c])
+
+
+def test_a_block_cut_short_by_its_relays_death_is_discarded_below_and_repaired():
+    world, (a, b, c) = chain_of_three(1_000_000)
+    world.run_until(19.9)                     # the server pushes a block every 2 s from 0
+    stored = len(c.stored)
+    world.run_until(20.3)
+    assert len(c.stored) == stored and c.core.incoming.open       # parts of it in, not all
+    b.kill()
+    world.run_until(40)
+    assert tree_of([a, b, c]) == {"10.0.0.1": ("server", 1), "10.0.0.3": ("10.0.0.1", 2)}
+    check_invariants([a, c])
+    assert c.core.counters["blocks_lost"] == 0
