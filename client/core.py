@@ -23,11 +23,15 @@ memory in tests (``tests/test_client_core.py``). Links are keys: the core
 names its own with positive integers, the driver names incoming ones with
 anything else; the first frame on an unknown key opens an incoming link.
 
+A relay's uplink is judged as the node judges it (:mod:`client.capacity`):
+a child is moved off a link that falls behind, every child at once off an
+uplink that cannot carry one stream, and a direct client that feeds nobody
+gives its server slot up (:meth:`ClientCore._maybe_yield_slot`).
+
 Not here (the driver's, or not built yet): checking a block against the
 server's feed and the cross-check, verifying an offered place with the
 server's list and the ancestors (:mod:`client.places`), keepalives and the
-silence of a link (a link's end comes as ``LinkClosed``), moving a child
-off an uplink that falls behind, and giving a server slot up.
+silence of a link (a link's end comes as ``LinkClosed``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from dataclasses import dataclass
 from client import flows, inputs, roles
 from client.commands import LEAVE, AskServer, Close, SetTimer, Send, StatusChanged, StoreBlock
 from client.delivery import SERVER, Gate, Step
-from client.moves import Moves
+from client.moves import Moves, Shedding
+from client.placement import Placed
 from client.moving import Mover
 from client.forwarding import Forward
 from client.peerproto import (Addr, Advice, Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Bye,
@@ -110,9 +115,9 @@ class ClientCore:
         self.advice: Candidate | None = None      # our children's backup if we die
         self.server_member = False
         self.last_server_block = now
-        self.turned_away_at = -1e9
+        self.shedding = Shedding(config.period)   # a short uplink's moves (client.moves)
         self.counters = {"blocks_received": 0, "blocks_repaired": 0, "blocks_lost": 0,
-                         "swaps": 0, "climbs": 0}
+                         "swaps": 0, "climbs": 0, "children_moved": 0}
         self.searches: list[Search] = []
         self.now = now
         self.steps: dict[object, tuple] = {}
@@ -222,12 +227,41 @@ class ClientCore:
             return
         self.report_to_parent()
         if self.relay.children:
+            self.relay.relieve(now)
             self.relay.advise(self.advice, now)
+        self._maybe_yield_slot(now)
         if self.state == "direct" and now >= self._root_probe_at and not self.flows.busy:
             self._root_probe_at = now + 4 * self.config.period
             self.flows.start("root advice", flows.probe_listed(self.me, self.channel,
                                                                frozenset(self.relay.members(now))),
                              self._root_advised, now)
+
+    def _maybe_yield_slot(self, now: float) -> None:
+        """A direct client whose uplink feeds nobody moves into the tree, once a period.
+
+        The node's rule (:meth:`client.upkeep.Upkeep._yield_server_slot`): a
+        server slot is the root of a subtree, wasted on a client that relays to
+        nobody. It takes a free place below the other direct clients if one
+        takes it; with none, and joiners turned away lately, it gives the slot
+        up all the same and searches as an orphan, off the server for a while.
+        """
+        if (self.state != "direct" or self.relay.children or self.repair is not None
+                or self.flows.busy or not self.relay.relays_nobody(now)
+                or not self.shedding.may_yield(now)):
+            return
+        self.flows.start("yield", flows.yield_server_slot(self.me, self.channel),
+                         self._yielded, now)
+
+    def _yielded(self, result) -> None:
+        if isinstance(result, Placed):
+            self.status()
+        elif self.state == "direct" and self.shedding.jammed(self.now):
+            self.shedding.gave_up_slot(self.now)
+            self.leave_server()
+            self.seeker.orphaned(None, "uplink feeds nobody: server slot left to a client "
+                                 "that can relay")
+            return
+        self.seeker.start_next_flow()
 
     def _root_advised(self, found) -> None:
         """A direct client's children's backup: the best free place under the other direct clients."""

@@ -27,7 +27,7 @@ from client.placement import Pause, Placed, ProbeListed, StartRound, TryJoin, Tr
 from client.tree import JoinSearch
 
 __all__ = ["Ask", "ListServer", "FlowRunner", "probe_listed", "climb", "climb_to_server",
-           "take_server_slot", "look_for_gap", "ANSWER_DEADLINE", "SERVER_DEADLINE",
+           "take_server_slot", "yield_server_slot", "look_for_gap", "ANSWER_DEADLINE", "SERVER_DEADLINE",
            "CLIMB_ATTEMPTS", "SERVER_TRIES"]
 
 #: Seconds a peer has for its whole answer (client.links.ANSWER_DEADLINE).
@@ -108,6 +108,20 @@ def take_server_slot(period: float, then):
             return
         yield Pause(period / 20)
     yield from then
+
+
+def yield_server_slot(me: Addr, channel: int):
+    """A direct client whose uplink feeds nobody takes a free place below the other direct
+    clients, if one takes it (it then leaves the server, as any attached client does)."""
+    search = JoinSearch(me, max_attempts=CLIMB_ATTEMPTS)
+    search.add(c for c in (yield from probe_listed(me, channel, frozenset())) if c.free > 0)
+    while (candidate := search.next()) is not None:
+        answer = yield TryJoin(candidate.addr)
+        if answer is True:
+            yield Placed("yield")
+            return
+        if isinstance(answer, Redirect):
+            search.add(answer.candidates)
 
 
 def look_for_gap(me: Addr, probe: Hello, sources, parent, members):

@@ -12,7 +12,6 @@ from __future__ import annotations
 from client import capacity, places, roles, tree
 from client.commands import Close
 from client.forwarding import Forward, Forwarder
-from client.moves import JAMMED_PERIODS
 from client.peerproto import (MAX_WANT, Accept, Addr, Advice, Block, Bye, Drop, FetchEnd, Hello,
                               Info, Move, PathUpdate, Redirect, Reject, Report, SwapAnswer, Vouch, VouchAnswer)
 
@@ -37,6 +36,8 @@ class Relay:
         self.advice_sent: dict[Addr, Advice] = {}
         self.forwarder = Forwarder(self._to_child)  # a block's parts as they come (cut-through)
         self.uplink = capacity.Uplink(stale_after=UPLINK_STALE_PERIODS * core.config.period)
+        self.adopted_at: dict[Addr, float] = {}
+        self.backlog: dict[object, int] = {}        # child link -> bytes not delivered yet
         self.bytes_sent = 0                         # to children, and served to repairs
         self.stream: float | None = None            # bytes/s of the stream (latest blocks)
         self._estimate: tuple[float, float | None] | None = None  # (now, the uplink's then)
@@ -62,7 +63,7 @@ class Relay:
         if self._estimate is None or self._estimate[0] != now:
             config = self.core.config
             estimate = self.uplink.estimate(now)
-            jammed = now - self.core.turned_away_at < JAMMED_PERIODS * config.period
+            jammed = self.core.shedding.jammed(now)
             if capacity.retry_due(config.max_children, estimate, self.stream,
                                   self.uplink.age(now), jammed, config.period):
                 self.uplink.forget_estimate()
@@ -74,6 +75,7 @@ class Relay:
                 busy: float | None = None, kernel_rate: float | None = None) -> None:
         """What a child link's sender saw (client.capacity)."""
         self.uplink.observe(link, now, delivered, queued, writing, busy, kernel_rate)
+        self.backlog[link] = queued
         self._estimate = None
 
     def view(self, now: float) -> tree.RelayView:
@@ -154,7 +156,7 @@ class Relay:
         if isinstance(decision, tree.RedirectJoin):
             core.send(link, Redirect(decision.candidates))
         else:
-            core.turned_away_at = now
+            core.shedding.turned_away(now)
             core.send(link, Reject(decision.reason))
         core.close(link)
 
@@ -181,6 +183,7 @@ class Relay:
         core.links[link][0] = "child"
         core.send(link, Accept(max(core.depth, 1), core.path, after, tuple(b.digest for b in missed)))
         self.children[hello.addr] = link
+        self.adopted_at[hello.addr] = now
         latest = core.window.latest_digests(1)
         if not missed and after is not None and latest and latest[0] == after:
             self.forwarder.join(link)   # the block coming in now is its next: its parts so far
@@ -212,6 +215,8 @@ class Relay:
         if link is None:
             return
         self.views.pop(addr, None)
+        self.adopted_at.pop(addr, None)
+        self.backlog.pop(link, None)
         self.core.moves.child_gone(addr, now)
         self.uplink.forget(link, now)
         self._estimate = None
@@ -233,6 +238,44 @@ class Relay:
             return False
         self.core.send(link, frame)
         return True
+
+    def relieve(self, now: float) -> None:
+        """A child link falls behind (client.capacity): send the slowest child elsewhere.
+
+        The node's rule (:meth:`client.upkeep.Upkeep._relieve_uplink`): the child
+        is told to move (``Move`` with no place), or its link is reset when it
+        holds more than a quarter period's worth; every child goes at once from
+        an uplink that cannot carry one stream; one child a period. Here a
+        link's queue is what it has not delivered (the node's is what it has
+        not handed to the kernel yet), counted in blocks of the stream's size.
+        """
+        core, period = self.core, self.core.config.period
+        if not core.shedding.may_relieve(now):
+            return
+        estimate, stream = self._uplink_now(now)
+        places = capacity.places(core.config.max_children, estimate, stream)
+        hopeless = capacity.cannot_carry(estimate, self.uplink.busy(now), stream, period)
+        block = stream * period if stream else 0
+        loads = [capacity.LinkLoad(
+                     link, self.backlog.get(link, 0),
+                     int(self.backlog.get(link, 0) // block) if block else 0,
+                     self.uplink.rate_of(link),
+                     len(self.views[addr].members) if addr in self.views else 0,
+                     young=places >= 1 and now - self.adopted_at.get(addr, now) < period)
+                 for addr, link in self.children.items()]
+        link = capacity.to_move(loads, period, overloaded=len(loads) > places, hopeless=hopeless)
+        if link is None:
+            return
+        load = next(load for load in loads if load.key is link)
+        addr = next(a for a, l in self.children.items() if l is link)
+        if capacity.cut_instead(load, period):
+            core.close(link, reset=True)
+        else:
+            core.send(link, Move(()))
+            core.close(link)
+        self.forget(addr, now)
+        core.shedding.relieved(now)
+        core.counters["children_moved"] += 1
 
     def tell_path(self) -> None:
         update = PathUpdate(max(self.core.depth, 1), self.core.path)

@@ -74,6 +74,9 @@ class Seeker:
             self.connect(key, step.addr, step.question, role, "ask")
         elif isinstance(step, placement.TryServer):
             core.steps[key] = ("server",)
+            if core.shedding.off_server(now):   # gave its slot up for one that can relay
+                core.out(SetTimer(key, now))     # (answered as a full server, at once)
+                return
             core.out(AskServer(key, JOIN, core.channel))
             core.out(SetTimer(key, now + flows.SERVER_DEADLINE))
         elif isinstance(step, flows.ListServer):

@@ -330,3 +330,25 @@ def test_a_block_cut_short_by_its_relays_death_is_discarded_below_and_repaired()
     assert tree_of([a, b, c]) == {"10.0.0.1": ("server", 1), "10.0.0.3": ("10.0.0.1", 2)}
     check_invariants([a, c])
     assert c.core.counters["blocks_lost"] == 0
+
+
+def test_an_uplink_that_cannot_carry_the_stream_gives_its_child_and_its_server_slot_up():
+    """W (2 Mbit/s) took the one server slot; the stream is 4 Mbit/s (1 MB blocks every
+    2 s). Its child S (20 Mbit/s, on trial) is given up at once, and W, which then feeds
+    nobody and had to turn S away, gives the slot up: S takes it, W hangs below S."""
+    world = World([Film.synthetic(FILM, 1_000_000, seed=0)], slots=1)
+    w = world.add_client("10.0.0.1", CoreConfig(0, 2, balance_blocks=0.0), upload_mbit=2.0,
+                         latency=0.005, seed=1)
+    world.run_until(3.0)
+    s = world.add_client("10.0.0.2", CoreConfig(0, 2, balance_blocks=0.0), upload_mbit=20.0,
+                         latency=0.005, seed=2)
+    world.run_until(60)
+    assert tree_of([w, s]) == {"10.0.0.2": ("server", 1), "10.0.0.1": ("10.0.0.2", 2)}
+    assert w.core.counters["children_moved"] == 1
+    assert [p.how for p in w.placed] == ["server", "search"]      # left the slot, then below S
+    assert [p.how for p in s.placed] == ["search", "server"]
+    for client in (w, s):                     # from its place on: every block, in order
+        since = next(p.started for p in reversed(client.placed)) + 6.0
+        late = [i for i, t in client.stored if t > since]
+        assert len(late) >= 20 and late == [(late[0] + n) % FILM for n in range(len(late))]
+    assert {i for i, t in w.stored if t > 20} <= {i for i, _ in s.stored}
