@@ -288,16 +288,34 @@ def tree_check(statuses: dict[str, dict]) -> dict:
 
 # ----------------------------------------------------------------- repair
 
-def repair_after(blocks, failure_time: float, channel: list[int]) -> dict:
-    """One affected client's repair: time from ``failure_time`` to its next stored block,
-    and the channel's slots it missed between its last block before and first after."""
-    before = [s for s, t in blocks if t <= failure_time and s is not None]
+#: A client's usual lag, before a failure, is the median of its lags on this many blocks.
+USUAL_LAG_BLOCKS = 5
+
+
+def repair_after(blocks, failure_time: float, channel: list[int], ref: dict | None = None) -> dict:
+    """One affected client's repair.
+
+    ``took``: time from ``failure_time`` to its next stored block; ``missed``:
+    the channel's slots it lacks between its last block before and its first
+    after; ``late`` (with ``ref``, each slot's earliest store time anywhere):
+    how much later than usual that first block came, its lag minus the
+    client's usual lag (the median over its :data:`USUAL_LAG_BLOCKS` blocks
+    before the failure), at least 0. ``took`` includes the wait for the next
+    block that would have come anyway (up to a period); ``late`` is what
+    the failure cost the viewer: a buffer that long hides it.
+    """
+    before = [(s, t) for s, t in blocks if t <= failure_time and s is not None]
     after = [(s, t) for s, t in blocks if t > failure_time and s is not None]
     if not after:
-        return {"took": None, "missed": None}
-    last = max(before) if before else None
+        return {"took": None, "missed": None, "late": None}
+    last = max(s for s, _ in before) if before else None
     next_slot, next_t = after[0]
     missed = 0
     if last is not None:
         missed = sum(1 for s in channel if last < s < next_slot)
-    return {"took": next_t - failure_time, "missed": missed}
+    late = None
+    if ref is not None and next_slot in ref:
+        usual = [t - ref[s] for s, t in before[-USUAL_LAG_BLOCKS:] if s in ref]
+        if usual:
+            late = max(0.0, next_t - ref[next_slot] - median(usual))
+    return {"took": next_t - failure_time, "missed": missed, "late": late}

@@ -626,7 +626,8 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool,
             failure.setdefault("repairs", {})
             for ip in failure["affected"]:
                 if ip in r_by_ip and r_by_ip[ip]["fate"] in ("alive", "thawed"):
-                    failure["repairs"][ip] = metrics.repair_after(r_by_ip[ip]["slots"], failure["at"], channel)
+                    failure["repairs"][ip] = metrics.repair_after(r_by_ip[ip]["slots"], failure["at"],
+                                                                  channel, ref)
     survivors = [e for e in per_client if e["fate"] in ("alive", "thawed")]
     firsts = [r["slots"][0][1] for r in clients if r["slots"]]
     starts = [r["started_at"] for r in clients if r["started_at"]]
@@ -635,6 +636,8 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool,
     server_bytes = sum(ch.get("bytes_sent", 0) for s in raw["servers"] if s for ch in s["channels"])
     repair_took = [rep["took"] for f in raw["failures"] for rep in f.get("repairs", {}).values()]
     repair_missed = [rep["missed"] for f in raw["failures"] for rep in f.get("repairs", {}).values()]
+    repair_late = [rep["late"] for f in raw["failures"] for rep in f.get("repairs", {}).values()
+                   if rep.get("late") is not None]
     caps = getattr(args, "upload_mbit", None) if getattr(args, "netns", False) else None
     index_of = {r["ip"]: r["index"] for r in clients if "index" in r}
     best, best_capped = {}, {}
@@ -674,6 +677,7 @@ def analyse(args, raw: dict, digests: list[dict[bytes, int]], star: bool,
                                 for f in raw["failures"]],
                    "time_to_next_block_s": metrics.summary(repair_took),
                    "blocks_missed": metrics.summary(repair_missed),
+                   "late_s": metrics.summary(repair_late),
                    "never_recovered": sum(1 for t in repair_took if t is None),
                    "client_rejoin_causes": metrics.histogram(
                        c for e in per_client for c in e["rejoin_causes"]),
@@ -785,6 +789,8 @@ def table(results: dict) -> str:
         f"({sum(len(f['affected']) for f in r['repair']['failures'])})")
     add("repair s med/p99/max", lambda r: " / ".join(
         _fmt(r["repair"]["time_to_next_block_s"][k], 2) for k in ("median", "p99", "max")))
+    add("repair late s med/p99/max", lambda r: " / ".join(
+        _fmt((r["repair"].get("late_s") or {}).get(k), 2) for k in ("median", "p99", "max")))
     add("blocks missed med/max", lambda r: " / ".join(
         _fmt(r["repair"]["blocks_missed"][k], 1) for k in ("median", "max")))
     add("clients by depth (best)", lambda r: f"{depth_counts(r['tree']['depth_histogram'])} "

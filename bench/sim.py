@@ -258,15 +258,17 @@ def analyse(run: Run) -> dict:
             startups.append(startup)
     by_ip = {c.ip: slots for c, slots in rows}
     alive = {c.ip for c in run.clients if c.alive}
-    took, missed = [], []
+    took, missed, late = [], [], []
     for failure in run.failures:
         failure["repairs"] = {}
         for ip in failure["affected"]:
             if ip in alive:
-                rep = _repair_after(by_ip[ip], failure["at"], channel)
+                rep = _repair_after(by_ip[ip], failure["at"], channel, ref)
                 failure["repairs"][ip] = rep
                 took.append(rep["took"])
                 missed.append(rep["missed"])
+                if rep["late"] is not None:
+                    late.append(rep["late"])
     statuses = {c.ip: c.core.snapshot() for c in run.clients if c.alive}
     best = metrics.best_depths([c.config.max_children for c in run.clients if c.alive],
                                args.server_slots)
@@ -294,6 +296,7 @@ def analyse(run: Run) -> dict:
                                                    "repairs")} for f in run.failures],
                    "time_to_next_block_s": metrics.summary(took),
                    "blocks_missed": metrics.summary(missed),
+                   "late_s": metrics.summary(late),
                    "never_recovered": sum(1 for t in took if t is None)},
         "tree": {"depth_histogram": {str(k): v for k, v in depths.items()},
                  "best_depth_histogram": {str(k): v for k, v in sorted(best.items())},
@@ -315,11 +318,12 @@ def analyse(run: Run) -> dict:
     }
 
 
-def _repair_after(slots, at: float, channel) -> dict:
+def _repair_after(slots, at: float, channel, ref) -> dict:
     """metrics.repair_after on the blocks around ``at`` (the whole list is long)."""
     times = [t for _, t in slots]
     i = bisect.bisect_right(times, at)
-    return metrics.repair_after(slots[max(0, i - 2):i + 4], at, channel)
+    return metrics.repair_after(slots[max(0, i - metrics.USUAL_LAG_BLOCKS):i + 4], at,
+                                channel, ref)
 
 
 def storm(run: Run) -> dict:

@@ -81,8 +81,22 @@ def test_tree_check_finds_loops_and_over_full_clients():
 
 def test_repair_after_a_failure():
     blocks = [(0, 0.0), (1, 1.0), (4, 4.5), (5, 5.0)]
-    assert metrics.repair_after(blocks, 1.5, list(range(6))) == {"took": 3.0, "missed": 2}
-    assert metrics.repair_after(blocks, 6.0, list(range(6))) == {"took": None, "missed": None}
+    assert metrics.repair_after(blocks, 1.5, list(range(6))) == {"took": 3.0, "missed": 2,
+                                                                  "late": None}
+    assert metrics.repair_after(blocks, 6.0, list(range(6))) == {"took": None, "missed": None,
+                                                                  "late": None}
+
+
+def test_a_repair_is_late_by_the_first_blocks_lag_over_the_usual_one():
+    """Slots due every 2 s, stored by the earliest client at 2s + 0.1; this one usually
+    0.5 s after that. Its relay dies at 9.0: slot 4 comes 1.2 s later than usual, the wait
+    for a block due anyway (took) is more."""
+    ref = {s: 2 * s + 0.1 for s in range(10)}
+    blocks = [(s, 2 * s + 0.6) for s in range(4)] + [(4, 8.1 + 0.5 + 1.2), (5, 10.6)]
+    rep = metrics.repair_after(blocks, 7.0, list(range(6)), ref)
+    assert rep["missed"] == 0 and abs(rep["late"] - 1.2) < 1e-9 and abs(rep["took"] - 2.8) < 1e-9
+    on_time = metrics.repair_after(blocks[:4] + [(4, 8.6)], 7.0, list(range(6)), ref)
+    assert on_time["late"] == 0.0 and abs(on_time["took"] - 1.6) < 1e-9
 
 
 # -------------------------------------------------------------- the harness
