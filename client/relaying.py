@@ -257,18 +257,17 @@ class Relay:
         hopeless = capacity.cannot_carry(estimate, self.uplink.busy(now), stream, period)
         block = stream * period if stream else 0
         loads = [capacity.LinkLoad(
-                     link, self.backlog.get(link, 0),
+                     addr, self.backlog.get(link, 0),
                      int(self.backlog.get(link, 0) // block) if block else 0,
                      self.uplink.rate_of(link),
                      len(self.views[addr].members) if addr in self.views else 0,
                      young=places >= 1 and now - self.adopted_at.get(addr, now) < period)
                  for addr, link in self.children.items()]
-        link = capacity.to_move(loads, period, overloaded=len(loads) > places, hopeless=hopeless)
-        if link is None:
+        addr = capacity.to_move(loads, period, overloaded=len(loads) > places, hopeless=hopeless)
+        if addr is None:
             return
-        load = next(load for load in loads if load.key is link)
-        addr = next(a for a, l in self.children.items() if l is link)
-        if capacity.cut_instead(load, period):
+        link = self.children[addr]
+        if capacity.cut_instead(next(load for load in loads if load.key == addr), period):
             core.close(link, reset=True)
         else:
             core.send(link, Move(()))
