@@ -82,13 +82,7 @@ def climb(me: Addr, depth: int, members, parent: Addr):
 
     search = JoinSearch(me, exclude=(*members, parent), max_attempts=CLIMB_ATTEMPTS)
     search.add(shallower((yield ProbeListed(frozenset(members)))))
-    while (candidate := search.next()) is not None:
-        answer = yield TryJoin(candidate.addr)
-        if answer is True:
-            yield Placed("climb")
-            return
-        if isinstance(answer, Redirect):
-            search.add(shallower(answer.candidates))
+    yield from _try_places(search, "climb", shallower)
 
 
 def climb_to_server():
@@ -115,13 +109,19 @@ def yield_server_slot(me: Addr, channel: int):
     clients, if one takes it (it then leaves the server, as any attached client does)."""
     search = JoinSearch(me, max_attempts=CLIMB_ATTEMPTS)
     search.add(c for c in (yield from probe_listed(me, channel, frozenset())) if c.free > 0)
+    yield from _try_places(search, "yield")
+
+
+def _try_places(search: JoinSearch, how: str, keep=lambda places: places):
+    """Ask the places of ``search`` in turn until one takes us (``Placed(how)``); a redirect
+    adds the places it names that ``keep`` keeps."""
     while (candidate := search.next()) is not None:
         answer = yield TryJoin(candidate.addr)
         if answer is True:
-            yield Placed("yield")
+            yield Placed(how)
             return
         if isinstance(answer, Redirect):
-            search.add(answer.candidates)
+            search.add(keep(answer.candidates))
 
 
 def look_for_gap(me: Addr, probe: Hello, sources, parent, members):
