@@ -124,6 +124,7 @@ class BlockStore:
             try:
                 with open(temp, "wb") as f:
                     f.write(data)
+                self._make_room(len(data))
                 os.replace(temp, final)
             except OSError as exc:
                 try:
@@ -137,7 +138,6 @@ class BlockStore:
                 log.warning("storing blocks in %s again: %d block(s) were not stored",
                             self.folder, self._refused_now)
                 self.refusing, self._refused_now = None, 0
-            self._enforce_limit()
             return final
 
     def _refused(self, exc: OSError, seq: int | None) -> None:
@@ -154,18 +154,21 @@ class BlockStore:
                       "memory; storing resumes by itself when the disk takes blocks again "
                       "(this is said once)", self.folder, self.refusing)
 
-    def _enforce_limit(self) -> None:
-        """(Under the lock.) Remove the oldest blocks on disk while over the limit."""
+    def _make_room(self, incoming: int) -> None:
+        """(Under the lock.) Remove the oldest blocks so that one more of ``incoming`` bytes fits.
+
+        Done before the new block takes its name, so that the folder never
+        holds more than the limit, not even for an instant (the player and
+        anyone watching the folder see it as it is).
+        """
         if self.limit is None:
             return
         blocks = self.waiting()
-        total = sum(size for _, size in blocks)
+        total = sum(size for _, size in blocks) + incoming
         removed = []
-        while blocks and ((self.limit.blocks is not None and len(blocks) > self.limit.blocks)
+        while blocks and ((self.limit.blocks is not None and len(blocks) + 1 > self.limit.blocks)
                           or (self.limit.size_bytes is not None and total > self.limit.size_bytes)):
-            if len(blocks) == 1:
-                break  # the newest block stays, whatever its size
-            name, size = blocks.pop(0)
+            name, size = blocks.pop(0)   # the new block stays, whatever its size
             try:
                 (self.folder / name).unlink()
             except FileNotFoundError:

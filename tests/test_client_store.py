@@ -126,6 +126,21 @@ def test_the_oldest_blocks_go_past_the_block_limit(tmp_path):
     assert store.evicted == 7 and store.status()["evicted"] == 7
 
 
+def test_the_folder_never_holds_more_than_the_limit_not_even_while_a_block_arrives(
+        tmp_path, monkeypatch):
+    """The player and anyone watching the folder see it as it is: room is made first."""
+    store = BlockStore(tmp_path, StoreLimit(blocks=3))
+    real_replace, seen = os.replace, []
+
+    def replace_and_count(src, dst):
+        real_replace(src, dst)
+        seen.append(len(store.waiting()))
+    monkeypatch.setattr(os, "replace", replace_and_count)
+    for i in range(8):
+        store.write(bytes([i]) * 10, seq=i)
+    assert seen == [1, 2, 3, 3, 3, 3, 3, 3]
+
+
 def test_the_oldest_blocks_go_past_the_byte_limit_but_the_newest_stays(tmp_path):
     store = BlockStore(tmp_path, StoreLimit(size_bytes=250))
     for i in range(6):
