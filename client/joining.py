@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from client import channels, placement, places, roles, tree
 from client.delivery import SERVER
@@ -463,13 +464,17 @@ class Joining:
         """Why the place ``addr`` accepts us at is not verified (:mod:`client.places`)."""
         if not self.config.verify:
             return None
-        listed = self._server_call(self.server.clients, self.config.channel)
+        links = places.vouch_links(addr, answer.path)
+        with ThreadPoolExecutor(1 + len(links), thread_name_prefix="place-check") as pool:
+            listed = pool.submit(self._server_call, self.server.clients, self.config.channel)
+            asked = {link: pool.submit(self._vouch, *link) for link in links}
+        return places.place_problem(addr, answer.depth, answer.path, listed.result(),
+                                    lambda ancestor, child: asked[ancestor, child].result())
 
-        def vouch(ancestor: Addr, child: Addr) -> bool | None:
-            reply = self._ask(ancestor, Vouch(self.config.channel, child))
-            return reply.yes if isinstance(reply, VouchAnswer) else None
-
-        return places.place_problem(addr, answer.depth, answer.path, listed, vouch)
+    def _vouch(self, ancestor: Addr, child: Addr) -> bool | None:
+        """Does ``ancestor`` say ``child`` is its child now (None: no answer)?"""
+        reply = self._ask(ancestor, Vouch(self.config.channel, child))
+        return reply.yes if isinstance(reply, VouchAnswer) else None
 
     def _leave(self) -> None:
         """Tell the server, the parent and the children, then close every link."""

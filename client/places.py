@@ -42,8 +42,7 @@ def place_problem(parent: Addr, depth: int, path: tuple[Addr, ...], listed: Iter
         if not path:
             return f"{parent} claims a depth-1 place, but the server does not list it"
         return f"{parent} names {chain[0]} at depth 1, but the server does not list it"
-    links = list(zip(chain, chain[1:]))
-    for ancestor, child in reversed(links[-MAX_VOUCHES:]):
+    for ancestor, child in vouch_links(parent, path):
         answer = vouch(ancestor, child)
         if answer is None:
             return f"{ancestor} could not be asked to confirm {child} as its child"
@@ -51,6 +50,16 @@ def place_problem(parent: Addr, depth: int, path: tuple[Addr, ...], listed: Iter
             return f"{ancestor} does not confirm {child} as its child"
     return None
 
+
+def vouch_links(parent: Addr, path: tuple[Addr, ...]) -> list[tuple[Addr, Addr]]:
+    """The ``(ancestor, child)`` pairs :func:`place_problem` asks about, nearest first.
+
+    A joiner asks them all at once (each over its own connection) and then
+    judges: one after another, a deep place cost a round trip per ancestor,
+    each through uplinks that may be full.
+    """
+    chain = (*path, parent)
+    return list(reversed(list(zip(chain, chain[1:]))[-MAX_VOUCHES:]))
 
 
 #: Swap offers a child may decline in a row before its free places are no longer advertised.

@@ -6,12 +6,17 @@ tests/test_verify_liar.py.
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.fetcher import RepairJob
-from client.peerproto import Addr, Block, Candidate, PeerProtocolError, block_digest
-from client.places import DECLINES_LIMIT, MAX_VOUCHES, advertised, place_problem
+from client.peerproto import (Accept, Addr, Block, Candidate, PeerProtocolError, VouchAnswer,
+                              block_digest)
+from client.joining import Joining
+from client.places import DECLINES_LIMIT, MAX_VOUCHES, advertised, place_problem, vouch_links
 from client.repair import RepairPlan
 from client.tree import ChildView, RelayView, free_places
 from client.verify import KEEP, STOCK_RETRY, DigestBook, Verdict, Verifier, parse_key
@@ -283,6 +288,48 @@ def test_a_long_chain_is_checked_nearest_ancestors_only():
     leaf = chain[-1]
     assert place_problem(leaf, len(chain), chain[:-1], ["10.0.1.1"], vouches(tree, asked)) is None
     assert len(asked) == MAX_VOUCHES
+
+
+def test_the_pairs_asked_are_the_nearest_first_and_bounded():
+    chain = tuple(Addr(f"10.0.1.{n}", 9092) for n in range(1, 30))
+    assert vouch_links(Q, (R, P)) == [(P, Q), (R, P)]
+    links = vouch_links(chain[-1], chain[:-1])
+    assert len(links) == MAX_VOUCHES and links[0] == (chain[-2], chain[-1])
+    assert vouch_links(R, ()) == []
+
+
+class Asker(Joining):
+    """The place check of a joiner, with the server's list and each ancestor's answer faked.
+
+    Each ancestor answers only once every question is in: asked one after
+    another, the first would wait for the others until its deadline.
+    """
+
+    def __init__(self, tree: dict[Addr, set[Addr]], listed: list[str], questions: int):
+        self.config = SimpleNamespace(verify=True, channel=0)
+        self.server = SimpleNamespace(clients=lambda channel: listed)
+        self.tree, self.all_asked = tree, threading.Barrier(questions, timeout=5)
+
+    def _server_call(self, call, *args):
+        return call(*args)
+
+    def _ask(self, addr, question):
+        try:
+            self.all_asked.wait()
+        except threading.BrokenBarrierError:
+            return None
+        return VouchAnswer(question.child in self.tree.get(addr, ()))
+
+
+def test_a_joiner_asks_every_ancestor_at_once():
+    chain = tuple(Addr(f"10.0.1.{n}", 9092) for n in range(1, 7))
+    tree = {a: {b} for a, b in zip(chain, chain[1:])}
+    joiner = Asker(tree, ["10.0.1.1"], questions=len(chain) - 1)
+    accept = Accept(depth=len(chain), path=chain[:-1])
+    assert joiner._place_problem(chain[-1], accept) is None
+    liar = Addr("10.0.0.9", 9092)
+    joiner = Asker(tree, ["10.0.1.1"], questions=len(chain))
+    assert "does not confirm" in joiner._place_problem(liar, Accept(depth=7, path=chain))
 
 
 def test_a_child_that_declines_every_swap_stops_being_advertised():
