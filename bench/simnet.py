@@ -37,7 +37,7 @@ from client import inputs
 from client.commands import (COUNT, JOIN, LEAVE, LIST, AskServer, Close, Connect, Placed, SetTimer,
                              Send, StoreBlock)
 from client.core import ClientCore, CoreConfig
-from client.peerproto import Addr, Block, BlockPart, block_digest
+from client.peerproto import Addr, Block, BlockPart, BlockTail, block_digest
 from server.channel import Channel, Registry, Schedule
 
 __all__ = ["World", "SimClient", "SimServer", "Film", "PARENT_SILENCE", "PEER_PORT"]
@@ -156,7 +156,7 @@ class SimClient:
         world = self.world
         now = world.now
         kind = type(message)
-        if kind is Block or kind is BlockPart:     # a block whole, or a part of one forwarded
+        if kind is Block or kind is BlockPart or kind is BlockTail:   # (a block or some of it)
             size = len(message.data) + FRAME_HEADER
             start = self.up_free if self.up_free > now else now
             self.up_free = done = start + size / self.upload

@@ -107,6 +107,9 @@ class ClientCore:
         self.links: dict[object, list] = {}     # link -> [kind, conversation, addr, step key]
         # The block coming in parts on the parent link, and its forward (client.forwarding).
         self.incoming, self.incoming_link = Reassembly(), None
+        #: The beginning of our next block, which a lost parent was sending: its rest is
+        #: fetched once we are placed again (client.repairing).
+        self.cut_short = b""
         self.forward: Forward | None = None
         self.flows = flows.FlowRunner(me, lambda: self.channel, self.seeker.perform_step,
                                       lambda: self.relay.members(self.now), self.seeker.cancel_step)
@@ -117,6 +120,7 @@ class ClientCore:
         self.last_server_block = now
         self.shedding = Shedding(config.period)   # a short uplink's moves (client.moves)
         self.counters = {"blocks_received": 0, "blocks_repaired": 0, "blocks_lost": 0,
+                         "blocks_finished": 0,
                          "swaps": 0, "climbs": 0, "children_moved": 0}
         self.searches: list[Search] = []
         self.now = now
@@ -289,6 +293,7 @@ class ClientCore:
 
     def become_direct(self) -> None:
         self.parent_gone()
+        self.cut_short = b""
         self.state, self.parent, self.parent_link, self.path, self.depth = "direct", SERVER, None, (), 1
         self.moves.moved(self.now)
         self.server_member = True
@@ -426,18 +431,30 @@ class ClientCore:
         """Forward the block beginning now to the children as it comes, when the gate would
         store it live as it stands (:meth:`client.delivery.Gate.streams`)."""
         forwarder = self.relay.forwarder
-        if forwarder.current is not None and forwarder.current.source != self.gate.source:
-            forwarder.abort(forwarder.current, "its sender is no longer followed")
+        current = forwarder.current
+        if current is not None and current.source != self.gate.source and not current.cut_short:
+            forwarder.abort(current, "its sender is no longer followed")
         number = self.gate.streams(source, seq, self.now)
-        if number is None or forwarder.current is not None:
+        if number is None:
+            return None
+        if current is not None and current.cut_short:   # a live block goes on first
+            forwarder.abort(current, "its rest did not come")
+        if forwarder.current is not None:
             return None
         return forwarder.begin(source, number, list(self.relay.children.values()))
 
     def parent_gone(self) -> None:
-        """We left the parent link, or it ended: a block it was sending in parts is dropped."""
-        self.incoming.abort()
+        """We left the parent link, or it ended: a block it was sending in parts is dropped,
+        unless it was our next one: then we keep its beginning (:attr:`cut_short`), and
+        our children what they got of it (:meth:`client.forwarding.Forwarder.keep`)."""
+        incoming = self.incoming
         forward, self.forward = self.forward, None
-        self.relay.forwarder.abort(forward, "cut short: parent lost")
+        if incoming.open and incoming.size and incoming.seq == self.gate.seq + 1:
+            self.cut_short = incoming.held()
+            self.relay.forwarder.keep(forward)
+        else:
+            self.relay.forwarder.abort(forward, "cut short: parent lost")
+        incoming.abort()
 
     def report_to_parent(self) -> None:
         if self.parent_link is not None:

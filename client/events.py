@@ -20,7 +20,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "parent_lost": ("parent", "reason"),
     "rejoin": ("cause", "lost", "silent", "moved_by"),
     "attached": ("parent", "depth", "was", "how", "cause"),
-    "repair_started": ("missing", "sources"),
+    "repair_started": ("missing", "sources", "held"),
     "repair_source_failed": ("source", "why"),
     "repair_done": ("by_source", "repaired", "lost"),
     "gap": ("kind", "count", "sources"),

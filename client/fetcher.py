@@ -19,7 +19,8 @@ from typing import Callable
 
 from client import roles
 from client.links import RECV_CHUNK, connect_from, send_checked
-from client.peerproto import Addr, Block, FetchEnd, FrameDecoder, Hello, PeerProtocolError, Reject
+from client.peerproto import (Addr, Block, BlockTail, FetchEnd, FrameDecoder, Hello,
+                              PeerProtocolError, Reject)
 from client.repair import RepairPlan
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ class RepairJob:
     ``on_block(digest, block)`` gets each block in play order, ``block`` None
     for a block no source could give; ``on_done(job)`` is called once, always.
     ``deadline`` bounds the whole job, each fetch's reads included;
-    ``emit(event, **fields)`` records each source that fails (:mod:`client.events`).
+    ``emit(event, **fields)`` records each source that fails (:mod:`client.events`);
+    ``held``: the beginning of the plan's first block, cut short when the
+    parent was lost: a source is asked for the rest of it only.
     """
 
     #: What a source may answer (client.roles).
@@ -42,8 +45,11 @@ class RepairJob:
                  on_done: Callable[["RepairJob"], None], deadline: float,
                  clock: Callable[[], float] = time.monotonic,
                  check: Callable[[bytes, Addr], bool] | None = None,
-                 emit: Callable[..., None] | None = None):
+                 emit: Callable[..., None] | None = None, held: bytes = b""):
         self.plan, self.own, self.channel = plan, own, channel
+        self._held = held
+        #: Blocks completed from their beginning held and a source's rest (0 or 1).
+        self.finished = 0
         self._check = check  # (digest, source): may this block be stored (client.verify)
         self._on_block, self._on_done = on_block, on_done
         self._emit = emit or (lambda event, **fields: None)  # the node's events (client.events)
@@ -185,11 +191,14 @@ class RepairJob:
 
     def _request(self, keys: list):
         """The frame that asks a source for ``keys`` (a repair asks by block identity)."""
-        return Hello("fetch", self.own, self.channel, want=tuple(keys))
+        held = self._held if keys and self.plan.missing and keys[0] == self.plan.missing[0] else b""
+        return Hello("fetch", self.own, self.channel, want=tuple(keys), held=len(held))
 
     def _answer(self, source: Addr, message, wanted: set) -> tuple[str, object]:
         """One message of a source's answer (one :data:`ROLE` allows) as a report:
         ``("block", (key, block))`` or ``("end", keys it lacked)``."""
+        if isinstance(message, BlockTail):
+            message = self._completed(message, wanted)
         if isinstance(message, Block):
             if message.digest not in wanted:
                 raise PeerProtocolError(f"block {message.digest.hex()[:8]} was not asked for")
@@ -203,6 +212,20 @@ class RepairJob:
             return "end", list(wanted)
         assert isinstance(message, FetchEnd)
         return "end", list(message.missing)
+
+    def _completed(self, tail: BlockTail, wanted: set) -> Block:
+        """The block a source's :class:`BlockTail` ends, with the beginning held here."""
+        if tail.digest not in wanted or not self.plan.missing or tail.digest != self.plan.missing[0]:
+            raise PeerProtocolError(f"the rest of block {tail.digest.hex()[:8]} was not asked for")
+        block = tail.completes(self._held)
+        if block is None:
+            # What the lost parent sent was not this block's beginning (or the source lies):
+            # the others are asked for all of it.
+            self._held = b""
+            raise PeerProtocolError(f"the rest of block {tail.digest.hex()[:8]} does not "
+                                    "complete the beginning held")
+        self.finished = 1
+        return block
 
     def _close(self, source: Addr) -> None:
         with self._lock:

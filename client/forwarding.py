@@ -11,6 +11,11 @@ it (a link that takes nothing more gets no more of that block).
 
 Frames of two blocks never interleave on a link: a forward still open when
 another block is stored is aborted first.
+
+A forward whose sender was lost in the middle of its block may be kept
+(:meth:`Forwarder.keep`): the children hold on to what came, and when that
+block is stored after all (its rest fetched from another client), they get
+the rest of it only.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ class Forward:
         self.source, self.seq, self.children = source, seq, children
         self.size = 0
         self.parts: list[BlockPart] = []
+        #: Its sender was lost in its middle: it goes on only if the block is stored.
+        self.cut_short = False
+
+    def began_with(self, block: Block) -> bool:
+        """Is this forward the beginning of ``block``, which came whole another way?"""
+        return (self.seq == block.seq and self.size < len(block.data)
+                and block.data[:self.size] == b"".join(p.data for p in self.parts))
 
 
 class Forwarder:
@@ -73,6 +85,14 @@ class Forwarder:
             self._send(child, part)
         forward.children.append(child)
 
+    def keep(self, forward: Forward | None) -> bool:
+        """``forward``'s sender is gone in the middle of its block, whose rest may come
+        another way: its children keep what came. False when there is nothing to keep."""
+        if forward is None or forward is not self.current or not forward.children:
+            return False
+        forward.cut_short = True
+        return True
+
     def abort(self, forward: Forward | None, reason: str) -> Forward | None:
         """``forward``'s block will not be stored (now): its children discard it. Returns
         ``forward`` when children were told, None when there was nothing to tell."""
@@ -88,15 +108,24 @@ class Forwarder:
 
     def stored(self, block: Block, forward: Forward | None, children) -> Forward | None:
         """``block`` is stored now: the children that got its parts (``forward``, when it
-        forwarded this very block under this number) get its end, the others all of it, in
-        parts, which they forward as they come. Any other forward still open is aborted
-        first (and returned, as :meth:`abort` does)."""
+        forwarded this very block under this number) get its end, those of a kept forward
+        it began (:meth:`keep`) its rest and end, the others all of it, in parts, which
+        they forward as they come. Any other forward still open is aborted first (and
+        returned, as :meth:`abort` does)."""
         ends = (forward is not None and forward is self.current and forward.seq == block.seq
                 and forward.size == len(block.data))
-        aborted = None if ends else self.abort(self.current, "another block is stored first")
+        kept = self.current if (not ends and self.current is not None and self.current.cut_short
+                                and self.current.began_with(block)) else None
+        aborted = None if ends or kept else self.abort(self.current, "another block is stored first")
         streamed = set(forward.children) if ends else set()
         self.current = None
         end = BlockEnd(len(block.data), block.digest)
+        if kept is not None:
+            streamed = set(kept.children) & set(children)
+            rest = [child for child in kept.children if child in streamed]
+            for part in parts_of(block.data[kept.size:]):
+                for child in rest:
+                    self._send(child, part)
         whole = []
         for child in children:
             if child in streamed:

@@ -194,6 +194,7 @@ class Joining:
             return False
         with self._deliver_lock, self._lock:
             self._former_path = self.path   # asked too for what was missed (_server_gap)
+            self._cut_short = b""
             self.state, self.parent, self.path, self.depth = State.DIRECT, SERVER, (), 1
             self.parent_link = None
             self.moves.moved(time.monotonic())
@@ -444,10 +445,15 @@ class Joining:
             else:
                 skip = list(self.window.latest_digests(3))
                 missing = [] if latest else list(answer.missing)
+            # The beginning of our next block, if our lost parent was sending it: when it is
+            # the first we miss, only its rest is fetched.
+            held, self._cut_short = self._cut_short, b""
+            if not rejoin.resumed_after_latest:
+                held = b""
             self.gate.follow(link, skip, gap_check=gap_check)
             if missing:
                 job = self._repair_job(missing, repair_sources(addr, answer.path, old_path,
-                                                               rejoin.silent_parent), rejoin)
+                                                               rejoin.silent_parent), rejoin, held)
                 self.gate.start_repair(job)
                 job.start()
         link.start()

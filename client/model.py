@@ -156,6 +156,7 @@ class Counters:
     blocks_repaired: int = 0
     blocks_lost: int = 0
     blocks_discarded: int = 0       # begun in parts, never whole: cut short, aborted, corrupt
+    blocks_finished: int = 0        # cut short by a parent's loss, then only their rest fetched
     swaps: int = 0
     climbs: int = 0
     children_moved: int = 0         # sent elsewhere because their links fell behind

@@ -44,12 +44,12 @@ from client.links import (ChildLink, KernelCount, ParentLink, StockServer, addre
 from client.model import Config, Counters, Rejoin, State
 from client.peerproto import (HEADER, MAX_BLOCK, MAX_CONTROL, MAX_PART, MAX_WANT, Accept, Addr,
                               Advice, Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Bye,
-                              Candidate, Drop, FetchEnd, FrameDecoder, Hello, Info,
+                              Candidate, Drop, FrameDecoder, Hello, Info,
                               Keepalive, LibraryFetch, Move, PathUpdate, PeerProtocolError,
                               Redirect, Reject, Report, Swap, SwapAnswer, TreeAnswer, TreeQuery,
                               VersionMismatch, Vouch, VouchAnswer, DigestQuery, encode)
 from client.delivery import SERVER, Gate, Step
-from client.repair import RepairPlan
+from client.repair import RepairPlan, fetch_answer
 from client.behind import PlayerWatch
 from client.store import BlockStore, write_json_atomically
 from client.window import RecentWindow, Stored
@@ -123,6 +123,9 @@ class Node(Joining, Upkeep):
         self.gate = Gate(config.period, self.window.capacity)
         # The block being forwarded in parts, to whom (client.forwarding; under the deliver lock).
         self.forwarder = Forwarder(lambda child, frame: child.enqueue(frame))
+        # The beginning of the block our lost parent was sending (under the deliver lock):
+        # a rejoin fetches the rest of it only (client.fetcher).
+        self._cut_short: bytes = b""
         self._server_member = False
         self._former_path: tuple[Addr, ...] = ()      # the path before becoming direct
         self._sent_before: dict[str, int] = {}
@@ -386,14 +389,20 @@ class Node(Joining, Upkeep):
         Only when the gate would store it live as it stands
         (:meth:`client.delivery.Gate.streams`) and no other block is being
         forwarded (pushes may overlap); otherwise the children get it whole,
-        when it is stored. A forward left by a link we have left is aborted.
+        when it is stored. A forward left by a link we have left is aborted;
+        one kept for its rest (its sender lost in its middle) only when a live
+        block is forwarded instead.
         """
         with self._deliver_lock:
             current = self.forwarder.current
-            if current is not None and current.source != self.gate.source:
+            if current is not None and current.source != self.gate.source and not current.cut_short:
                 self._abort_relay(current, "its sender is no longer followed")
             number = self.gate.streams(source, seq, wall)
-            if number is None or self.forwarder.current is not None:
+            if number is None:
+                return None
+            if current is not None and current.cut_short:   # a live block goes on first
+                self._abort_relay(current, "its rest did not come")
+            if self.forwarder.current is not None:
                 return None
             with self._lock:
                 children = list(self.children.values())
@@ -494,18 +503,19 @@ class Node(Joining, Upkeep):
     # -- repairs -------------------------------------------------------------
 
     def _repair_job(self, missing: list[bytes], sources: list[Addr],
-                    rejoin: Rejoin | None) -> RepairJob:
-        """A job fetching ``missing`` from several sources (started once the gate holds live blocks)."""
+                    rejoin: Rejoin | None, held: bytes = b"") -> RepairJob:
+        """A job fetching ``missing`` from several sources (started once the gate holds live
+        blocks); ``held``: the beginning of the first, which is fetched from there on."""
         plan = RepairPlan(missing, sources, time.monotonic(), stall_after=max(self.config.period, 1.0))
         job = RepairJob(plan, self.me, self.config.channel,
                         lambda digest, block: self._repaired_block(job, digest, block),
                         self._repair_done, deadline=max(4 * self.config.period, 5.0),
-                        check=self._authentic, emit=self.events.emit)
+                        check=self._authentic, emit=self.events.emit, held=held)
         if rejoin is not None:
             rejoin.missed = len(missing)
         log.info("repairing %d missed block(s) from %s", len(missing),
                  ", ".join(str(s) for s in sources[:3]))
-        self.events.emit("repair_started", missing=len(missing), sources=sources)
+        self.events.emit("repair_started", missing=len(missing), sources=sources, held=len(held))
         return job
 
     def _repaired_block(self, job: RepairJob, digest: bytes, block: Block | None) -> None:
@@ -525,6 +535,8 @@ class Node(Joining, Upkeep):
             if self.gate.repair is not job:
                 return
             self._perform(self.gate.repair_done(job, time.time()))
+        with self._lock:
+            self.counters.blocks_finished += job.finished
         log.info("repair done: %d block(s) from %s, %d lost", sum(job.fetched_from.values()),
                  job.fetched_from or "nobody", job.plan.lost)
         self.events.emit("repair_done", by_source=job.fetched_from,
@@ -543,16 +555,12 @@ class Node(Joining, Upkeep):
         """Send the wanted blocks we still hold, in the order asked, then what we lacked."""
         with self._deliver_lock:
             held = self.window.find(hello.want)
-        lacking = []
-        for digest in hello.want:
-            block = held.get(digest)
-            if block is None:
-                lacking.append(digest)
-            elif not self._send_paced(conn, encode(block)):
+        *blocks, end = fetch_answer(hello, held)
+        for block in blocks:
+            if not self._send_paced(conn, encode(block)):
                 return
-        conn.sendall(encode(FetchEnd(tuple(lacking))))
-        log.info("served %d of %d wanted block(s) to %s", len(hello.want) - len(lacking),
-                 len(hello.want), hello.addr)
+        conn.sendall(encode(end))
+        log.info("served %d of %d wanted block(s) to %s", len(blocks), len(hello.want), hello.addr)
 
     def _send_paced(self, conn: socket.socket, frame: bytes) -> bool:
         """Send a repair frame, in small pieces at ``--repair-rate`` when it is set.
@@ -931,9 +939,16 @@ class Node(Joining, Upkeep):
             self._inputs.put(inputs.FromParent(time.monotonic(), link, message))
 
     def _on_parent_lost(self, link: ParentLink, reason: str) -> None:
-        self._discarded(link.incoming.open)  # (a block cut short: its parts are dropped)
         relay, link.relay = link.relay, None
-        self._abort_relay_now(relay, f"cut short: parent lost ({reason})")
+        with self._deliver_lock:
+            if link.incoming.open and link.incoming.seq == self.gate.seq + 1 and link.incoming.size:
+                # Our next block's beginning: its rest is fetched once we are placed, and
+                # the children keep what they got of it (client.forwarding).
+                self._cut_short = link.incoming.held()
+                self.forwarder.keep(relay)
+            else:
+                self._discarded(link.incoming.open)  # (a block cut short: its parts are dropped)
+                self._abort_relay(relay, f"cut short: parent lost ({reason})")
         self._inputs.put(inputs.ParentLost(time.monotonic(), link, reason))
 
     # -- the controller ------------------------------------------------------
@@ -1093,6 +1108,7 @@ class Node(Joining, Upkeep):
                 "blocks_repaired": self.counters.blocks_repaired,
                 "blocks_lost": self.counters.blocks_lost,
                 "blocks_discarded": self.counters.blocks_discarded,
+                "blocks_finished": self.counters.blocks_finished,
                 "repairing": self.gate.repair is not None,
                 "backup": str(self._backup.addr) if self._backup else None,
                 "rejoins": max(0, len(self.rejoins) - 1),

@@ -24,7 +24,8 @@ A relay forwards a block's bytes while they arrive (cut-through): a
 whose size and digest the receiver checks against what came
 (:class:`Reassembly`), or a :class:`BlockAbort`: the block is not to be
 stored (the sender's copy turned out short, corrupt or forged, or the
-sender does not store it now).
+sender does not store it now). A client whose parent was lost in the
+middle of a block fetches the rest of it only (:class:`BlockTail`).
 
 Every connection opens with a :class:`Hello` from the connecting side, which
 names the protocol, its version and what the connection is for (``kind``).
@@ -49,6 +50,7 @@ HEADER = struct.Struct(">BI")
 BLOCK_HEADER = struct.Struct(">Q16s")
 START_FORMAT = struct.Struct(">Q")
 END_FORMAT = struct.Struct(">I16s")
+TAIL_HEADER = struct.Struct(">Q16sI")
 #: The most bytes one BlockPart carries: a hop costs about this much transfer.
 MAX_PART = 64 * 1024
 MAX_CONTROL = 64 * 1024
@@ -209,7 +211,9 @@ class Hello:
     joiner's parent for that many recent blocks to start behind live;
     ``subtree`` lists the joiner's own descendants, which the receiver must
     not be; ``lost`` names the joiner's parent that went silent (if that is
-    the receiver's child and silent there too, its place is the joiner's).
+    the receiver's child and silent there too, its place is the joiner's);
+    ``held`` (a fetch) says how many bytes of its first wanted block the asker
+    holds: that block comes as a :class:`BlockTail` with the rest.
     """
 
     TYPE: ClassVar[int] = 1
@@ -224,6 +228,7 @@ class Hello:
     have_seq: int = 0
     moved_by: Addr | None = None
     lost: Addr | None = None
+    held: int = 0
     proto: str = PROTOCOL
     version: int = VERSION
 
@@ -238,6 +243,7 @@ class Hello:
         _check_int(self.max_children, "max_children", 0, MAX_CHILDREN)
         _check_int(self.catch_up, "catch_up", 0, MAX_WANT)
         _check_int(self.have_seq, "have_seq", 0, 2**64 - 1)
+        _check_int(self.held, "held", 0, MAX_BLOCK)
 
     def to_json(self) -> dict:
         return {"proto": self.proto, "version": self.version, "kind": self.kind,
@@ -248,7 +254,8 @@ class Hello:
                 "catch_up": self.catch_up, "want": [d.hex() for d in self.want],
                 "have_seq": self.have_seq,
                 "moved_by": asdict(self.moved_by) if self.moved_by else None,
-                **({"lost": asdict(self.lost)} if self.lost else {})}
+                **({"lost": asdict(self.lost)} if self.lost else {}),
+                **({"held": self.held} if self.held else {})}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Hello":
@@ -262,6 +269,7 @@ class Hello:
                    have_seq=obj.get("have_seq", 0),
                    moved_by=None if obj.get("moved_by") is None else Addr.parse(obj["moved_by"]),
                    lost=None if obj.get("lost") is None else Addr.parse(obj["lost"]),
+                   held=obj.get("held", 0),
                    proto=obj.get("proto"), version=obj.get("version"))
 
 
@@ -378,6 +386,36 @@ class Block:
 
 
 @dataclass(frozen=True)
+class BlockTail:
+    """The rest of a wanted block, from byte ``offset`` on: a fetch's answer when the asker
+    holds the block's beginning (``Hello.held``: a block cut short by its parent's loss).
+
+    Only the asker can check it, against the bytes it held and these together.
+    """
+
+    TYPE: ClassVar[int] = 54
+    seq: int
+    digest: bytes
+    offset: int
+    data: bytes = field(repr=False)
+
+    def __post_init__(self):
+        _check_int(self.seq, "seq", 0, 2**64 - 1)
+        _check_int(self.offset, "offset", 1, MAX_BLOCK)
+        if len(self.digest) != DIGEST_SIZE:
+            raise PeerProtocolError("bad block digest length")
+        if self.offset + len(self.data) > MAX_BLOCK:
+            raise PeerProtocolError("block too large")
+
+    def completes(self, held: bytes) -> Block | None:
+        """The whole block, if ``held`` is its beginning (None: it is not)."""
+        if len(held) != self.offset:
+            return None
+        data = held + self.data
+        return Block(self.seq, self.digest, data) if block_digest(data) == self.digest else None
+
+
+@dataclass(frozen=True)
 class BlockStart:
     """A block begins, sent in parts: ``seq`` is its position in the sender's numbering."""
 
@@ -475,6 +513,10 @@ class Reassembly:
         if block.digest != end.digest:
             raise PeerProtocolError(f"block {block.seq}: digest does not match its bytes")
         return block
+
+    def held(self) -> bytes:
+        """The bytes of the block begun that came so far."""
+        return b"".join(self._parts)
 
     def abort(self) -> None:
         """Forget the block begun (aborted, or its link ended)."""
@@ -968,7 +1010,7 @@ class DigestAnswer:
 
 
 Message = (Hello | Accept | Redirect | Reject | Block | BlockStart | BlockPart | BlockEnd
-           | BlockAbort | Keepalive | PathUpdate | Move | Drop | Bye | Report | Info | Advice
+           | BlockAbort | BlockTail | Keepalive | PathUpdate | Move | Drop | Bye | Report | Info | Advice
            | FetchEnd | Swap | SwapAnswer | TreeQuery | TreeAnswer
            | LibraryFetch | LibraryEnd | Vouch | VouchAnswer | DigestQuery | DigestAnswer)
 JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keepalive, PathUpdate,
@@ -978,7 +1020,8 @@ JSON_MESSAGES = {cls.TYPE: cls for cls in (Hello, Accept, Redirect, Reject, Keep
                                             DigestAnswer, BlockAbort)}
 #: The binary frames of a block in parts: their payload's bounds, (least, most) bytes.
 PART_BOUNDS = {BlockStart.TYPE: (START_FORMAT.size, START_FORMAT.size),
-               BlockPart.TYPE: (1, MAX_PART), BlockEnd.TYPE: (END_FORMAT.size, END_FORMAT.size)}
+               BlockPart.TYPE: (1, MAX_PART), BlockEnd.TYPE: (END_FORMAT.size, END_FORMAT.size),
+               BlockTail.TYPE: (TAIL_HEADER.size, TAIL_HEADER.size + MAX_BLOCK)}
 
 
 def encode(message: Message) -> bytes:
@@ -991,6 +1034,8 @@ def encode(message: Message) -> bytes:
         payload = message.data
     elif isinstance(message, BlockEnd):
         payload = END_FORMAT.pack(message.size, message.digest)
+    elif isinstance(message, BlockTail):
+        payload = TAIL_HEADER.pack(message.seq, message.digest, message.offset) + message.data
     else:
         payload = json.dumps(message.to_json(), separators=(",", ":")).encode()
         if len(payload) > MAX_CONTROL:
@@ -1011,6 +1056,9 @@ def _decode_payload(kind: int, payload: bytes) -> Message:
         return BlockPart(payload)
     if kind == BlockEnd.TYPE:
         return BlockEnd(*END_FORMAT.unpack(payload))
+    if kind == BlockTail.TYPE:
+        seq, digest, offset = TAIL_HEADER.unpack_from(payload)
+        return BlockTail(seq, digest, offset, payload[TAIL_HEADER.size:])
     try:
         obj = json.loads(payload.decode("utf-8"))
     except (ValueError, RecursionError) as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from client import capacity, places, roles, tree
 from client.commands import Close
 from client.forwarding import Forward, Forwarder
+from client.repair import fetch_answer
 from client.peerproto import (MAX_WANT, Accept, Addr, Advice, Block, Bye, Drop, FetchEnd, Hello,
                               Info, Move, PathUpdate, Redirect, Reject, Report, SwapAnswer, Vouch, VouchAnswer)
 
@@ -134,16 +135,10 @@ class Relay:
                     after, tuple(b.digest for b in missed[-MAX_WANT:]))
 
     def _serve_fetch(self, link, hello: Hello) -> None:
-        held = self.core.window.find(hello.want)
-        lacking = []
-        for digest in hello.want:
-            block = held.get(digest)
-            if block is None:
-                lacking.append(digest)
-            else:
-                self.core.send(link, block)
-                self.bytes_sent += len(block.data)
-        self.core.send(link, FetchEnd(tuple(lacking)))
+        for frame in fetch_answer(hello, self.core.window.find(hello.want)):
+            self.core.send(link, frame)
+            if not isinstance(frame, FetchEnd):
+                self.bytes_sent += len(frame.data)
 
     def _join(self, link, hello: Hello, now: float) -> None:
         core = self.core

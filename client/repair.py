@@ -17,9 +17,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from client.peerproto import Addr
+from client.peerproto import Addr, Block, BlockTail, FetchEnd, Hello
 
 MAX_ACTIVE_SOURCES = 3
+
+
+def fetch_answer(hello: Hello, held: dict[bytes, Block]) -> list[Block | BlockTail | FetchEnd]:
+    """What a source sends for a fetch (``hello.want``), given the wanted blocks it holds:
+    each in the order asked, then a :class:`~client.peerproto.FetchEnd` naming the others.
+
+    The first comes as its rest only (:class:`~client.peerproto.BlockTail`) when the
+    asker holds its beginning (``hello.held``: a block cut short by its parent's loss).
+    """
+    frames: list[Block | BlockTail | FetchEnd] = []
+    for index, digest in enumerate(hello.want):
+        block = held.get(digest)
+        if block is None:
+            continue
+        if index == 0 and 0 < hello.held < len(block.data):
+            frames.append(BlockTail(block.seq, digest, hello.held, block.data[hello.held:]))
+        else:
+            frames.append(block)
+    frames.append(FetchEnd(tuple(d for d in hello.want if d not in held)))
+    return frames
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from client import roles
 from client.commands import Connect, SetTimer
-from client.peerproto import Addr, Block, Hello, Reject
+from client.peerproto import Addr, Block, BlockTail, Hello, Reject
 from client.repair import RepairPlan
 
 __all__ = ["Repairer"]
@@ -22,12 +22,17 @@ class Repairer:
     """One multi-source repair; ``new_link()`` names a link, ``out`` takes commands,
     ``close(link, reset)`` ends a link.
 
-    ``released(block_or_None, digest)`` gets each block in play order (None: lost).
+    ``released(block_or_None, digest)`` gets each block in play order (None: lost);
+    ``held``: the beginning of the first missing block (cut short when the parent was
+    lost): a source is asked for the rest of it only.
     """
 
     def __init__(self, me: Addr, channel: int, missing, sources, now: float, period: float,
-                 new_link, out, close, released):
+                 new_link, out, close, released, held: bytes = b""):
         self.plan = RepairPlan(missing, sources, now, stall_after=max(period, 1.0))
+        self._held = held
+        #: Blocks completed from their beginning held and a source's rest (0 or 1).
+        self.finished = 0
         self.deadline = now + max(4 * period, 5.0)
         self.tick = max(0.05, self.plan.stall_after / 4)
         self._me, self._channel = me, channel
@@ -44,7 +49,8 @@ class Repairer:
         for source, digests in work.items():
             link = self._new_link()
             talk = roles.Conversation(roles.FETCH, roles.PEER)
-            hello = Hello("fetch", self._me, self._channel, want=tuple(digests))
+            held = self._held if digests[0] == self.plan.missing[0] else b""
+            hello = Hello("fetch", self._me, self._channel, want=tuple(digests), held=len(held))
             talk.sending(hello)
             self.links[link] = (source, set(digests), talk)
             self._out(Connect(link, source, hello))
@@ -57,6 +63,11 @@ class Repairer:
         except roles.ProtocolViolation:
             self._failed(link, now)
             return
+        if isinstance(message, BlockTail):
+            message = self._completed(message)
+            if message is None:
+                self._failed(link, now)   # (the others are asked for all of it)
+                return
         if isinstance(message, Block):
             if message.digest not in wanted:
                 self._failed(link, now)  # not asked for: the source's part goes to the others
@@ -69,6 +80,17 @@ class Repairer:
             self._close(link, False)
             self._launch(self.plan.lacked(source, missing, now))
         self._release()
+
+    def _completed(self, tail: BlockTail) -> Block | None:
+        """The block a :class:`BlockTail` ends, with the beginning held; None when it was not
+        asked for or does not complete it (what the lost parent sent was not this block's
+        beginning, or the source lies): the beginning is dropped."""
+        block = tail.completes(self._held) if tail.digest == self.plan.missing[0] else None
+        if block is None:
+            self._held = b""
+        else:
+            self.finished = 1
+        return block
 
     def progressed(self, link, now: float) -> None:
         """Bytes are arriving on one of our fetch links."""
@@ -121,11 +143,11 @@ class Repairs:
     def __init__(self, core):
         self.core = core
 
-    def new(self, missing, sources) -> Repairer:
+    def new(self, missing, sources, held: bytes = b"") -> Repairer:
         core = self.core
         job = Repairer(core.me, core.channel, missing, sources, core.now, core.config.period,
                        self.fetch_link, core.out, core.close,
-                       lambda block, digest: self.repaired(job, block))
+                       lambda block, digest: self.repaired(job, block), held)
         return job
 
     def fetch_link(self) -> int:
@@ -134,9 +156,9 @@ class Repairs:
         core.links[link] = ["fetch", None, None, None]
         return link
 
-    def start(self, missing, sources) -> None:
+    def start(self, missing, sources, held: bytes = b"") -> None:
         core = self.core
-        job = self.new(missing, sources)
+        job = self.new(missing, sources, held)
         core.gate.start_repair(job)
         self.run(job)
 
@@ -163,6 +185,7 @@ class Repairs:
         job = core.repair
         if job is not None and job.done:
             core.repair = None
+            core.counters["blocks_finished"] += job.finished
             job.cancel()
             core.perform(core.gate.repair_done(job, core.now))
             core.status()

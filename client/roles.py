@@ -42,7 +42,8 @@ def frame_name(message) -> str:
 
 #: Every name a frame can have (the tables are checked against it at import).
 FRAME_NAMES = frozenset({cls.__name__ for cls in (*pp.JSON_MESSAGES.values(), pp.Block,
-                                                   pp.BlockStart, pp.BlockPart, pp.BlockEnd)}
+                                                   pp.BlockStart, pp.BlockPart, pp.BlockEnd,
+                                                   pp.BlockTail)}
                         - {"Hello"} | {f"Hello({k})" for k in ("join", "probe", "fetch")})
 
 
@@ -130,7 +131,8 @@ DIGEST = Role("digest", "asked", {"asked": {"DigestAnswer": DONE, "Reject": DONE
               "the answer to our DigestQuery (the cross-check with the stock server)")
 TREE = Role("tree", "asked", {"asked": {"TreeAnswer": DONE, "Reject": DONE}},
             "the answer to our TreeQuery (the web view)")
-FETCH = Role("fetch", "asked", {"asked": {"Block": "asked", "FetchEnd": DONE, "Reject": DONE}},
+FETCH = Role("fetch", "asked", {"asked": {"Block": "asked", "BlockTail": "asked",
+                                          "FetchEnd": DONE, "Reject": DONE}},
              "the answer to our Hello(fetch) (a repair)")
 LIBRARY = Role("library", "asked", {"asked": {"Block": "asked", "LibraryEnd": DONE,
                                               "Reject": DONE}},

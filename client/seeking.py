@@ -153,10 +153,14 @@ class Seeker:
         else:
             skip = list(core.window.latest_digests(3))
             missing = [] if latest else list(accept.missing)
+        # Our next block's beginning, if our lost parent was sending it: when it is the
+        # first we miss, its rest only is fetched.
+        held, core.cut_short = core.cut_short, b""
+        resumed = bool(latest) and accept.after == latest[0]
         core.repairs.cancel()
         core.gate.follow(link, skip, gap_check=gap_check)
         if missing:
-            core.repairs.start(missing, [addr, *reversed(accept.path)])
+            core.repairs.start(missing, [addr, *reversed(accept.path)], held if resumed else b"")
         if gap_check:
             probe = self.probe_hello()
             core.next_flow = ("gap", flows.look_for_gap(

@@ -293,11 +293,12 @@ def test_random_churn_keeps_the_tree_a_tree_and_every_survivor_whole(seed):
             assert c.stored and world.now - c.stored[-1][1] < 3 * 2.0, c.ip
 
 
-def chain_of_three(block_bytes):
-    """server -> A -> B -> C (one child each), 16 Mbit/s uplinks, blocks of ``block_bytes``."""
+def chain_of_three(block_bytes, length=3):
+    """server -> A -> B -> C (one child each), 16 Mbit/s uplinks, blocks of ``block_bytes``;
+    ``length`` clients in all."""
     world = World([Film.synthetic(FILM, block_bytes, seed=0)], slots=1)
     clients = []
-    for i in range(3):
+    for i in range(length):
         config = CoreConfig(0, 1, balance_blocks=0.0)
         clients.append(world.add_client(f"10.0.0.{i + 1}", config, upload_mbit=16.0,
                                         latency=0.005, seed=i))
@@ -330,6 +331,26 @@ def test_a_block_cut_short_by_its_relays_death_is_discarded_below_and_repaired()
     assert tree_of([a, b, c]) == {"10.0.0.1": ("server", 1), "10.0.0.3": ("10.0.0.1", 2)}
     check_invariants([a, c])
     assert c.core.counters["blocks_lost"] == 0
+
+
+def test_a_block_cut_short_by_its_relays_death_is_finished_below_from_what_came():
+    """B dies in the middle of a block: C keeps what came of it and so does D below C; C,
+    placed under A, fetches the rest only, and D gets the bytes it lacked, no repair."""
+    world, (a, b, c, d) = chain_of_three(1_000_000, length=4)
+    world.run_until(19.9)
+    stored = len(c.stored)
+    world.run_until(20.3)
+    assert len(c.stored) == stored and c.core.incoming.open and d.core.incoming.open
+    b.kill()
+    world.run_until(40)
+    assert tree_of([a, c, d]) == {"10.0.0.1": ("server", 1), "10.0.0.3": ("10.0.0.1", 2),
+                                  "10.0.0.4": ("10.0.0.3", 3)}
+    check_invariants([a, c, d])
+    assert c.core.counters["blocks_finished"] == 1 and c.core.counters["blocks_lost"] == 0
+    assert d.core.counters["blocks_repaired"] == 0 and d.core.counters["blocks_lost"] == 0
+    at_c = {i: t for i, t in c.stored}
+    cut = next(i for i, t in c.stored if t > 20.3)
+    assert 0 <= dict(d.stored)[cut] - at_c[cut] < 0.3      # its rest, not all of it again
 
 
 def test_an_uplink_that_cannot_carry_the_stream_gives_its_child_and_its_server_slot_up():

@@ -31,7 +31,7 @@ def test_fields_become_plain_json_data():
                          repaired=2, lost=0)
     assert json.loads(line)["by_source"] == {"127.0.0.2:9092": 2}
     line = events.record(0.0, "repair_started", missing=3,
-                         sources=(Addr("127.0.0.2", 1), Addr("127.0.0.4", 1)))
+                         sources=(Addr("127.0.0.2", 1), Addr("127.0.0.4", 1)), held=0)
     assert json.loads(line)["sources"] == ["127.0.0.2:1", "127.0.0.4:1"]
     line = events.record(0.0, "rejoin", cause="x" * 5000, lost=None, silent=False, moved_by=None)
     assert len(json.loads(line)["cause"]) == events.MAX_TEXT

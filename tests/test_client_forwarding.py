@@ -132,3 +132,39 @@ def test_a_link_that_refuses_the_start_gets_nothing_of_that_block():
     forwarder.stored(Block.of(2, DATA), forward, ["a", "full"])
     assert links.kinds("full")[0] == "BlockStart" and links.bytes_of("full") == DATA
     assert well_formed(links.sent["full"]) and well_formed(links.sent["a"])
+
+
+def test_a_kept_forward_whose_sender_was_lost_gets_only_its_rest_when_the_block_is_stored():
+    links = Links()
+    forwarder = Forwarder(links.send)
+    forward = forwarder.begin("lost parent", 7, ["a", "b"])
+    forwarder.part(forward, DATA[:100_000])
+    assert forwarder.keep(forward)
+    sent_before = {child: len(links.sent[child]) for child in "ab"}
+    block = Block.of(7, DATA)         # its rest fetched from another client, stored whole
+    assert forwarder.stored(block, None, ["a", "b", "c"]) is None
+    for child in "ab":
+        rest = links.sent[child][sent_before[child]:]
+        assert b"".join(f.data for f in rest if isinstance(f, BlockPart)) == DATA[100_000:]
+        assert links.bytes_of(child) == DATA and well_formed(links.sent[child])
+        assert links.sent[child][-1] == BlockEnd(len(DATA), block.digest)
+    assert links.bytes_of("c") == DATA and links.sent["c"][0] == BlockStart(7)   # whole
+    assert forwarder.current is None
+
+
+def test_a_kept_forward_is_aborted_when_another_block_is_stored_instead():
+    for other in (Block.of(7, b"x" + DATA[1:]), Block.of(8, DATA), Block.of(7, DATA[:50_000])):
+        links = Links()
+        forwarder = Forwarder(links.send)
+        forward = forwarder.begin("lost parent", 7, ["a"])
+        forwarder.part(forward, DATA[:100_000])
+        forwarder.keep(forward)
+        assert forwarder.stored(other, None, ["a"]) is forward
+        assert "BlockAbort" in links.kinds("a") and well_formed(links.sent["a"])
+        assert links.bytes_of("a")[-len(other.data):] == other.data     # then all of it
+
+
+def test_nothing_is_kept_of_a_forward_no_child_got():
+    forwarder = Forwarder(Links("a").send)
+    assert not forwarder.keep(forwarder.begin("lost parent", 7, ["a"]))
+    assert not forwarder.keep(None)

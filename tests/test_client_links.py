@@ -326,3 +326,35 @@ def test_a_child_taken_in_the_middle_of_its_next_block_gets_it_from_its_start_at
             link.close()
         for _, receiver in pairs:
             receiver.close()
+
+
+def test_a_relay_whose_parent_dies_mid_block_gives_its_children_only_the_rest_later(tmp_path):
+    """The orphan keeps its next block's beginning (its rest is fetched once it is placed)
+    and so do its children: when the block is whole, they get the bytes they lacked."""
+    from types import SimpleNamespace
+    from client.peerproto import BlockEnd, BlockPart, BlockStart, Reassembly
+    node = Node(Config("127.0.0.1", "127.0.0.1", 9090, 0, 1, tmp_path / "store", period=2.0,
+                       player=False))
+    sender, receiver = socket.socketpair()
+    child, _ = _child_link(sender, backlog=8)
+    node.children[child.addr] = child
+    block = Block.of(9, bytes(range(256)) * 1200)          # five parts, two before the loss
+    node.gate.seq = 8                                        # (block 8 is our latest)
+    lost = SimpleNamespace(relay=None, incoming=Reassembly())
+    try:
+        relay = lost.relay = node.forwarder.begin(lost, 9, [child])
+        lost.incoming.start(9)
+        lost.incoming.add(block.data[:2 * MAX_PART])
+        node._relay_part(relay, block.data[:2 * MAX_PART])
+        node._on_parent_lost(lost, "connection closed")
+        assert node._cut_short == block.data[:2 * MAX_PART]
+        assert node.forwarder.current is relay and relay.cut_short
+        with node._deliver_lock:
+            node._store_and_relay(block)                     # its rest came, by a repair
+        child.start()
+        frames = read_block_frames(receiver)
+    finally:
+        child.close()
+        receiver.close()
+    assert frames[0] == BlockStart(9) and frames[-1] == BlockEnd(len(block.data), block.digest)
+    assert b"".join(f.data for f in frames if isinstance(f, BlockPart)) == block.data  # once

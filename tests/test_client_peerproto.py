@@ -16,7 +16,7 @@ import client.peerproto as peerproto
 from client.peerproto import (BLOCK_HEADER, DIGEST_SIZE, HEADER, JSON_MESSAGES, MAX_BLOCK,
                               MAX_CHILDREN, MAX_CONTROL, MAX_LIST, MAX_PART, MAX_WANT, PART_BOUNDS,
                               PROTOCOL, VERSION, Accept, Addr, Advice, Block, BlockAbort, BlockEnd,
-                              BlockPart, BlockStart, Bye, Reassembly, parts_of, Candidate, Drop,
+                              BlockPart, BlockStart, BlockTail, Bye, Reassembly, parts_of, Candidate, Drop,
                               FetchEnd, FrameDecoder, Hello, Info,
                               Keepalive, LibraryEnd, LibraryFetch, Move, PathUpdate,
                               PeerProtocolError, Redirect, Reject, Report, Swap, SwapAnswer,
@@ -89,6 +89,9 @@ MESSAGES = [
     BlockEnd(0, block_digest(b"")),
     BlockEnd(MAX_BLOCK, D1),
     BlockAbort("parent lost"),
+    BlockTail(9, D1, 1, b"rest of it"),
+    BlockTail(0, D2, MAX_BLOCK, b""),
+    Hello("fetch", addr(1), 0, want=(D1,), held=70000),
     Keepalive(),
     PathUpdate(3, (addr(8), addr(9))),
     PathUpdate(1, ()),
@@ -166,11 +169,11 @@ def test_round_trip_one_byte_at_a_time(message):
 
 def test_every_message_class_is_covered():
     covered = {type(m) for m in MESSAGES}
-    binary = {Block, BlockStart, BlockPart, BlockEnd}
+    binary = {Block, BlockStart, BlockPart, BlockEnd, BlockTail}
     assert covered == set(JSON_MESSAGES.values()) | binary
     # 20-29: the web view, 30-39: the library, 45-49: verification, 50-59: blocks in parts
     assert {cls.TYPE for cls in covered} == (set(range(1, 17)) | {20, 21, 30, 31, 45, 46, 47, 48}
-                                             | {50, 51, 52, 53})
+                                             | {50, 51, 52, 53, 54})
     assert all(JSON_MESSAGES[cls.TYPE] is cls for cls in covered - binary)
     assert not {cls.TYPE for cls in binary} & set(JSON_MESSAGES)
 
@@ -825,3 +828,25 @@ def test_an_aborted_block_is_forgotten_and_the_next_one_starts_clean():
     with pytest.raises(PeerProtocolError):
         whole.add(b"more")
     assert reassembled(b"next", seq=2) == Block.of(2, b"next")
+
+
+def test_the_rest_of_a_block_completes_only_its_own_beginning():
+    data = bytes(range(256)) * 500
+    tail = BlockTail(3, block_digest(data), 1000, data[1000:])
+    assert tail.completes(data[:1000]) == Block.of(3, data)
+    assert tail.completes(data[:999]) is None                  # not as long as it says
+    assert tail.completes(b"x" + data[1:1000]) is None         # another block's beginning
+    assert decode_one(encode(tail)) == tail
+
+
+@pytest.mark.parametrize("offset, size", [(0, 10), (MAX_BLOCK, 1), (MAX_BLOCK + 1, 0)])
+def test_a_tail_out_of_a_blocks_bounds_is_refused(offset, size):
+    with pytest.raises(PeerProtocolError):
+        BlockTail(1, D1, offset, bytes(size))
+
+
+def test_a_fetch_can_say_how_much_of_its_first_block_it_holds():
+    assert decode_one(encode(Hello("fetch", addr(1), 0, want=(D1,), held=5))).held == 5
+    assert "held" not in Hello("fetch", addr(1), 0, want=(D1,)).to_json()
+    with pytest.raises(PeerProtocolError):
+        Hello("fetch", addr(1), 0, held=MAX_BLOCK + 1)

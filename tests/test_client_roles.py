@@ -20,7 +20,7 @@ from client import roles
 from client.fetcher import RepairJob
 from client.links import ANSWER_DEADLINE, ParentLink, StockServer, ask, read_message_by
 from client.peerproto import (HEADER, JSON_MESSAGES, PART_BOUNDS, VERSION, Accept, Addr, Advice,
-                              Block, BlockAbort, BlockEnd, BlockPart, BlockStart, Bye,
+                              Block, BlockAbort, BlockEnd, BlockPart, BlockStart, BlockTail, Bye,
                               Drop, FetchEnd, FrameDecoder, Hello, Info, Keepalive, LibraryEnd,
                               LibraryFetch, Move, PathUpdate, PeerProtocolError, Redirect, Reject,
                               Report, Swap, SwapAnswer, TreeAnswer, TreeQuery, VersionMismatch,
@@ -44,6 +44,7 @@ SAMPLES = {
     "VouchAnswer": VouchAnswer(True), "DigestQuery": DigestQuery(0, (bytes(16),)),
     "DigestAnswer": DigestAnswer(), "BlockStart": BlockStart(1), "BlockPart": BlockPart(b"x"),
     "BlockEnd": BlockEnd(1, bytes(16)), "BlockAbort": BlockAbort("short"),
+    "BlockTail": BlockTail(1, bytes(16), 1, b"x"),
 }
 
 

@@ -1,5 +1,6 @@
-"""Cut-through relaying end to end: a block forwarded in parts that turns out short, corrupt
-or forged is discarded by the relay and its whole subtree, stored by nobody and repaired.
+"""Cut-through relaying end to end: a block forwarded in parts that turns out corrupt or
+forged is discarded by the relay and its whole subtree, stored by nobody and repaired; one
+cut short by its sender's death is finished from what came, its rest alone fetched.
 
 Real processes on loopback: a server with its feed, a direct client A, a fake relay
 (:mod:`bench.liar`, written with the project's codec) below A, a real relay B below it and
@@ -12,6 +13,7 @@ digest, which the server's feed refutes. Issue 15.
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 
@@ -76,15 +78,20 @@ def lie_once_and_recover(liar, everyone, big_film) -> bytes:
     return lied.digest
 
 
+def events_of(proc) -> list[dict]:
+    """The client's structured events (client.events), oldest first."""
+    path = Cluster.store_of(proc) / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def stored_digests(proc) -> set[bytes]:
     return {block_digest(p.read_bytes()) for p in Cluster.store_of(proc).glob("*.mkv")}
 
 
-@pytest.mark.parametrize("lie", ["cut", "corrupt-end"])
-def test_a_block_cut_short_or_corrupt_mid_forward_is_stored_by_nobody_and_repaired(
-        tmp_path, big_film, lie):
+def test_a_block_corrupt_at_its_end_mid_forward_is_stored_by_nobody_and_repaired(
+        tmp_path, big_film):
     with Cluster(tmp_path, big_film) as cluster:
-        with chain(cluster, tmp_path, lie) as (server, a, liar, b, c):
+        with chain(cluster, tmp_path, "corrupt-end") as (server, a, liar, b, c):
             digest = lie_once_and_recover(liar, [a, b, c], big_film)
             # B got the block's first parts and relayed them on to C before the lie showed:
             # both dropped them, and both hold the true block now, which B repaired.
@@ -92,6 +99,22 @@ def test_a_block_cut_short_or_corrupt_mid_forward_is_stored_by_nobody_and_repair
                 assert status(proc)["blocks_discarded"] >= 1, proc.ip
                 assert digest in stored_digests(proc), f"{proc.ip} never stored the block"
             assert status(b)["blocks_repaired"] >= 1
+            assert status(b)["blocks_finished"] == 0
+
+
+def test_a_block_cut_short_by_its_relays_death_is_finished_from_what_came(tmp_path, big_film):
+    """The fake dies in the middle of a block: B keeps its beginning, and so does C below
+    it; B, placed again, fetches only the rest, checks the whole at its end, and C gets
+    the bytes it lacked. Nobody drops the block; everybody stores it."""
+    with Cluster(tmp_path, big_film) as cluster:
+        with chain(cluster, tmp_path, "cut") as (server, a, liar, b, c):
+            digest = lie_once_and_recover(liar, [a, b, c], big_film)
+            for proc in (b, c):
+                assert status(proc)["blocks_discarded"] == 0, proc.ip
+                assert digest in stored_digests(proc), f"{proc.ip} never stored the block"
+            assert status(b)["blocks_repaired"] >= 1 and status(b)["blocks_finished"] == 1
+            started = [e for e in events_of(b) if e["event"] == "repair_started"]
+            assert started and started[0]["held"] > 0
 
 
 def test_a_forged_block_in_parts_is_discarded_by_the_relay_and_its_subtree(tmp_path, big_film):
