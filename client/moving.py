@@ -57,12 +57,10 @@ class Mover:
         if core.config.balance_blocks <= 0 or not core.moves.may_offer(self.situation()):
             return
         view = core.relay.view(now)
-        if not core.relay.room_for_swap(now):
-            return
         latest = core.window.latest(4)
         margin = int(core.config.balance_blocks * sum(len(b.data) for b in latest) / len(latest)
                      * max(1, len(view.children)))
-        target = tree.choose_swap(view, margin)
+        target = tree.choose_swap(view, margin, core.relay.room_for_swap(now))
         if target is None:
             return
         was_direct = core.parent == SERVER
@@ -122,7 +120,10 @@ class Mover:
         core.parent_link = core.parent = None
         core.state = "orphaned"
         core.close(link)
-        core.relay.hand_over(Move((addr,)), core.now)
+        relay = core.relay
+        kept = tree.keeps({a: relay.views.get(a, tree.ChildView(a)) for a in relay.children},
+                          relay.places(core.now), len(offer.expected))
+        relay.hand_over(Move((addr,)), core.now, keep=kept)
         core.status()
         seeds = [Candidate(offer.parent, len(offer.path), 1, 0)] if offer.parent else []
         wrap = (lambda search: flows.take_server_slot(core.config.period, search)) \

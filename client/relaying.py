@@ -290,9 +290,11 @@ class Relay:
         return Report(view.free, view.sent, tree.free_places(view), tree.members_below(view),
                       self.can_take(now), tuple(view.children), tree.member_parents(view))
 
-    def hand_over(self, move: Move, now: float) -> None:
-        """Send every child ``move`` and let it go (leaving, or a swap)."""
+    def hand_over(self, move: Move, now: float, keep=()) -> None:
+        """Send every child but those in ``keep`` ``move`` and let it go (leaving, or a swap)."""
         for addr, link in list(self.children.items()):
+            if addr in keep:
+                continue
             self.core.send(link, move)
             self.core.close(link)
             self.forget(addr, now)

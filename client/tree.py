@@ -326,24 +326,62 @@ class PhaseTurn:
         return self.waited > PHASE_PATIENCE
 
 
-def choose_swap(view: RelayView, margin: int) -> Addr | None:
-    """The child this relay should swap places with to even out upload, if any.
+def offered_by(child: ChildView) -> int:
+    """Places a child offers, from its report: the free ones and those its children hold.
 
-    The balance rotation: a relay that has sent ``margin`` bytes more than
-    one of its children hands that child its place (and its other children)
-    and becomes the child's child. Relays sink and light senders rise, so
-    over time every client relays for a share of the time. Only a child that
-    has reported, can take all of this relay's children (its own K), and is
-    the lightest sender qualifies.
+    Unmeasured, a client offers one place on trial (:mod:`client.capacity`),
+    so only a child that relays shows what its uplink can feed.
+    """
+    return child.free + len(child.children)
+
+
+def choose_swap(view: RelayView, margin: int, room: bool = True) -> Addr | None:
+    """The child this relay should swap places with, if any (``room``: whether the
+    uplink can pay for a rotation, :func:`client.capacity.room_for_swap`).
+
+    First the capacity swap: a child that can take all of this relay's
+    children and offers more places than this relay does takes its place
+    whatever the bytes sent (the one offering most; see :func:`keeps`). A
+    flash crowd places clients before any uplink is measured, and otherwise
+    the first comers hold the server's slots with one place each while
+    stronger uplinks hang a chain below them.
+
+    Then the balance rotation: a relay that has sent ``margin`` bytes more
+    than one of its children hands that child its place (and its other
+    children) and becomes the child's child. Relays sink and light senders
+    rise, so over time every client relays for a share of the time. Only a
+    child that has reported, can take as many children as this relay offers
+    places (so a rotation never puts a weaker uplink where a stronger one
+    was, and the capacity swap never has to undo it), and is the lightest
+    sender qualifies, and only where the uplink has ``room``. The capacity
+    swap needs none: it happens once a level for each stronger uplink, where
+    the rotation goes on for ever.
     """
     if not view.attached:
         return None
-    fits = [c for c in view.children.values()
-            if c.reported and c.max_children >= len(view.children)]
-    if not fits:
+    held = len(view.children)
+    reported = [c for c in view.children.values() if c.reported and c.max_children >= held]
+    stronger = [c for c in reported if offered_by(c) > view.offered]
+    if stronger:
+        return max(stronger, key=lambda c: (offered_by(c), -c.sent, c.addr)).addr
+    fits = [c for c in reported if c.max_children >= view.offered]
+    if not room or not fits:
         return None
     lightest = min(fits, key=lambda c: (c.sent, c.addr))
     return lightest.addr if view.sent - lightest.sent > margin else None
+
+
+def keeps(children: dict[Addr, ChildView], places: int, expected: int) -> tuple[Addr, ...]:
+    """Which of its own children a client keeps when it takes its parent's place.
+
+    It takes the ``expected`` partners of the swap (its old parent and that
+    one's other children) and keeps as many of its own as its other places
+    allow, those with the largest subtrees first (the fewest clients move);
+    the rest go to the old parent. A rotation between equals keeps none.
+    """
+    room = max(0, places - expected)
+    ranked = sorted(children.values(), key=lambda c: (-len(c.members), c.addr))
+    return tuple(c.addr for c in ranked[:room])
 
 
 def rejoin_seeds(path: tuple[Addr, ...], lost: Addr | None) -> list[Candidate]:

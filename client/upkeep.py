@@ -172,11 +172,10 @@ class Upkeep:
             if self.config.balance_blocks <= 0 or not self.moves.may_offer(self._situation()):
                 return
             view = self._relay_view()
-            if not capacity.room_for_swap(*self._uplink_now(), len(view.children)):
-                return
+            room = capacity.room_for_swap(*self._uplink_now(), len(view.children))
             block_size = sum(len(b.data) for b in self.window.latest(4)) / min(4, len(self.window))
             margin = int(self.config.balance_blocks * block_size * max(1, len(view.children)))
-            target = tree.choose_swap(view, margin)
+            target = tree.choose_swap(view, margin, room)
             if target is None:
                 return
             was_direct = self.parent == SERVER
@@ -255,12 +254,15 @@ class Upkeep:
                          seeds=[Candidate(target, len(path) + 1, 1, 0)], insist=target)
 
     def _take_place(self, link: ParentLink, swap: Swap) -> None:
-        """We accepted our parent's place: send our children to it, go where it was."""
+        """We accepted our parent's place: go where it was, with the children our
+        other places can feed (:func:`client.tree.keeps`); the rest go to it."""
         self._cancel_repair()
         with self._lock:
             self.parent_link = self.parent = None
             self.state = State.ORPHANED
-            children = list(self.children.values())
+            kept = tree.keeps({a: self.child_views.get(a, tree.ChildView(a)) for a in self.children},
+                              self._places(), len(swap.expected))
+            children = [c for a, c in self.children.items() if a not in kept]
         link.close()
         for child in children:
             child.enqueue(Move((link.addr,)))

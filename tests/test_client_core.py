@@ -193,6 +193,29 @@ def test_the_balance_swap_moves_upload_around_and_keeps_every_block():
     assert sent[0] > 0  # every client relayed for a while
 
 
+def test_a_stronger_uplink_takes_a_weaker_ones_place_and_keeps_its_children():
+    # Blocks of 1 MB every 2 s (4 Mbit/s): an 8 Mbit/s uplink feeds one child, a 20 Mbit/s
+    # one three, a 2 Mbit/s one nobody. The 8 Mbit/s client comes first and takes the only
+    # server slot; the tree is deep until a stronger uplink swaps its way up (client.tree).
+    world = World([Film.synthetic(FILM, 1_000_000, seed=0)], slots=1)
+    uplinks = [8, 20, 20, 2, 2, 8, 20, 2]
+    clients = []
+    for i, mbit in enumerate(uplinks):
+        clients.append(world.add_client(f"10.0.0.{i + 1}", CoreConfig(0, 3, balance_blocks=8.0),
+                                        upload_mbit=mbit, seed=i))
+        world.run_until(world.now + 0.5)
+    world.run_until(120)
+    mbit_of = {c.ip: m for c, m in zip(clients, uplinks)}
+    tree = tree_of(clients)
+    root = next(ip for ip, (parent, _) in tree.items() if parent == "server")
+    assert mbit_of[root] == 20
+    # The best these uplinks allow: the root's three places, then 3 + 3 + 1 below them.
+    assert max(depth for _, depth in tree.values()) == 3
+    for c in clients:
+        assert len(c.core.relay.children) <= {2: 0, 8: 1, 20: 3}[mbit_of[c.ip]], c.ip
+    check_invariants(clients)
+
+
 def test_a_child_busy_repairing_declines_a_swap_offer():
     world, clients = world_of(2)
     world.run_until(10)

@@ -722,6 +722,37 @@ def test_choose_swap_only_children_that_reported_and_can_take_all_children():
     assert tree_module.choose_swap(view([unreported, _reported(3, 0)], sent=10**6), margin=1) == A(3)
 
 
+def test_a_child_offering_more_places_takes_the_place_whatever_the_bytes_and_the_room():
+    strong = _reported(1, 10**9, max_children=3, children=(A(5), A(6), A(7)))
+    equal = _reported(2, 0, max_children=1, children=(A(8),))
+    v = dataclasses.replace(view([strong, equal], sent=0, max_children=3), places=1)
+    assert tree_module.offered_by(strong) == 3
+    assert tree_module.choose_swap(v, margin=10**12, room=False) == A(1)
+    # It must be able to take every child this relay has.
+    two = _reported(1, 0, max_children=2, children=(A(5), A(6)))
+    crowded = dataclasses.replace(view([two, equal, A(9)], max_children=3), places=1)
+    assert tree_module.offered_by(two) == 2
+    assert tree_module.choose_swap(crowded, margin=10**12) is None
+
+
+def test_the_rotation_needs_room_and_a_child_that_can_take_every_place_offered():
+    v = dataclasses.replace(view([_reported(1, 0, max_children=1)], sent=10**6, max_children=3),
+                            places=3)
+    assert tree_module.choose_swap(v, margin=1) is None      # it holds one child, offers three
+    able = dataclasses.replace(v, children={A(2): _reported(2, 0, max_children=3)})
+    assert tree_module.choose_swap(able, margin=1) == A(2)
+    assert tree_module.choose_swap(able, margin=1, room=False) is None
+
+
+def test_the_new_holder_of_a_place_keeps_the_children_its_other_places_feed():
+    kids = {A(1): ChildView(A(1), members=(A(4),)),
+            A(2): ChildView(A(2), members=(A(5), A(6))),
+            A(3): ChildView(A(3))}
+    assert tree_module.keeps(kids, places=3, expected=1) == (A(2), A(1))
+    assert tree_module.keeps(kids, places=2, expected=2) == ()
+    assert tree_module.keeps(kids, places=1, expected=3) == ()
+
+
 def test_choose_swap_not_while_detached():
     v = view([_reported(1, 0)], sent=10**6, attached=False)
     assert tree_module.choose_swap(v, margin=1) is None
