@@ -206,6 +206,9 @@ class Uplink:
         self._pending_rates: dict[Hashable, list[float]] = {}  # kernel samples, by link
         # (end, bytes, busy seconds, the fastest link's median kernel sample or None)
         self._samples: deque[tuple[float, int, float, float | None]] = deque()
+        #: Measured too short once and forgotten for a retry (:func:`retry_due`): a
+        #: trial, not an unknown uplink (:func:`can_take`).
+        self.retried = False
 
     def observe(self, key: Hashable, now: float, delivered: int, queued: int,
                 writing: bool = False, busy_total: float | None = None,
@@ -275,6 +278,7 @@ class Uplink:
     def forget_estimate(self) -> None:
         """Unmeasured again (:func:`retry_due`): the next samples alone make the estimate."""
         self._samples.clear()
+        self.retried = True
 
 
 def stream_rate(block_sizes: Iterable[int], period: float) -> float | None:
@@ -364,16 +368,23 @@ def room_for_swap(estimate: float | None, stream: float | None, children: int) -
     return estimate >= stream * (children + 1)
 
 
-def can_take(max_children: int, estimate: float | None, stream: float | None) -> int:
+def can_take(max_children: int, estimate: float | None, stream: float | None,
+             retried: bool = False) -> int:
     """How many children this client could take over with a place (a balance swap).
 
     K while unmeasured: the rotation raises light senders, which have never
     relayed, and an unknown uplink is not a weak one (if it cannot feed
     them, its links fall behind and it moves them on). Once measured, no
     more than :func:`places`: a weak uplink never takes a strong one's place.
+    Unmeasured again for a retry (``retried``, :func:`retry_due`), no more
+    than its trial place: it was measured weak, and taking a strong relay's
+    place with all its children each time it is retried (every
+    :data:`RETRIAL_PERIODS` while joiners wait) cost every one of them
+    a move (measured: a 2 Mbit/s client took a 20 Mbit/s one's place six
+    times in four minutes).
     """
     if estimate is None or not stream:
-        return max(0, max_children)
+        return max(0, min(max_children, TRIAL_PLACES) if retried else max_children)
     return places(max_children, estimate, stream)
 
 

@@ -741,7 +741,7 @@ class Node(Joining, Upkeep):
 
     def _can_take(self) -> int:
         """(Under the lock.) The ``max_children`` this client reports: K until measured."""
-        return capacity.can_take(self.config.max_children, *self._uplink_now())
+        return capacity.can_take(self.config.max_children, *self._uplink_now(), self.uplink.retried)
 
     def _uplink_status(self) -> dict:
         estimate, stream = self._uplink_now()

@@ -50,7 +50,8 @@ class Relay:
         return capacity.places(self.core.config.max_children, *self._uplink_now(now))
 
     def can_take(self, now: float) -> int:
-        return capacity.can_take(self.core.config.max_children, *self._uplink_now(now))
+        return capacity.can_take(self.core.config.max_children, *self._uplink_now(now),
+                                 self.uplink.retried)
 
     def room_for_swap(self, now: float) -> bool:
         return capacity.room_for_swap(*self._uplink_now(now), len(self.children))

@@ -219,9 +219,16 @@ def test_an_estimate_that_feeds_nobody_is_tried_again_only_late_and_when_places_
     assert uplink.age(5.0) is None and uplink.busy(5.0) == 0.0
     push(uplink, [FakeLink(uplink, "a")], block=100_000, rate=1 * MB)
     assert uplink.age(10.0) == pytest.approx(9.9, abs=0.05)
+    assert not uplink.retried
     uplink.forget_estimate()          # tried again: unmeasured until new samples come
     assert uplink.estimate(10.0) is None and uplink.age(10.0) is None
     assert capacity.places(k, uplink.estimate(10.0), stream) == capacity.TRIAL_PLACES
+    # On trial, it reports its trial place as what it could take over, not K: a
+    # rotation must not hand it a strong relay's place and all its children.
+    assert uplink.retried
+    assert capacity.can_take(k, uplink.estimate(10.0), stream, uplink.retried) == \
+        capacity.TRIAL_PLACES
+    assert capacity.can_take(k, None, stream) == k
 
 
 def test_a_link_moved_away_mid_block_leaves_its_measure_behind():
