@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from client import tree
 from client.peerproto import Addr
 
-__all__ = ["Situation", "OfferSwap", "Climb", "Moves", "Shedding", "SLOT_WATCH_PERIODS"]
+__all__ = ["Situation", "OfferSwap", "Climb", "Moves", "Shedding", "SLOT_WATCH_PERIODS", "PARTNER_PERIODS"]
 
 #: How long (in periods) an orphan of a direct client keeps asking the server for its slot.
 SLOT_WATCH_PERIODS = 12
@@ -35,6 +35,9 @@ YIELD_PERIODS = 8
 
 #: A joiner turned away this recently (in periods) means the tree has no free place.
 JAMMED_PERIODS = 2
+
+#: A swap partner is not offered a capacity swap for this many periods (client.tree.choose_swap).
+PARTNER_PERIODS = 30
 
 #: A climb is looked for every this many periods, at random within the range, so
 #: that clients do not all look at once.
@@ -89,6 +92,7 @@ class Moves:
         self.offer: _Offer | None = None
         #: Swap offers each child declined in a row (:func:`client.places.advertised`).
         self.declines: dict[Addr, int] = {}
+        self._partners: dict[Addr, float] = {}  # latest swap partners, until when
         self._swap_turn, self._climb_turn = tree.PhaseTurn(), tree.PhaseTurn()
 
     # -- what happened -----------------------------------------------------
@@ -96,6 +100,14 @@ class Moves:
     def moved(self, now: float) -> None:
         """A new parent (or the server): no move of our own for a while."""
         self.moved_at = now
+
+    def swapped_with(self, partner: Addr, now: float) -> None:
+        """A swap with ``partner`` was carried out (either side)."""
+        self._partners[partner] = now + PARTNER_PERIODS * self.period
+
+    def recent_partners(self, now: float) -> frozenset:
+        self._partners = {a: t for a, t in self._partners.items() if t > now}
+        return frozenset(self._partners)
 
     def children_changed(self, now: float) -> None:
         self.children_changed_at = now

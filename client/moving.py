@@ -60,7 +60,8 @@ class Mover:
         latest = core.window.latest(4)
         margin = int(core.config.balance_blocks * sum(len(b.data) for b in latest) / len(latest)
                      * max(1, len(view.children)))
-        target = tree.choose_swap(view, margin, core.relay.room_for_swap(now))
+        target = tree.choose_swap(view, margin, core.relay.room_for_swap(now),
+                                  core.moves.recent_partners(now))
         if target is None:
             return
         was_direct = core.parent == SERVER
@@ -94,6 +95,7 @@ class Mover:
         core.gate.unfollow()
         core.state = "orphaned"
         core.counters["swaps"] += 1
+        core.moves.swapped_with(target, core.now)
         if was_direct:
             core.leave_server()
         elif parent_link is not None:
@@ -119,6 +121,7 @@ class Mover:
         core.repairs.cancel()
         core.parent_link = core.parent = None
         core.state = "orphaned"
+        core.moves.swapped_with(addr, core.now)
         core.close(link)
         relay = core.relay
         kept = tree.keeps({a: relay.views.get(a, tree.ChildView(a)) for a in relay.children},

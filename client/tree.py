@@ -326,14 +326,6 @@ class PhaseTurn:
         return self.waited > PHASE_PATIENCE
 
 
-#: Places a child must offer beyond its relay's to take the relay's place by capacity
-#: (:func:`choose_swap`): with one, two uplinks of about the same strength read either
-#: side of a place's worth (20 Mbit/s ones at 13.6 to 16 Mbit/s, where three streams
-#: with headroom need 15.9) swapped back and forth (measured: 8 such swaps in four
-#: minutes, every one moving their children too).
-CAPACITY_MARGIN = 2
-
-
 def offered_by(child: ChildView) -> int:
     """Places a child offers, from its report: the free ones and those its children hold.
 
@@ -343,13 +335,14 @@ def offered_by(child: ChildView) -> int:
     return child.free + len(child.children)
 
 
-def choose_swap(view: RelayView, margin: int, room: bool = True) -> Addr | None:
+def choose_swap(view: RelayView, margin: int, room: bool = True,
+                recent: frozenset = frozenset()) -> Addr | None:
     """The child this relay should swap places with, if any (``room``: whether the
-    uplink can pay for a rotation, :func:`client.capacity.room_for_swap`).
+    uplink can pay for a rotation, :func:`client.capacity.room_for_swap`; ``recent``:
+    this relay's latest swap partners, :meth:`client.moves.Moves.recent_partners`).
 
     First the capacity swap: a child that can take all of this relay's
-    children and offers :data:`CAPACITY_MARGIN` places more than this relay
-    does takes its place
+    children and offers more places than this relay does takes its place
     whatever the bytes sent (the one offering most; see :func:`keeps`). A
     flash crowd places clients before any uplink is measured, and otherwise
     the first comers hold the server's slots with one place each while
@@ -364,13 +357,17 @@ def choose_swap(view: RelayView, margin: int, room: bool = True) -> Addr | None:
     was, and the capacity swap never has to undo it), and is the lightest
     sender qualifies, and only where the uplink has ``room``. The capacity
     swap needs none: it happens once a level for each stronger uplink, where
-    the rotation goes on for ever.
+    the rotation goes on for ever; but not with a ``recent`` partner: two
+    uplinks of about the same strength read either side of a place's worth
+    (20 Mbit/s ones at 13.6 to 16 Mbit/s, where three streams with headroom
+    need 15.9) and swapped back and forth (measured: 8 such swaps in four
+    minutes, every one moving their children too).
     """
     if not view.attached:
         return None
     held = len(view.children)
     reported = [c for c in view.children.values() if c.reported and c.max_children >= held]
-    stronger = [c for c in reported if offered_by(c) >= view.offered + CAPACITY_MARGIN]
+    stronger = [c for c in reported if offered_by(c) > view.offered and c.addr not in recent]
     if stronger:
         return max(stronger, key=lambda c: (offered_by(c), -c.sent, c.addr)).addr
     fits = [c for c in reported if c.max_children >= view.offered]

@@ -175,7 +175,7 @@ class Upkeep:
             room = capacity.room_for_swap(*self._uplink_now(), len(view.children))
             block_size = sum(len(b.data) for b in self.window.latest(4)) / min(4, len(self.window))
             margin = int(self.config.balance_blocks * block_size * max(1, len(view.children)))
-            target = tree.choose_swap(view, margin, room)
+            target = tree.choose_swap(view, margin, room, self.moves.recent_partners(now))
             if target is None:
                 return
             was_direct = self.parent == SERVER
@@ -235,6 +235,7 @@ class Upkeep:
             self.gate.unfollow()  # (no repair runs: a relay offers a swap only without one)
             self.state = State.ORPHANED
             self.counters.swaps += 1
+            self.moves.swapped_with(target, time.monotonic())
             sent = self.counters.bytes_sent
         log.info("balance: %s takes this relay's place (it sent %d bytes, this relay %d)",
                  target, view.sent, sent)
@@ -260,6 +261,7 @@ class Upkeep:
         with self._lock:
             self.parent_link = self.parent = None
             self.state = State.ORPHANED
+            self.moves.swapped_with(link.addr, time.monotonic())
             kept = tree.keeps({a: self.child_views.get(a, tree.ChildView(a)) for a in self.children},
                               self._places(), len(swap.expected))
             children = [c for a, c in self.children.items() if a not in kept]

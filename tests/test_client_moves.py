@@ -2,7 +2,8 @@
 
 import random
 
-from client.moves import SLOT_WATCH_PERIODS, YIELD_PERIODS, Climb, Moves, OfferSwap, Shedding, Situation
+from client.moves import (PARTNER_PERIODS, SLOT_WATCH_PERIODS, YIELD_PERIODS, Climb, Moves, OfferSwap,
+                          Shedding, Situation)
 from client.peerproto import Addr
 
 PERIOD = 2.0
@@ -131,3 +132,11 @@ def test_a_slot_is_given_up_only_when_joiners_were_turned_away_and_then_kept_off
     shed.gave_up_slot(14.0)
     assert shed.off_server(14.0 + YIELD_PERIODS * PERIOD - 0.1)
     assert not shed.off_server(14.0 + YIELD_PERIODS * PERIOD)
+
+
+def test_a_swap_partner_is_remembered_for_a_while():
+    moves = Moves(period=2.0, settle_time=2.0, swap_cooldown=8.0, now=0.0)
+    partner = Addr("10.0.0.7", 9092)
+    moves.swapped_with(partner, 10.0)
+    assert moves.recent_partners(10.0 + PARTNER_PERIODS * 2.0 - 0.1) == {partner}
+    assert moves.recent_partners(10.0 + PARTNER_PERIODS * 2.0) == frozenset()
