@@ -243,10 +243,13 @@ def test_the_kernels_bandwidth_sample_counts_only_where_the_link_had_bytes_waiti
             got, seen = 0, []
             while got < total:
                 got += len(receiver.recv(1 << 20))
-                if got > total // 2 and not seen:
-                    seen.append(kernel_count(sender))  # the writer still blocked on a full buffer
+                if got > total // 4:
+                    seen.append(kernel_count(sender))  # the writer mostly blocked on a full buffer
             writer.join()
-            assert seen and not seen[0].app_limited and seen[0].bandwidth > 0
+            # (One look can fall in an instant where the writer thread, waiting for the
+            # interpreter, had not refilled the buffer: seen once in CI on a loaded machine.)
+            counted = [k for k in seen if not k.app_limited]
+            assert counted and all(k.bandwidth for k in counted)
 
 
 def test_a_block_a_relay_got_whole_goes_to_its_children_in_parts(tmp_path):
