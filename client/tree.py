@@ -353,8 +353,9 @@ def choose_swap(view: RelayView, margin: int, room: bool = True,
     children) and becomes the child's child. Relays sink and light senders
     rise, so over time every client relays for a share of the time. Only a
     child that has reported, can take as many children as this relay offers
-    places (so a rotation never puts a weaker uplink where a stronger one
-    was, and the capacity swap never has to undo it), and is the lightest
+    places (so a rotation never puts an uplink measured weaker where a
+    stronger one was; one never measured counts as able, and if it is not,
+    the capacity swap brings it back down), and is the lightest
     sender qualifies, and only where the uplink has ``room``. The capacity
     swap needs none: it happens once a level for each stronger uplink, where
     the rotation goes on for ever; but not with a ``recent`` partner: two
